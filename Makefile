@@ -1,0 +1,27 @@
+# Set-up and everyday commands. A fresh machine needs only Python 3.11+.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench clean env
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,bench,files,plots]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/jneuron demo --out demo-output
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/crossmodel.py
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,9 @@
+"""The exceptions and warnings jneuron raises, so callers can catch them precisely."""
+
+
+class JNeuronError(ValueError):
+    """Bad input to a jneuron analysis; the message says what was expected and where."""
+
+
+class DeadNeuronWarning(UserWarning):
+    """Some neurons are constant over the tokens; they score 0 and are listed in the result."""

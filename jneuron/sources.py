@@ -1,0 +1,157 @@
+"""Chunk sources: one interface over in-memory arrays and iterators of chunks.
+
+A source holds several *models* (column groups) over the same tokens and yields them chunk by chunk,
+side by side, as one ``(tokens, sum of widths)`` float array, so data larger than memory streams.
+
+>>> import numpy as np
+>>> src = as_source([np.ones((5, 2)), np.zeros((5, 3))])
+>>> src.names, src.widths, [c.shape for c in src.chunks(4)]
+(('model0', 'model1'), (2, 3), [(4, 5), (1, 5)])
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from jneuron._checks import as_2d
+from jneuron.errors import JNeuronError
+
+
+def _float_dtype(dtype) -> np.dtype:
+    """float64 stays float64; everything else (f16, bf16, ints, bool) is read as float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """Models given as arrays (numpy, memory-mapped or JAX), all with the same number of tokens."""
+
+    arrays: tuple
+    names: tuple[str, ...]
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(a.shape[1] for a in self.arrays)
+
+    @property
+    def tokens(self) -> int:
+        return self.arrays[0].shape[0]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return _float_dtype(np.result_type(*[np.dtype(a.dtype) for a in self.arrays]))
+
+    reiterable = True
+
+    def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.tokens, chunk_tokens):
+            stop = min(start + chunk_tokens, self.tokens)
+            parts = [np.asarray(a[start:stop], dtype=self.dtype) for a in self.arrays]
+            yield parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+@dataclass(frozen=True)
+class IteratorSource:
+    """Models given chunk by chunk: each item is a tuple of per-model arrays (or one array).
+
+    ``make_iterator`` is called once per pass; a plain iterator can be consumed only once, so
+    analyses that need several passes over it raise a clear error instead.
+    """
+
+    make_iterator: Callable[[], Iterator]
+    names: tuple[str, ...]
+    widths: tuple[int, ...]
+    dtype: np.dtype
+    reiterable: bool
+    tokens: int | None = None
+
+    def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
+        for index, item in enumerate(self.make_iterator()):
+            parts = _chunk_parts(item, index, self.names, self.widths)
+            joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            for start in range(0, joined.shape[0], chunk_tokens):
+                yield joined[start : start + chunk_tokens]
+
+
+def _chunk_parts(item, index: int, names, widths) -> list[np.ndarray]:
+    parts = list(item) if isinstance(item, (tuple, list)) else [item]
+    if len(parts) != len(names):
+        raise JNeuronError(f"chunk {index}: expected {len(names)} model arrays, got {len(parts)}")
+    arrays = [np.asarray(as_2d(p, f"chunk {index}, model '{n}'")) for p, n in zip(parts, names)]
+    lengths = {a.shape[0] for a in arrays}
+    if len(lengths) != 1:
+        counts = ", ".join(f"'{n}': {a.shape[0]}" for n, a in zip(names, arrays))
+        raise JNeuronError(f"chunk {index}: models have different token counts ({counts})")
+    for array, name, width in zip(arrays, names, widths):
+        if array.shape[1] != width:
+            raise JNeuronError(f"chunk {index}, model '{name}': expected {width} neurons, got {array.shape[1]}")
+    dtype = _float_dtype(np.result_type(*[a.dtype for a in arrays]))
+    return [a.astype(dtype, copy=False) for a in arrays]
+
+
+Source = ArraySource | IteratorSource
+
+
+def _names(models, given: Sequence[str] | None, count: int) -> tuple[str, ...]:
+    if given is not None:
+        names = tuple(str(n) for n in given)
+    elif isinstance(models, Mapping):
+        names = tuple(str(k) for k in models)
+    else:
+        names = tuple(f"model{i}" for i in range(count))
+    if len(names) != count:
+        raise JNeuronError(f"got {len(names)} names for {count} models")
+    if len(set(names)) != len(names):
+        raise JNeuronError(f"model names must be unique, got {names}")
+    return names
+
+
+def as_source(models, names: Sequence[str] | None = None) -> Source:
+    """Turn arrays, a mapping of name to array, an iterator of chunks, or a source into a source.
+
+    Args:
+      models: a source; a sequence or mapping of ``(tokens, neurons)`` arrays (one per model); an
+        iterator of chunks, each a tuple of per-model arrays; or a callable returning such an
+        iterator (re-iterable, so multi-pass analyses can use it).
+      names: model names (defaults to the mapping's keys or ``model0, model1, ...``).
+    """
+    if isinstance(models, (ArraySource, IteratorSource)):
+        return models
+    if isinstance(models, Mapping) or (isinstance(models, Sequence) and not isinstance(models, str)):
+        values = list(models.values()) if isinstance(models, Mapping) else list(models)
+        model_names = _names(models, names, len(values))
+        arrays = tuple(as_2d(a, f"model '{n}'") for a, n in zip(values, model_names))
+        if arrays:
+            tokens = {a.shape[0] for a in arrays}
+            if len(tokens) != 1:
+                counts = ", ".join(f"'{n}': {a.shape[0]}" for n, a in zip(model_names, arrays))
+                raise JNeuronError(f"models must cover the same tokens; token counts differ ({counts})")
+        return ArraySource(arrays, model_names)
+    if callable(models):
+        return _iterator_source(models, names, reiterable=True)
+    if isinstance(models, (Iterator, Iterable)):
+        iterator = iter(models)
+        return _iterator_source(lambda: iterator, names, reiterable=False)
+    raise JNeuronError(f"cannot read activations from {type(models).__name__}")
+
+
+def _iterator_source(make_iterator, names, reiterable: bool) -> IteratorSource:
+    iterator = make_iterator()
+    try:
+        first = next(iterator)
+    except StopIteration:
+        raise JNeuronError("the chunk iterator is empty: no tokens to analyse") from None
+    parts = list(first) if isinstance(first, (tuple, list)) else [first]
+    model_names = _names(None, names, len(parts))
+    widths = tuple(as_2d(p, f"chunk 0, model '{n}'").shape[1] for p, n in zip(parts, model_names))
+    dtype = _float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
+    first_pass = [itertools.chain([first], iterator)]
+
+    def iterate() -> Iterator:
+        return first_pass.pop() if first_pass else make_iterator()
+
+    return IteratorSource(iterate, model_names, widths, dtype, reiterable)

@@ -1,0 +1,63 @@
+"""Fold a chunk source into streamed co-moments (the one pass every correlation analysis shares)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jneuron.errors import JNeuronError
+from jneuron.kernels import moments as kmoments
+from jneuron.kernels.moments import Stats, Tile
+from jneuron.sources import Source
+
+CHUNK_BYTES = 128 * 2**20  # default size of one chunk of all models' columns, in bytes
+
+
+def default_chunk_tokens(width: int, tokens: int | None = None) -> int:
+    """Tokens per chunk: about ``CHUNK_BYTES`` of float32 columns, at least 256, at most ``tokens``."""
+    rows = max(256, min(65536, CHUNK_BYTES // (4 * width)))
+    return max(1, min(rows, tokens)) if tokens else rows
+
+
+def accumulation_dtype(source: Source):
+    """float64 where the caller gave float64 and JAX has it enabled; else compensated float32."""
+    if source.dtype == np.float64 and jax.config.read("jax_enable_x64"):
+        return jnp.float64
+    return jnp.float32
+
+
+def accumulate(
+    source: Source,
+    tiles: tuple[Tile, ...],
+    chunk_tokens: int,
+    column_names: Sequence[str] | Callable[[int], str] | None = None,
+) -> Stats:
+    """One pass over ``source``: co-moments with the cross-product blocks named by ``tiles``.
+
+    Every chunk is padded to ``chunk_tokens`` rows (padding is masked), so the update compiles once.
+    Raises :class:`JNeuronError` naming the model, row and neuron of the first NaN or Inf.
+    """
+    width = sum(source.widths)
+    stats = kmoments.init(width, tiles, accumulation_dtype(source))
+    for chunk in source.chunks(chunk_tokens):
+        rows = chunk.shape[0]
+        if rows < chunk_tokens:
+            chunk = np.pad(chunk, ((0, chunk_tokens - rows), (0, 0)))
+        stats = kmoments.update(stats, chunk, rows, tiles)
+    _raise_on_bad_value(stats, source)
+    return stats
+
+
+def _raise_on_bad_value(stats: Stats, source: Source) -> None:
+    row, column = int(stats.bad_row), int(stats.bad_col)
+    if row == kmoments.NO_BAD_ROW:
+        return
+    starts = np.cumsum((0,) + tuple(source.widths))
+    model = int(np.searchsorted(starts, column, side="right") - 1)
+    raise JNeuronError(
+        f"model '{source.names[model]}': non-finite value (NaN or Inf) at row {row}, "
+        f"neuron {column - starts[model]}; first bad row is {row}"
+    )

@@ -1,0 +1,8 @@
+"""Pure array kernels of jneuron: jit-able, vmap-able, shard-able functions of arrays.
+
+No I/O, no Flax, no printing, no Python loops over data.
+"""
+
+from jneuron.kernels import compensated, maxcorr, moments
+
+__all__ = ["compensated", "maxcorr", "moments"]

@@ -1,0 +1,163 @@
+"""Streamed co-moments: count, mean and centred cross-products, merged chunk by chunk.
+
+Each chunk of tokens is centred on its own mean (two-pass, so offsets of 1e3 cost no digits), its
+centred cross-products are taken with ``precision="highest"``, and chunks are merged with Chan et al.'s
+pairwise formula::
+
+    n = n_a + n_b,   d = mean_b - mean_a
+    mean = mean_a + d * n_b / n
+    M    = M_a + M_b + (n_a * n_b / n) * d d^T
+
+All running sums are compensated :class:`~jneuron.kernels.compensated.Pair` values, so the merge keeps
+float64-level accuracy even where the platform computes in float32. Counts are integers.
+
+Which cross-product blocks are kept is static: a tuple of :class:`Tile` ``(r0, r1, c0, c1)`` selects
+``X[:, r0:r1]^T X[:, c0:c1]``. The full covariance is one tile ``(0, D, 0, D)``; MaxCorr keeps only
+the blocks between different models. Per-feature sums of squares (the diagonal) are always kept.
+
+>>> import jax.numpy as jnp, numpy as np
+>>> x = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32) + 1e3
+>>> tiles = (Tile(0, 3, 0, 3),)
+>>> s = init(3, tiles, jnp.float32)
+>>> for chunk in np.split(x, 4):
+...     s = update(s, chunk, 25, tiles)
+>>> cov = cross_value64(s, 0) / (int(s.count) - 1)
+>>> bool(np.allclose(cov, np.cov(x.T.astype(np.float64)), atol=1e-5))
+True
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from jneuron.kernels import compensated as comp
+from jneuron.kernels.compensated import Pair
+
+HIGHEST = jax.lax.Precision.HIGHEST
+NO_BAD_ROW = -1
+
+
+def count_dtype():
+    """Integer dtype for token counts: int64 where JAX has it enabled, else int32 (2**31 tokens)."""
+    return jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
+
+
+class Tile(NamedTuple):
+    """A static block ``X[:, r0:r1]^T X[:, c0:c1]`` of the cross-product matrix."""
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+
+
+class Stats(NamedTuple):
+    """Running co-moments of a ``(tokens, D)`` stream (a pytree; jit-, vmap- and shard-friendly).
+
+    Attributes:
+      count: number of tokens seen (integer).
+      mean: per-feature mean, compensated, shape ``(D,)``.
+      m2: per-feature centred sum of squares, compensated, shape ``(D,)``.
+      cross: one compensated centred cross-product block per :class:`Tile`.
+      bad_row, bad_col: position of the first non-finite input value seen (``-1`` if none).
+    """
+
+    count: Array
+    mean: Pair
+    m2: Pair
+    cross: tuple[Pair, ...]
+    bad_row: Array
+    bad_col: Array
+
+
+def init(dim: int, tiles: tuple[Tile, ...], dtype=jnp.float32) -> Stats:
+    """Empty statistics for ``dim`` features and the given cross-product tiles."""
+    return Stats(
+        count=jnp.zeros((), count_dtype()),
+        mean=comp.zeros((dim,), dtype),
+        m2=comp.zeros((dim,), dtype),
+        cross=tuple(comp.zeros((t.r1 - t.r0, t.c1 - t.c0), dtype) for t in tiles),
+        bad_row=jnp.full((), NO_BAD_ROW, count_dtype()),
+        bad_col=jnp.full((), NO_BAD_ROW, count_dtype()),
+    )
+
+
+def chunk_stats(x: Array, n_valid: Array | int, tiles: tuple[Tile, ...], dtype=jnp.float32) -> Stats:
+    """Co-moments of one chunk whose first ``n_valid`` rows are real (the rest is padding)."""
+    x = x.astype(dtype)
+    rows = jnp.arange(x.shape[0])[:, None] < n_valid
+    n = jnp.asarray(n_valid, count_dtype())
+    denominator = jnp.maximum(n, 1).astype(dtype)
+    finite = jnp.isfinite(x)
+    clean = jnp.where(rows & finite, x, 0)
+    rough_mean = clean.sum(0) / denominator
+    residual = jnp.where(rows, clean - rough_mean[None, :], 0).sum(0) / denominator
+    mean_hi, mean_lo = comp.two_sum(rough_mean, residual)  # the chunk mean, unrounded
+    centred = jnp.where(rows, (clean - mean_hi[None, :]) - mean_lo[None, :], 0)
+    m2 = jnp.sum(centred * centred, axis=0)
+    cross = tuple(
+        jnp.matmul(centred[:, t.r0 : t.r1].T, centred[:, t.c0 : t.c1], precision=HIGHEST) for t in tiles
+    )
+    bad = ~finite & rows
+    any_bad = bad.any()
+    first_row = jnp.argmax(bad.any(axis=1))
+    first_col = jnp.argmax(bad[first_row])
+    zero = jnp.zeros_like
+    return Stats(
+        count=n,
+        mean=Pair(mean_hi, mean_lo),
+        m2=Pair(m2, zero(m2)),
+        cross=tuple(Pair(c, zero(c)) for c in cross),
+        bad_row=jnp.where(any_bad, first_row, NO_BAD_ROW).astype(count_dtype()),
+        bad_col=jnp.where(any_bad, first_col, NO_BAD_ROW).astype(count_dtype()),
+    )
+
+
+def merge(a: Stats, b: Stats, tiles: tuple[Tile, ...]) -> Stats:
+    """Chan's pairwise merge of two statistics over disjoint token sets (``a`` comes first)."""
+    n = a.count + b.count
+    dtype = a.mean.hi.dtype
+    share_b = b.count.astype(dtype) / jnp.maximum(n, 1).astype(dtype)
+    weight = a.count.astype(dtype) * share_b  # n_a * n_b / n, without integer overflow
+    delta = (b.mean.hi - a.mean.hi) + (b.mean.lo - a.mean.lo)
+    moved = comp.add(a.mean, delta * share_b)
+    a_empty = a.count == 0  # then take b's mean as it is: rounding delta would drop its low half
+    mean = Pair(jnp.where(a_empty, b.mean.hi, moved.hi), jnp.where(a_empty, b.mean.lo, moved.lo))
+    m2 = comp.add(comp.add_pairs(a.m2, b.m2), weight * delta * delta)
+    cross = tuple(
+        comp.add(comp.add_pairs(ca, cb), weight * jnp.outer(delta[t.r0 : t.r1], delta[t.c0 : t.c1]))
+        for t, ca, cb in zip(tiles, a.cross, b.cross)
+    )
+    a_has_bad = a.bad_row != NO_BAD_ROW
+    b_has_bad = b.bad_row != NO_BAD_ROW
+    bad_row = jnp.where(a_has_bad, a.bad_row, jnp.where(b_has_bad, b.bad_row + a.count, NO_BAD_ROW))
+    bad_col = jnp.where(a_has_bad, a.bad_col, b.bad_col)
+    return Stats(n, mean, m2, cross, bad_row.astype(count_dtype()), bad_col.astype(count_dtype()))
+
+
+@partial(jax.jit, static_argnames=("tiles",), donate_argnums=(0,))
+def update(stats: Stats, x: Array, n_valid: Array | int, tiles: tuple[Tile, ...]) -> Stats:
+    """Fold one chunk (first ``n_valid`` rows real) into running statistics."""
+    dtype = stats.mean.hi.dtype
+    return merge(stats, chunk_stats(x, n_valid, tiles, dtype), tiles)
+
+
+def mean64(stats: Stats) -> np.ndarray:
+    """The per-feature means as host float64."""
+    return comp.value64(stats.mean)
+
+
+def m2_64(stats: Stats) -> np.ndarray:
+    """The per-feature centred sums of squares as host float64."""
+    return comp.value64(stats.m2)
+
+
+def cross_value64(stats: Stats, tile: int) -> np.ndarray:
+    """One cross-product tile as host float64."""
+    return comp.value64(stats.cross[tile])
