@@ -20,8 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Each benchmark prints its ratios and writes bench/results/<name>.json.
+BENCHES := bench/crossmodel.py
+
 bench: $(STAMP)
-	$(PY) bench/crossmodel.py
+	set -e; for b in $(BENCHES); do $(PY) $$b; done
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
