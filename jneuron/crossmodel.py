@@ -37,7 +37,7 @@ from jneuron.ranking import NeuronIndex, Ranking, _plain
 from jneuron.sources import Source, as_source
 from jneuron.stream import accumulate, default_chunk_tokens
 
-MEMORY_BUDGET = 512 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
+MEMORY_BUDGET = 384 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
 _BYTES_PER_ENTRY = 16  # compensated float32 pair (8) plus the correlation tile and its |.| (8)
 
 
@@ -86,7 +86,7 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
         arrays, widths may differ; or an iterator of chunks (tuples of per-model arrays); or a
         callable returning such an iterator.
       names: model names (default: the mapping's keys, or ``model0, model1, ...``).
-      chunk_tokens: tokens per streamed chunk (default: about 128 MiB of columns).
+      chunk_tokens: tokens per streamed chunk (default: about 64 MiB of columns).
       memory_budget: bytes of correlation blocks held at once; larger problems take several passes.
 
     Returns:
