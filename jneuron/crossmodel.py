@@ -38,7 +38,7 @@ from jneuron.sources import Source, as_source
 from jneuron.stream import accumulate, default_chunk_tokens
 
 MEMORY_BUDGET = 384 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
-_BYTES_PER_ENTRY = 16  # compensated float32 pair (8) plus the correlation tile and its |.| (8)
+_BYTES_PER_ENTRY = 24  # compensated pair (8) + chunk product (4) + merge outer product (4) + reduction (8)
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,7 @@ def comoments(data, *, chunk_tokens: int | None = None) -> CoMoments:
     if hasattr(data, "shape"):
         source = as_source([as_2d(data, "data")], names=["data"])
     elif isinstance(data, Iterable):
-        source = as_source(iter([(chunk,) for chunk in data]) if isinstance(data, (list, tuple)) else
-                           ((chunk,) for chunk in data), names=["data"])
+        source = as_source(((chunk,) for chunk in data), names=["data"])
     else:
         raise JNeuronError(f"comoments: expected an array or an iterable of arrays, got {type(data).__name__}")
     width = source.widths[0]

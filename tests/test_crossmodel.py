@@ -62,7 +62,7 @@ def test_chunked_equals_whole(rng):
 def test_several_passes_equal_one(rng):
     models = make_models(rng, (16, 12, 9, 5))
     one = jn.maxcorr(models)
-    budget = 16 * 6 * 30  # forces bands of a few rows and many passes
+    budget = 24 * 6 * 30  # forces bands of a few rows and many passes
     assert len(plan_passes((16, 12, 9, 5), budget)) > 3
     many = jn.maxcorr(models, memory_budget=budget)
     np.testing.assert_allclose(many.score_matrix, one.score_matrix, atol=1e-7)
@@ -72,7 +72,7 @@ def test_several_passes_equal_one(rng):
 def test_plan_covers_every_cross_model_pair_once():
     widths = (5, 3, 4)
     covered = np.zeros((12, 12), int)
-    for tiles in plan_passes(widths, 16 * 20):
+    for tiles in plan_passes(widths, 24 * 20):
         for t in tiles:
             covered[t.r0 : t.r1, t.c0 : t.c1] += 1
     owner = np.repeat(np.arange(3), widths)
@@ -84,10 +84,10 @@ def test_callable_source_allows_several_passes_but_iterator_does_not(rng):
     models = make_models(rng, (6, 6, 6), tokens=400)
     chunks = [tuple(m[i : i + 100] for m in models) for i in range(0, 400, 100)]
     reference = jn.maxcorr(models).score_matrix
-    np.testing.assert_allclose(jn.maxcorr(lambda: iter(chunks), memory_budget=16 * 6 * 6).score_matrix,
+    np.testing.assert_allclose(jn.maxcorr(lambda: iter(chunks), memory_budget=24 * 6 * 6).score_matrix,
                                reference, atol=1e-6)
     with pytest.raises(jn.JNeuronError, match="passes over the data"):
-        jn.maxcorr(iter(chunks), memory_budget=16 * 6 * 6)
+        jn.maxcorr(iter(chunks), memory_budget=24 * 6 * 6)
 
 
 def test_dead_neurons_score_zero_and_are_reported(rng):
