@@ -19,7 +19,7 @@ from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.sources import as_source
-from jneuron.stream import accumulate, default_chunk_tokens
+from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,7 @@ class CoMoments:
     @property
     def dead(self) -> np.ndarray:
         """Indices of constant neurons (zero spread, up to float32 rounding of their mean)."""
-        spread = np.sqrt(np.maximum(np.diag(self.cross), 0.0) / max(self.count, 1))
-        return np.flatnonzero(spread <= 8 * np.finfo(np.float32).eps * np.abs(self.mean) + np.finfo(np.float32).tiny)
+        return np.flatnonzero(constant_columns(self.count, self.mean, np.diag(self.cross)))
 
     def correlation(self) -> np.ndarray:
         """Pearson correlations; a constant neuron correlates 0 with everything (itself included)."""

@@ -57,6 +57,12 @@ def accumulate(
     return stats
 
 
+def constant_columns(count: int, mean: np.ndarray, m2: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Boolean mask of constant (dead) columns: spread at the level of ``dtype``'s rounding of the mean."""
+    spread = np.sqrt(np.maximum(m2, 0.0) / max(count, 1))
+    return spread <= 8 * np.finfo(dtype).eps * np.abs(mean) + np.finfo(np.float32).tiny
+
+
 def _raise_on_bad_value(stats: Stats, source: Source) -> None:
     row, column = int(stats.bad_row), int(stats.bad_col)
     if row == kmoments.NO_BAD_ROW:
