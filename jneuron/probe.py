@@ -24,8 +24,7 @@ from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
 from jneuron.ranking import NeuronIndex, _plain
 
-_STATIC = ("classes", "epochs", "batch_size", "learning_rate", "squared", "regression", "shuffle")
-_train = jax.jit(kp.train, static_argnames=_STATIC)
+_train = jax.jit(kp.train, static_argnames=("classes", "learning_rate", "squared", "regression"))
 _confusion = jax.jit(kp.confusion, static_argnames=("classes",))
 _squared_error = jax.jit(kp.squared_error)
 _CHUNK = 16384  # tokens per evaluation pass, bounding the (tokens, settings, classes) outputs
@@ -174,13 +173,31 @@ def _prepare(x, labels, task: str):
     return device, jnp.asarray(encode_labels(labels, classes, device.shape[0])), classes
 
 
-def _static(task: str, classes: np.ndarray, epochs: int, batch_size: int, lr: float, squared: bool,
-            shuffle: bool) -> dict:
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise JNeuronError(f"need epochs >= 1, batch_size >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
-    regression = task == "regression"
-    return {"classes": 1 if regression else len(classes), "epochs": int(epochs), "batch_size": int(batch_size),
-            "learning_rate": float(lr), "squared": bool(squared), "regression": regression, "shuffle": bool(shuffle)}
+def batch_rows(tokens: int, epochs: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+    """Token indices of every minibatch of every epoch ``(epochs * batches, batch_size)`` and their validity
+    (the last batch of an epoch is padded): a fresh seeded permutation per epoch, or the fixed token order."""
+    if epochs < 1 or batch_size < 1:
+        raise JNeuronError(f"need epochs >= 1 and batch_size >= 1, got {epochs} and {batch_size}")
+    batches = -(-tokens // batch_size)
+    rows = np.zeros((epochs, batches * batch_size), np.int32)
+    generator = np.random.default_rng(seed)
+    for epoch in range(epochs):
+        rows[epoch, :tokens] = generator.permutation(tokens) if shuffle else np.arange(tokens)
+    valid = np.zeros((epochs, batches * batch_size), bool)
+    valid[:, :tokens] = True
+    shape = (epochs * batches, batch_size)
+    return jnp.asarray(rows.reshape(shape)), jnp.asarray(valid.reshape(shape))
+
+
+def _fit(x, y, masks, l1s, l2s, classes: int, *, epochs: int, batch_size: int, lr: float, seed: int,
+         squared: bool, shuffle: bool, regression: bool = False):
+    """Train a stack of probes (one per mask / penalty row) on the same seeded batches in one compiled call."""
+    if not lr > 0:
+        raise JNeuronError(f"lr: expected a positive learning rate, got {lr}")
+    rows, valid = batch_rows(x.shape[0], epochs, batch_size, seed, shuffle)
+    return _train(x, y, masks, jnp.asarray(l1s, x.dtype), jnp.asarray(l2s, x.dtype), rows, valid,
+                  classes=1 if regression else int(classes), learning_rate=float(lr), squared=bool(squared),
+                  regression=regression)
 
 
 def _penalties(values, name: str) -> np.ndarray:
@@ -214,9 +231,9 @@ def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10
     """
     l1v, l2v = float(_penalties(l1, "l1")[0]), float(_penalties(l2, "l2")[0])
     device, y, classes = _prepare(x, labels, task)
-    static = _static(task, classes, epochs, batch_size, lr, squared, shuffle)
-    weight, bias = _train(device, y, jnp.ones((1, device.shape[1]), device.dtype), jnp.asarray([l1v]),
-                          jnp.asarray([l2v]), jax.random.key(seed), **static)
+    weight, bias = _fit(device, y, jnp.ones((1, device.shape[1]), device.dtype), [l1v], [l2v], len(classes),
+                        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, squared=squared, shuffle=shuffle,
+                        regression=task == "regression")
     return _probe(weight[0], bias[0], classes, task, device.shape[1], neurons, l1=l1v, l2=l2v, squared=squared,
                   epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
 
@@ -295,12 +312,11 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
         values = np.asarray(labels)
         x_train, y_train, x_val, y_val = np.asarray(x)[~held], values[~held], np.asarray(x)[held], values[held]
     device, y, classes = _prepare(x_train, y_train, "classification")
-    static = _static("classification", classes, epochs, batch_size, lr, squared, shuffle)
     grid_l1 = np.repeat(l1s, len(l2s))
     grid_l2 = np.tile(l2s, len(l1s))
     masks = jnp.ones((len(grid_l1), device.shape[1]), device.dtype)
-    weights, biases = _train(device, y, masks, jnp.asarray(grid_l1, device.dtype), jnp.asarray(grid_l2, device.dtype),
-                             jax.random.key(seed), **static)
+    weights, biases = _fit(device, y, masks, grid_l1, grid_l2, len(classes), epochs=epochs, batch_size=batch_size,
+                           lr=lr, seed=seed, squared=squared, shuffle=shuffle)
     val = _activations(x_val, device.shape[1])
     y_v = jnp.asarray(encode_labels(y_val, classes, val.shape[0]))
     counts = confusion_counts(weights, biases, val, y_v, masks, len(classes))

@@ -39,8 +39,8 @@ class Selection:
         return {c: len(v) for c, v in self.per_class.items()}
 
     def overlap(self) -> dict:
-        """Shared neurons between every pair of classes (see :func:`overlap`)."""
-        return overlap(self.per_class)
+        """Shared neurons between every pair of classes (see :func:`neuron_overlap`)."""
+        return neuron_overlap(self.per_class)
 
 
 def _weights(probe) -> tuple[np.ndarray, np.ndarray, NeuronIndex]:
@@ -165,11 +165,11 @@ def neuron_ordering(probe, stride: int = 100) -> Ranking:
     Score: the share of its class's mass ranked ahead of the neuron (min over classes; lower ranks first),
     the continuous form of the step, so within a step neurons come by weight, ties by index. Details:
     ``step`` (0..stride; ``stride + 1`` for neurons never selected, e.g. all-zero weights).
-    Use :func:`cutoffs` for NeuroX's cutoffs.
+    Use :func:`ordering_cutoffs` for NeuroX's cutoffs.
 
     >>> import numpy as np
     >>> r = neuron_ordering(np.array([[5.0, 1, 1], [1, 10, 1]]))
-    >>> r.order.tolist(), cutoffs(r)[[0, 50, 100]].tolist()
+    >>> r.order.tolist(), ordering_cutoffs(r)[[0, 50, 100]].tolist()
     ([0, 1, 2], [2, 2, 3])
     """
     if stride < 1:
@@ -196,7 +196,7 @@ def neuron_ordering_granular(probe, granularity: int = 50, stride: int = 100) ->
                    details={"step": step, "chunk": chunk.astype(np.int64)})
 
 
-def cutoffs(ranking: Ranking, stride: int = 100) -> np.ndarray:
+def ordering_cutoffs(ranking: Ranking, stride: int = 100) -> np.ndarray:
     """NeuroX's cutoffs: after each step ``0..stride`` (or each granular chunk), how many neurons are placed."""
     chunk = ranking.details.get("chunk")
     if chunk is not None:
@@ -205,127 +205,12 @@ def cutoffs(ranking: Ranking, stride: int = 100) -> np.ndarray:
     return np.cumsum(np.bincount(step[step <= stride], minlength=stride + 1))
 
 
-def overlap(self) -> dict:
-        """Shared neurons between every pair of classes (see :func:`overlap`)."""
-        return overlap(self.per_class)
-
-
-def _weights(probe) -> tuple[np.ndarray, np.ndarray, NeuronIndex]:
-    """``|W|`` as float32 ``(classes, neurons)``, the class labels and the neuron identities."""
-    weight = np.asarray(getattr(probe, "weight", probe))
-    if weight.ndim != 2 or 0 in weight.shape:
-        raise JNeuronError(f"probe weights: expected a non-empty (classes, neurons) matrix, got {weight.shape}")
-    if not np.all(np.isfinite(weight)):
-        raise JNeuronError("probe weights: contain NaN or Inf")
-    classes = getattr(probe, "classes", None)
-    if classes is None or len(classes) != weight.shape[0]:
-        classes = np.arange(weight.shape[0])
-    neurons = getattr(probe, "neurons", None) or NeuronIndex.from_widths(("model",), (weight.shape[1],))
-    return np.abs(weight).astype(np.float32), np.asarray(classes), neurons
-
-
-def _per_class(abs_w: np.ndarray, chosen: np.ndarray, classes: np.ndarray, descending: bool) -> Selection:
-    per_class = {}
-    for row, label in enumerate(classes):
-        picked = np.flatnonzero(chosen[row])
-        key = -abs_w[row, picked] if descending else abs_w[row, picked]
-        per_class[label.item()] = picked[np.lexsort((picked, key))]
-    return Selection(np.flatnonzero(chosen.any(axis=0)), per_class)
-
-
-def _fraction(value: float, name: str) -> float:
-    if not 0 <= value <= 1:
-        raise JNeuronError(f"{name}: expected a fraction in [0, 1], got {value}")
-    return float(value)
-
-
-def top_neurons(probe, percentage: float) -> Selection:
-    """Per class, the fewest neurons (largest ``|w|`` first) whose weight reaches ``percentage`` of the class's
-    total ``|w|`` mass, the crossing neuron included (NeuroX ``get_top_neurons``); and their union."""
-    abs_w, classes, _ = _weights(probe)
-    chosen = _mass_selection(abs_w, _fraction(percentage, "percentage"), descending=True)
-    return _per_class(abs_w, chosen, classes, True)
-
-
-def bottom_neurons(probe, percentage: float) -> Selection:
-    """As :func:`top_neurons` from the smallest ``|w|`` up (NeuroX ``get_bottom_neurons``)."""
-    abs_w, classes, _ = _weights(probe)
-    chosen = _mass_selection(abs_w, _fraction(percentage, "percentage"), descending=False)
-    return _per_class(abs_w, chosen, classes, False)
-
-
-def threshold_neurons(probe, fraction: float) -> Selection:
-    """Per class, neurons with ``|w| > fraction * max|w|`` of that class (NeuroX's hard threshold with its
-    ``fraction = f`` is ``fraction = 1 / f`` here)."""
-    abs_w, classes, _ = _weights(probe)
-    chosen = abs_w > _fraction(fraction, "fraction") * abs_w.max(axis=1, keepdims=True)
-    return _per_class(abs_w, chosen, classes, True)
-
-
-def random_neurons(neurons: int, fraction: float, seed: int = 0) -> np.ndarray:
-    """``round(fraction * neurons)`` distinct neurons drawn uniformly with ``seed``, ascending.
-
-    >>> random_neurons(10, 0.3, seed=0).shape
-    (3,)
-    """
-    count = int(round(_fraction(fraction, "fraction") * neurons))
-    return np.sort(np.random.default_rng(seed).choice(neurons, size=count, replace=False))
-
-
-def neuron_ordering(probe, stride: int = 100) -> Ranking:
-    """All neurons in the order they join the union of top sets as the mass share grows 0, 1/stride, ... 1
-    (NeuroX ``get_neuron_ordering``), deterministic within a step.
-
-    Score: the share of its class's mass ranked ahead of the neuron (min over classes; lower ranks first),
-    the continuous form of the step, so within a step neurons come by weight, ties by index. Details:
-    ``step`` (0..stride; ``stride + 1`` for neurons never selected, e.g. all-zero weights).
-    Use :func:`cutoffs` for NeuroX's cutoffs.
-
-    >>> import numpy as np
-    >>> r = neuron_ordering(np.array([[5.0, 1, 1], [1, 10, 1]]))
-    >>> r.order.tolist(), cutoffs(r)[[0, 50, 100]].tolist()
-    ([0, 1, 2], [2, 2, 3])
-    """
-    if stride < 1:
-        raise JNeuronError(f"stride: expected a positive integer, got {stride}")
-    abs_w, _, neurons = _weights(probe)
-    step, share = _entry_steps(abs_w, int(stride))
-    order = np.lexsort((np.arange(len(share)), share))
-    step[order] = np.maximum.accumulate(step[order])  # rounding can never put a later neuron in an earlier step
-    return Ranking("probe_ordering", share, neurons, descending=False, details={"step": step.astype(np.int64)})
-
-
-def neuron_ordering_granular(probe, granularity: int = 50, stride: int = 100) -> Ranking:
-    """:func:`neuron_ordering` cut into chunks of about ``granularity`` neurons (NeuroX
-    ``get_neuron_ordering_granular``): the same order; details ``chunk`` per neuron (``-1``: never selected)."""
-    if granularity < 1:
-        raise JNeuronError(f"granularity: expected a positive integer, got {granularity}")
-    ranking = neuron_ordering(probe, stride)
-    step = ranking.details["step"]
-    size = np.cumsum(np.bincount(step, minlength=stride + 2)[: stride + 1])  # union size at each step
-    slides = [int(np.argmax(size >= i)) for i in range(0, len(step) + 1, granularity) if i <= size[-1]]
-    ends = np.unique(np.asarray(slides))
-    chunk = np.where(step <= stride, np.searchsorted(ends, step), -1)
-    return Ranking("probe_ordering_granular", ranking.scores, ranking.neurons, descending=False,
-                   details={"step": step, "chunk": chunk.astype(np.int64)})
-
-
-def cutoffs(ranking: Ranking) -> np.ndarray:
-    """NeuroX's cutoffs: after each step (or granular chunk), how many ordered neurons have been placed."""
-    group = ranking.details.get("chunk")
-    if group is None:
-        step = ranking.details["step"]
-        return np.cumsum(np.bincount(step, minlength=step.max() + 1))[: max(int(step.max()), 1)] if False else \
-            np.cumsum(np.bincount(step, minlength=int(step.max()) + 2))[:-1][: int(np.max(step[step >= 0]) + 1)]
-    return np.cumsum(np.bincount(group[group >= 0]))
-
-
-def overlap(sets: Mapping) -> dict:
+def neuron_overlap(sets: Mapping) -> dict:
     """Pairwise overlap of named neuron sets (classes of one probe, or properties from several probes).
 
     Returns ``{"names", "sizes", "shared" (k, k), "jaccard" (k, k)}``.
 
-    >>> overlap({"a": [0, 1, 2], "b": [2, 3]})["jaccard"][0, 1]
+    >>> neuron_overlap({"a": [0, 1, 2], "b": [2, 3]})["jaccard"][0, 1]
     np.float64(0.25)
     """
     names = list(sets)

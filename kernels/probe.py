@@ -9,8 +9,9 @@ together, sharing every matrix product.
 
 >>> import jax, jax.numpy as jnp
 >>> x = jax.random.normal(jax.random.key(0), (64, 3)); y = (x[:, 1] > 0).astype(jnp.int32)
->>> w, b = train(x, y, jnp.ones((1, 3)), jnp.zeros(1), jnp.zeros(1), jax.random.key(1), classes=2,
-...              epochs=20, batch_size=8, learning_rate=0.05)
+>>> rows = jnp.tile(jnp.arange(64).reshape(8, 8), (20, 1))  # 20 epochs of 8 batches of 8
+>>> w, b = train(x, y, jnp.ones((1, 3)), jnp.zeros(1), jnp.zeros(1), rows, jnp.ones(rows.shape), classes=2,
+...              learning_rate=0.05)
 >>> int(jnp.argmax(jnp.abs(w[0, 1] - w[0, 0])))
 1
 """
@@ -63,49 +64,32 @@ def loss(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool)
     return jnp.sum(data + penalty(params[0] * masks[:, None, :], l1, l2, squared))
 
 
-def batch_orders(key: jax.Array, tokens: int, epochs: int, batch_size: int, shuffle: bool = True):
-    """Row indices ``(epochs, batches, batch_size)`` and validity (the last batch of an epoch is padded)."""
-    batches = -(-tokens // batch_size)
-    pad = batches * batch_size - tokens
-
-    def one(k):
-        rows = jax.random.permutation(k, tokens) if shuffle else jnp.arange(tokens)
-        rows = jnp.concatenate([rows, jnp.zeros(pad, rows.dtype)])
-        return rows.reshape(batches, batch_size)
-
-    valid = jnp.concatenate([jnp.ones(tokens), jnp.zeros(pad)]).reshape(batches, batch_size)
-    return jax.vmap(one)(jax.random.split(key, epochs)), valid
-
-
-def train(x, y, masks, l1, l2, key, *, classes: int, epochs: int, batch_size: int, learning_rate: float,
-          squared: bool = False, regression: bool = False, shuffle: bool = True):
-    """Adam on minibatches drawn with ``key``, every epoch and batch inside one ``lax.scan``.
+def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: float, squared: bool = False,
+          regression: bool = False):
+    """Adam over the given minibatches, all of them inside one ``lax.scan`` (no Python per batch).
 
     Trains one probe per setting (row of ``masks``, entry of ``l1`` and ``l2``) on the same batches, all in
-    the same matrix products; Adam is elementwise, so each equals a separate training. Starts from zero
-    weights and bias; ``classes`` is 1 for a regression probe. Returns ``(weight, bias)`` with shapes
-    ``(settings, classes, neurons)`` and ``(settings, classes)``.
+    the same matrix products; Adam is elementwise, so each equals a separate training. ``rows``
+    ``(steps, batch_size)`` are the token indices of every batch of every epoch, ``valid`` marks real rows
+    (a short last batch is padded). Starts from zero weights and bias; ``classes`` is 1 for regression.
+    Returns ``(weight, bias)`` shaped ``(settings, classes, neurons)`` and ``(settings, classes)``.
     """
     dtype = jnp.result_type(x.dtype, jnp.float32)
     settings = masks.shape[0]
     params = (jnp.zeros((settings, classes, x.shape[1]), dtype), jnp.zeros((settings, classes), dtype))
     optimizer = optax.adam(learning_rate)
-    orders, valid = batch_orders(key, x.shape[0], epochs, batch_size, shuffle)
-    valid = valid.astype(dtype)
     masks, l1, l2 = masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
     grad = jax.grad(loss)
 
     def step(carry, batch):
         params, state = carry
-        rows, ok = batch
-        g = grad(params, x[rows].astype(dtype), y[rows], ok, masks, l1, l2, squared=squared, regression=regression)
+        index, ok = batch
+        g = grad(params, x[index].astype(dtype), y[index], ok.astype(dtype), masks, l1, l2, squared=squared,
+                 regression=regression)
         updates, state = optimizer.update(g, state, params)
         return (optax.apply_updates(params, updates), state), None
 
-    def epoch(carry, rows):
-        return jax.lax.scan(step, carry, (rows, valid))[0], None
-
-    return jax.lax.scan(epoch, (params, optimizer.init(params)), orders)[0][0]
+    return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid))[0][0]
 
 
 def confusion(params, x, y, masks, classes: int) -> jax.Array:
