@@ -129,7 +129,7 @@ def encode_labels(labels, classes: np.ndarray, tokens: int) -> np.ndarray:
         raise JNeuronError(f"labels of dtype {values.dtype} do not match the probe's classes {classes.dtype}") from None
     if not known.all():
         first = int(np.flatnonzero(~known)[0])
-        raise JNeuronError(f"labels: row {first} has label {values[first]!r}, not one of the probe's classes")
+        raise JNeuronError(f"labels: row {first} has label {values[first].item()!r}, not one of the probe's classes")
     return index.astype(np.int32)
 
 

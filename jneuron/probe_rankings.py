@@ -92,17 +92,15 @@ def _entry_steps(abs_w: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray
     ``s / stride`` of the mass (``stride + 1``: never), and the smallest share of a class's mass ranked
     ahead of it (which orders neurons within a step)."""
     order, ahead, total = _mass_ahead(abs_w, True)
-    safe = np.where(total > 0, total, 1.0)
-    share = np.where(total > 0, ahead / safe, np.inf)
-    share[:, 0] = 0.0
-    guess = np.floor(np.where(np.isfinite(share), share, 1.0) * stride).astype(np.int64)
-
-    def enters(s):  # the same comparison the selection makes at s / stride
-        return (s <= stride) & (ahead < total * (s / stride))
-
-    step = np.where(enters(guess + 1), guess + 1, np.where(enters(guess + 2), guess + 2, stride + 1))
-    step = np.where(enters(guess), guess, step)
+    classes, width = abs_w.shape
+    targets = total * (np.arange(stride + 1) / stride)[None, :]  # the selection's own comparison at s / stride
+    step = np.empty((classes, width), np.int64)
+    for row in range(classes):  # per class: sorted positions [pos_{s-1}, pos_s) enter at step s
+        pos = np.searchsorted(ahead[row], targets[row], side="left")
+        step[row] = np.repeat(np.arange(stride + 2), np.diff(pos, prepend=0, append=width))
     step[:, 0] = 0
+    share = np.where(total > 0, ahead / np.where(total > 0, total, 1.0), np.inf)
+    share[:, 0] = 0.0
     per_step = np.empty_like(step)
     per_share = np.empty_like(share)
     np.put_along_axis(per_step, order, step, axis=1)
@@ -183,7 +181,11 @@ def neuron_ordering(probe, stride: int = 100) -> Ranking:
 
 def neuron_ordering_granular(probe, granularity: int = 50, stride: int = 100) -> Ranking:
     """:func:`neuron_ordering` cut into chunks of about ``granularity`` neurons (NeuroX
-    ``get_neuron_ordering_granular``): the same order; details ``chunk`` per neuron (``-1``: never selected)."""
+    ``get_neuron_ordering_granular``): the same order; details ``chunk`` per neuron (``-1``: never selected).
+
+    NeuroX stops at the last multiple of ``granularity`` and leaves the remaining neurons out of its
+    ordering; here they form one last chunk.
+    """
     if granularity < 1:
         raise JNeuronError(f"granularity: expected a positive integer, got {granularity}")
     ranking = neuron_ordering(probe, stride)

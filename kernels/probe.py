@@ -36,7 +36,8 @@ def penalty(w: jax.Array, l1, l2, squared: bool = False) -> jax.Array:
     """NeuroX's ``l1 * sum|w| + l2 * ||w||_F`` (``squared``: ``l2 * ||w||_F^2``) over the last two axes; the bias
     is not penalised. Leading axes of ``w`` are separate settings (``l1``, ``l2`` broadcast against them)."""
     ridge = jnp.sum(w * w, axis=(-2, -1)) if squared else frobenius(w)
-    return l1 * jnp.sum(jnp.abs(w), axis=(-2, -1)) + l2 * ridge
+    lasso = jnp.sum(w * jnp.sign(w), axis=(-2, -1))  # |w| with subgradient sign(w): 0 at 0, as in torch
+    return l1 * lasso + l2 * ridge
 
 
 def outputs(params, x: jax.Array, masks: jax.Array) -> jax.Array:
@@ -89,7 +90,8 @@ def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: floa
         updates, state = optimizer.update(g, state, params)
         return (optax.apply_updates(params, updates), state), None
 
-    return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid))[0][0]
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction raises a float to an int32 count
+        return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid))[0][0]
 
 
 def confusion(params, x, y, masks, classes: int) -> jax.Array:
