@@ -139,7 +139,10 @@ def main() -> None:
             grid_args = dict(l1=GRID, l2=GRID, validation=(x_test, y_test), **{k: settings[k] for k in
                                                                                ("epochs", "batch_size", "lr")})
             grid, ours["grid16_first_call_s"] = timed(jn.train_probes, x_train, y_train, **grid_args)
-            grid, ours["grid16_s"] = timed(jn.train_probes, x_train, y_train, **grid_args)
+            if ours["grid16_first_call_s"] > 20:  # compilation (~2 s) is noise here: do not run it twice
+                ours["grid16_s"] = ours["grid16_first_call_s"]
+            else:
+                grid, ours["grid16_s"] = timed(jn.train_probes, x_train, y_train, **grid_args)
             ours["grid16_best"] = grid.to_dict()["best"]
             ours["grid16_over_one_probe"] = ours["grid16_s"] / steady
         if not args.skip_big_ordering:
