@@ -89,7 +89,8 @@ def load_labels(tokens_path: str | Path, labels_path: str | Path) -> LabelledTok
     for line, (words, tags) in enumerate(zip(tokens, labels), start=1):
         if len(words) != len(tags):
             first = min(len(words), len(tags))
-            what = f"token {words[first]!r} has no label" if len(words) > first else f"label {tags[first]!r} has no token"
+            what = (f"token {words[first]!r} has no label" if len(words) > first
+                    else f"label {tags[first]!r} has no token")
             raise JNeuronError(f"{labels_path}: line {line} has {len(words)} tokens in {tokens_path} but {len(tags)} "
                                f"labels; at position {first + 1}, {what}")
     if len(tokens) != len(labels):

@@ -287,9 +287,9 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
     """Train a classification probe for every ``(l1, l2)`` pair in one compiled call and choose one.
 
     All settings see the same minibatches and share every matrix product (the settings are a batch axis
-    of the weights), and each probe equals :func:`train_probe` with that setting on the training part. The choice makes the paper's trade-off explicit: among settings whose held-out
-    accuracy is within ``tolerance`` of the best, the one needing the fewest neurons to carry ``mass``
-    of every class's weight mass.
+    of the weights), and each probe equals :func:`train_probe` with that setting on the training part.
+    The choice makes the paper's trade-off explicit: among settings whose held-out accuracy is within
+    ``tolerance`` of the best, the one needing the fewest neurons to carry ``mass`` of every class's weight.
 
     Args:
       validation: a fraction of the tokens held out (seeded by ``seed``), or ``(x_val, labels_val)``.

@@ -14,7 +14,6 @@ come from one streamed pass of per-class sums, so the data never has to fit in m
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import jax

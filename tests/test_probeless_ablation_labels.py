@@ -76,10 +76,11 @@ def test_masked_training_equals_training_on_the_kept_columns():
     mask = np.zeros((1, 12), np.float32)
     mask[0, keep] = 1
     rows, valid = batch_rows(600, 2, 32, seed=0)
+    l1, l2 = np.zeros(1, np.float32), np.full(1, 1e-3, np.float32)
     args = dict(classes=3, learning_rate=1e-2)
-    w_mask, b_mask = kp.train(jnp.asarray(x), jnp.asarray(y), mask, np.zeros(1, np.float32), np.full(1, 1e-3, np.float32), rows, valid, **args)
-    w_cols, b_cols = kp.train(jnp.asarray(x[:, keep]), jnp.asarray(y), np.ones((1, 4), np.float32), np.zeros(1, np.float32),
-                              np.full(1, 1e-3, np.float32), rows, valid, **args)
+    w_mask, b_mask = kp.train(jnp.asarray(x), jnp.asarray(y), mask, l1, l2, rows, valid, **args)
+    w_cols, b_cols = kp.train(jnp.asarray(x[:, keep]), jnp.asarray(y), np.ones((1, 4), np.float32), l1, l2, rows,
+                              valid, **args)
     np.testing.assert_allclose(np.asarray(w_mask)[0][:, keep], np.asarray(w_cols)[0], rtol=1e-4, atol=1e-6)
     assert not np.any(np.delete(np.asarray(w_mask)[0], keep, axis=1))
     np.testing.assert_allclose(b_mask, b_cols, rtol=1e-4, atol=1e-6)
