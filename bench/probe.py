@@ -1,8 +1,9 @@
 """Benchmark: linear probes and their neuron rankings, jneuron against NeuroX 1.0.9 and against the floor,
 all in the same run on the same data and settings (Adam, lr, batch size, epochs, l1, l2).
 
-NeuroX runs in its own environment (``.venv-neurox``: ``pip install --no-deps neurox==1.0.9`` plus numpy,
-scipy, scikit-learn, imbalanced-learn, h5py and a CPU torch) through a subprocess that reads the same
+NeuroX runs in its own environment (``python -m venv .venv-neurox``, then in it ``pip install --no-deps
+neurox==1.0.9`` plus numpy, scipy, scikit-learn, imbalanced-learn, h5py, tqdm and a CPU-only torch; NeuroX's
+own pins do not install on Python 3.11) through a subprocess that reads the same
 ``.npy`` files (memory-mapped, one copy in the page cache). Sizes: ``a`` = 5,000 tokens x 256 neurons x 5
 classes; ``b`` = 200,000 x 4,096 x 45 (fewer epochs); the ordering target is a 45 x 53,248 weight matrix.
 
