@@ -169,3 +169,13 @@ def test_bad_input_is_named():
         probe.evaluate(x[:2], np.array([42, 0]))
     with pytest.raises(JNeuronError, match="12 neurons"):
         probe.evaluate(x[:, :5], y)
+
+
+def test_grid_holds_out_a_seeded_share():
+    x, y = planted()
+    a = jn.train_probes(x, y, l1=[1e-3], l2=[0.0], validation=0.2, **SETTINGS)
+    b = jn.train_probes(x, y, l1=[1e-3], l2=[0.0], validation=0.2, **SETTINGS)
+    assert a.accuracy.shape == (1, 1) and a.accuracy[0, 0] > 0.85 and a.best == (0, 0)
+    np.testing.assert_array_equal(a.probe.weight, b.probe.weight)
+    with pytest.raises(JNeuronError, match="validation"):
+        jn.train_probes(x, y, validation=1.5)
