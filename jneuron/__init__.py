@@ -16,5 +16,25 @@ from jneuron.moments import comoments as comoments
 from jneuron.ranking import NeuronIndex as NeuronIndex
 from jneuron.ranking import Ranking as Ranking
 from jneuron.sources import as_source as as_source
+from jneuron.labels import LabelledTokens as LabelledTokens
+from jneuron.labels import load_labels as load_labels
+from jneuron.probe import Probe as Probe
+from jneuron.probe import ProbeGrid as ProbeGrid
+from jneuron.probe import train_probe as train_probe
+from jneuron.probe import train_probes as train_probes
+from jneuron.probe_ablation import AblationTable as AblationTable
+from jneuron.probe_ablation import retrain_ablation as retrain_ablation
+from jneuron.probe_ablation import zero_out_ablation as zero_out_ablation
+from jneuron.probe_rankings import Selection as Selection
+from jneuron.probe_rankings import bottom_neurons as bottom_neurons
+from jneuron.probe_rankings import neuron_ordering as neuron_ordering
+from jneuron.probe_rankings import neuron_ordering_granular as neuron_ordering_granular
+from jneuron.probe_rankings import neuron_overlap as neuron_overlap
+from jneuron.probe_rankings import ordering_cutoffs as ordering_cutoffs
+from jneuron.probe_rankings import random_neurons as random_neurons
+from jneuron.probe_rankings import threshold_neurons as threshold_neurons
+from jneuron.probe_rankings import top_neurons as top_neurons
+from jneuron.probeless import Probeless as Probeless
+from jneuron.probeless import probeless as probeless
 
 __version__ = "0.1.0"
