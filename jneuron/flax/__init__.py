@@ -1,0 +1,27 @@
+"""Flax adapters: capture activations, ablate and control neurons by masking, ablation curves.
+
+Works on Flax NNX models without editing their code (surgery on a copy: wrappers at named submodule
+paths), and on Linen models through :class:`jneuron.flax.linen.Linen`.
+
+>>> import numpy as np
+>>> from flax import nnx
+>>> from jneuron import flax as jnf
+>>> from jneuron.models import MLP
+>>> model = MLP(8, (4,), 2, rngs=nnx.Rngs(0))
+>>> jnf.capture(model, np.ones((3, 8), np.float32), ["layers/0"])["layers/0"].shape
+(3, 4)
+"""
+
+from jneuron.flax.ablate import AblationMask as AblationMask
+from jneuron.flax.ablate import AblationValue as AblationValue
+from jneuron.flax.ablate import Masked as Masked
+from jneuron.flax.ablate import ablate as ablate
+from jneuron.flax.ablate import layer_means as layer_means
+from jneuron.flax.ablate import sweep as sweep
+from jneuron.flax.capture import Capture as Capture
+from jneuron.flax.capture import capture as capture
+from jneuron.flax.capture import capture_batches as capture_batches
+from jneuron.flax.capture import capture_source as capture_source
+from jneuron.flax.curves import AblationCurve as AblationCurve
+from jneuron.flax.curves import ablation_curve as ablation_curve
+from jneuron.flax.paths import module_paths as module_paths
