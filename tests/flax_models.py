@@ -1,6 +1,7 @@
 """Small non-MLP models for the adapter tests: a transformer-style encoder and a CNN (Flax NNX)."""
 
 import jax
+import flax.linen as nn
 import jax.numpy as jnp
 from flax import nnx
 
@@ -58,3 +59,39 @@ class CNN(nnx.Module):
         for conv in self.convs:
             x = nnx.relu(conv(x))
         return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+class LinenDense(nn.Dense):
+    """Linen twin of :class:`jneuron.models.Dense` (a subclass whose ``__call__`` calls the parent's)."""
+
+    activation: object = nn.relu
+
+    def __call__(self, x):
+        return self.activation(super().__call__(x))
+
+
+class LinenMLP(nn.Module):
+    """Linen twin of :class:`jneuron.models.MLP`: hidden layers ``layers_0``, ``layers_1``, head ``head``."""
+
+    hidden: tuple
+    outputs: int
+
+    def setup(self):
+        self.layers = [LinenDense(h, precision=HIGHEST) for h in self.hidden]
+        self.head = nn.Dense(self.outputs, precision=HIGHEST)
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def linen_twin(model):
+    """A LinenMLP with the same parameters as an NNX ``jneuron.models.MLP``, as a ``jnf.Linen``."""
+    from jneuron.flax import Linen
+
+    params = {f"layers_{i}": {"kernel": layer.kernel[...], "bias": layer.bias[...]}
+              for i, layer in enumerate(model.layers)}
+    params["head"] = {"kernel": model.head.kernel[...], "bias": model.head.bias[...]}
+    return Linen(LinenMLP(tuple(layer.out_features for layer in model.layers), model.head.out_features),
+                 {"params": params})

@@ -25,3 +25,4 @@ from jneuron.flax.capture import capture_source as capture_source
 from jneuron.flax.curves import AblationCurve as AblationCurve
 from jneuron.flax.curves import ablation_curve as ablation_curve
 from jneuron.flax.paths import module_paths as module_paths
+from jneuron.flax.linen import Linen as Linen

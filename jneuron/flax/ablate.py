@@ -59,15 +59,18 @@ class Masked(nnx.Module):
         self.value = AblationValue(jnp.asarray(value))
 
     def __call__(self, *args, **kwargs):
-        output = self.inner(*args, **kwargs)
-        if not isinstance(output, jax.Array) or output.ndim < 1:
-            raise JNeuronError(f"layer '{self.layer}': can only mask an array output, got {type(output).__name__}")
-        mask, value = self.mask[...], self.value[...]
-        for name, array in (("mask", mask), ("value", value)):
-            _check_fits(self.layer, name, array.shape, output.shape[1:])
-        mask = jnp.broadcast_to(mask.astype(output.dtype), output.shape)
-        value = jnp.broadcast_to(value.astype(output.dtype), output.shape)
-        return output * mask + value * (1 - mask)
+        return mask_output(self.layer, self.inner(*args, **kwargs), self.mask[...], self.value[...])
+
+
+def mask_output(layer: str, output, mask: jax.Array, value: jax.Array) -> jax.Array:
+    """``output * mask + value * (1 - mask)``, with ``mask`` and ``value`` checked against one sample's shape."""
+    if not isinstance(output, jax.Array) or output.ndim < 1:
+        raise JNeuronError(f"layer '{layer}': can only mask an array output, got {type(output).__name__}")
+    for name, array in (("mask", mask), ("value", value)):
+        _check_fits(layer, name, array.shape, output.shape[1:])
+    mask = jnp.broadcast_to(mask.astype(output.dtype), output.shape)
+    value = jnp.broadcast_to(value.astype(output.dtype), output.shape)
+    return output * mask + value * (1 - mask)
 
 
 def _check_fits(layer: str, what: str, shape: tuple, sample_shape: tuple) -> None:

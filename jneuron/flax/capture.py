@@ -83,7 +83,7 @@ def as_inputs(inputs) -> tuple:
     return inputs
 
 
-def _batches(inputs: tuple, batch_size: int | None) -> Iterator[tuple[tuple, int]]:
+def batches(inputs: tuple, batch_size: int | None) -> Iterator[tuple[tuple, int]]:
     """Batches of ``batch_size`` samples, the last one padded (so every batch compiles once): (batch, rows)."""
     count = np.shape(inputs[0])[0]
     if count == 0:
@@ -135,7 +135,7 @@ def _run(model: nnx.Module, inputs, layers: tuple[str, ...], batch_size: int | N
     """Per batch: the layers' raw outputs (padding rows dropped) and the batch's first sample index."""
     graphdef, state = nnx.split(tapped(model, layers))
     start = 0
-    for batch, rows in _batches(as_inputs(inputs), batch_size):
+    for batch, rows in batches(as_inputs(inputs), batch_size):
         outputs = _forward(graphdef, layers, state, batch)
         yield {layer: np.asarray(outputs[layer][:rows]) for layer in layers}, start
         start += rows

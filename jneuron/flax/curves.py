@@ -210,7 +210,7 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
     if mode not in ("zero", "mean"):
         raise JNeuronError(f"ablation curves use mode 'zero' or 'mean', got '{mode}'")
     engine = _engine(model)
-    layers = engine.check_layers(layers)
+    layers = engine.check_layers(layers, inputs)
     widths = engine.widths(inputs, layers)
     flat = flat_order(order, layers, widths)
     if scope == "network":
@@ -262,7 +262,7 @@ def _scored(metric: Callable) -> Callable:
 class _NNXEngine:
     model: object
 
-    def check_layers(self, layers):
+    def check_layers(self, layers, inputs):
         return paths.check_layers(self.model, layers)
 
     def widths(self, inputs, layers):
