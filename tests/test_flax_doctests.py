@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["jneuron.flax", "jneuron.flax.paths", "jneuron.flax.capture", "jneuron.flax.ablate",
-           "jneuron.flax.curves", "jneuron.flax.linen", "jneuron.models"]
+           "jneuron.flax.curves", "jneuron.flax.linen", "jneuron.flax.control", "jneuron.models"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -26,3 +26,9 @@ from jneuron.flax.curves import AblationCurve as AblationCurve
 from jneuron.flax.curves import ablation_curve as ablation_curve
 from jneuron.flax.paths import module_paths as module_paths
 from jneuron.flax.linen import Linen as Linen
+from jneuron.flax.control import ControlSweep as ControlSweep
+from jneuron.flax.control import NeuronStats as NeuronStats
+from jneuron.flax.control import control as control
+from jneuron.flax.control import control_sweep as control_sweep
+from jneuron.flax.control import erase as erase
+from jneuron.flax.control import neuron_stats as neuron_stats
