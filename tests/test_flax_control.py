@@ -8,7 +8,7 @@ from flax_models import Encoder
 
 from jneuron import JNeuronError
 from jneuron import flax as jnf
-from jneuron.flax import control as ctl
+from jneuron.flax import controls as ctl
 from jneuron.models import MLP
 
 

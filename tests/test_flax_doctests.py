@@ -5,8 +5,8 @@ import importlib
 
 import pytest
 
-MODULES = ["jneuron.flax", "jneuron.flax.paths", "jneuron.flax.capture", "jneuron.flax.ablate",
-           "jneuron.flax.curves", "jneuron.flax.linen", "jneuron.flax.control", "jneuron.models"]
+MODULES = ["jneuron.flax", "jneuron.flax.paths", "jneuron.flax.capturing", "jneuron.flax.ablation",
+           "jneuron.flax.curves", "jneuron.flax.linen", "jneuron.flax.controls", "jneuron.models"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -36,8 +36,8 @@ from flax import nnx
 
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
-from jneuron.flax.ablate import ablate, layer_means, sweep
-from jneuron.flax.capture import as_inputs, capture
+from jneuron.flax.ablation import ablate, layer_means, sweep
+from jneuron.flax.capturing import as_inputs, capture
 from jneuron.io_utils import atomic_write_bytes, atomic_write_text
 from jneuron.ranking import Ranking, _plain
 

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jneuron.errors import JNeuronError
-from jneuron.flax.ablate import MODES, mask_output
-from jneuron.flax.capture import Capture, as_inputs, batches, flatten
+from jneuron.flax.ablation import MODES, mask_output
+from jneuron.flax.capturing import Capture, as_inputs, batches, flatten
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,7 +116,7 @@ def _forward(module, layers, variables, inputs):
 def capture(model: Linen, inputs, layers: Sequence[str], *, batch_size: int | None = None) -> Capture:
     """The outputs of the Linen submodules at ``layers``, as ``(tokens, neurons)`` rows with positions.
 
-    Same result type and flattening as :func:`jneuron.flax.capture`.
+    Same result type and flattening as :func:`jneuron.flax.capturing`.
     """
     layers = model.check_layers(layers, inputs)
     acts, where, shapes = {layer: [] for layer in layers}, {layer: [] for layer in layers}, {}
@@ -143,7 +143,7 @@ def layer_means(model: Linen, inputs, layers, *, batch_size: int | None = None) 
 
 def ablate(model: Linen, masks: Mapping[str, object], mode: str = "zero", *,
            values: Mapping[str, object] | None = None, inputs=None) -> Callable:
-    """A function ``f(*inputs) -> outputs`` of the model with masked layers (see :func:`jneuron.flax.ablate`).
+    """A function ``f(*inputs) -> outputs`` of the model with masked layers (see :func:`jneuron.flax.ablation`).
 
     ``mode="mean"`` takes ``values`` (means) or computes them on ``inputs``; ``"value"`` needs ``values``.
     """

@@ -32,7 +32,7 @@ from flax import nnx
 
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
-from jneuron.flax.capture import capture
+from jneuron.flax.capturing import capture
 
 MODES = ("zero", "mean", "value")
 

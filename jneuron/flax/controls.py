@@ -27,8 +27,8 @@ from flax import nnx
 
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
-from jneuron.flax.ablate import ablate, sweep
-from jneuron.flax.capture import as_inputs, capture_batches
+from jneuron.flax.ablation import ablate, sweep
+from jneuron.flax.capturing import as_inputs, capture_batches
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
