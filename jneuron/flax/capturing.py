@@ -75,7 +75,17 @@ def _forward(graphdef, layers, state, inputs):
     return run_tapped(nnx.merge(graphdef, state), layers, *inputs)[1]
 
 
+def output_shapes(model: nnx.Module, inputs, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """One sample's output shape per layer, traced abstractly (nothing is computed or compiled)."""
+    layers = paths.check_layers(model, layers)
+    graphdef, state = nnx.split(tapped(model, layers))
+    sample = tuple(jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), np.asarray(x[:1]).dtype) for x in as_inputs(inputs))
+    shapes = jax.eval_shape(functools.partial(_forward, graphdef, layers), state, sample)
+    return {layer: tuple(shapes[layer].shape[1:]) for layer in layers}
+
+
 def as_inputs(inputs) -> tuple:
+    """The model's positional inputs as a tuple of arrays sharing their first (batch) axis."""
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in inputs}
     if len(sizes) != 1 or None in sizes:

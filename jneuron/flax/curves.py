@@ -37,7 +37,7 @@ from flax import nnx
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, layer_means, sweep
-from jneuron.flax.capturing import as_inputs, capture
+from jneuron.flax.capturing import as_inputs, output_shapes
 from jneuron.io_utils import atomic_write_bytes, atomic_write_text
 from jneuron.ranking import Ranking, _plain
 
@@ -266,8 +266,7 @@ class _NNXEngine:
         return paths.check_layers(self.model, layers)
 
     def widths(self, inputs, layers):
-        first = tuple(np.asarray(x[:1]) for x in as_inputs(inputs))
-        return tuple(int(w) for w in capture(self.model, first, layers).widths)
+        return tuple(shape[-1] for shape in output_shapes(self.model, inputs, layers).values())
 
     def means(self, inputs, layers):
         return layer_means(self.model, inputs, layers)

@@ -76,6 +76,13 @@ class Linen:
                 raise JNeuronError(f"no layer '{layer}' in the Linen model; the layers are: {listed}")
         return layers
 
+    def output_shapes(self, inputs, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
+        """One sample's output shape per layer, traced abstractly (nothing is computed or compiled)."""
+        layers = self.check_layers(layers, inputs)
+        sample = tuple(jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), np.asarray(x[:1]).dtype) for x in as_inputs(inputs))
+        shapes = jax.eval_shape(functools.partial(_forward, self.module, layers), self.variables, sample)
+        return {layer: tuple(shapes[layer].shape[1:]) for layer in layers}
+
     def curve_engine(self):
         return _LinenEngine(self)
 
@@ -215,8 +222,7 @@ class _LinenEngine:
         return self.model.check_layers(layers, inputs)
 
     def widths(self, inputs, layers):
-        first = tuple(np.asarray(x[:1]) for x in as_inputs(inputs))
-        return tuple(int(w) for w in capture(self.model, first, layers).widths)
+        return tuple(shape[-1] for shape in self.model.output_shapes(inputs, layers).values())
 
     def means(self, inputs, layers):
         return layer_means(self.model, inputs, layers)
