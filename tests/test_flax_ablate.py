@@ -6,10 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jneuron import JNeuronError
 from jneuron import flax as jnf
 from jneuron.models import MLP
+
+LAYERS = ["layers/0", "layers/1"]
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +157,30 @@ def test_mode_errors(mlp, data):
         jnf.ablate(mlp, {"layers/0": np.zeros(10)}, mode="mean")
     with pytest.raises(JNeuronError, match="missing"):
         jnf.ablate(mlp, {"layers/0": np.zeros(10)}, mode="value")
+
+
+def _logits(model, x):
+    return model(x)
+
+
+@settings(max_examples=15)
+@given(bits=st.lists(st.booleans(), min_size=4 * 16, max_size=4 * 16), mode=st.sampled_from(["zero", "mean"]))
+def test_property_sweep_equals_weight_surgery(mlp, data, bits, mode):
+    """Any K=4 masks over both hidden layers, zero or mean: the sweep equals a float64 numpy forward pass
+    in which the removed neurons output 0 or their mean."""
+    x, _ = data
+    masks = np.asarray(bits, np.float32).reshape(4, 16)
+    means = jnf.layer_means(mlp, x, ["layers/0", "layers/1"]) if mode == "mean" else None
+    ones = {"layers/0": np.ones(10, np.float32), "layers/1": np.ones(6, np.float32)}
+    variant = jnf.ablate(mlp, ones, mode="value",
+                         values=means or {"layers/0": np.zeros(10, np.float32), "layers/1": np.zeros(6, np.float32)})
+    swept = jnf.sweep(variant, _logits, jnp.asarray(x),
+                      masks={"layers/0": masks[:, :10], "layers/1": masks[:, 10:]})
+    for k in range(4):
+        keep = (masks[k, :10], masks[k, 10:])
+
+        def replace(i, h, keep=keep):
+            fill = np.zeros_like(h) if means is None else np.broadcast_to(means[LAYERS[i]], h.shape)
+            return np.where(keep[i] > 0, h, fill)
+
+        np.testing.assert_allclose(swept[k], _forward_with_hidden(mlp, x, replace), atol=2e-5)
