@@ -100,13 +100,16 @@ def test_vmapped_masks_equal_separate_calls(mlp, data, rng):
     x, _ = data
     masks = (rng.random((7, 10)) > 0.4).astype(np.float32)
     variant = jnf.ablate(mlp, {"layers/0": np.ones(10)})
-    swept = jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks})
+    swept = jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks}, batch_size=None)
     assert swept.shape == (7, 64)
     for k in range(7):
         single = jnf.ablate(mlp, {"layers/0": masks[k]})
         np.testing.assert_allclose(swept[k], _sum_logits(single, jnp.asarray(x)), atol=1e-5)
-    mapped = jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks}, batch_size=3)
-    np.testing.assert_allclose(mapped, swept, atol=1e-6)
+    for batch_size in (3, "auto"):
+        mapped = jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks}, batch_size=batch_size)
+        np.testing.assert_allclose(mapped, swept, atol=1e-6)
+    with pytest.raises(JNeuronError, match="batch_size must be a positive integer"):
+        jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks}, batch_size=0)
 
 
 def test_sweep_values_and_masks_over_two_layers(mlp, data, rng):

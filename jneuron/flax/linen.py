@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jneuron.errors import JNeuronError
-from jneuron.flax.ablation import MODES, mask_output
+from jneuron.flax.ablation import MODES, mask_output, variants_per_step
 from jneuron.flax.capturing import Capture, as_inputs, batches, flatten
 
 
@@ -195,9 +195,9 @@ def _sweep(module, layers, fn, batch_size, variables, masks, values, args):
 
 
 def sweep(model: Linen, fn: Callable, inputs, *args, masks: Mapping[str, object],
-          values: Mapping[str, object] | None = None, batch_size: int | None = None):
+          values: Mapping[str, object] | None = None, batch_size: int | str | None = "auto"):
     """``fn(outputs_k, *args)`` for K masks ``{layer: (K, d)}`` (replacement ``values``: ``{layer: (d,)}``,
-    default 0) in one compiled call: ``jax.vmap``, or ``lax.map`` over ``batch_size`` masks at a time."""
+    default 0) in one compiled call; ``batch_size`` as in :func:`jneuron.flax.sweep`."""
     inputs = tuple(jnp.asarray(x) for x in as_inputs(inputs))
     layers = model.check_layers(list(masks), inputs)
     masks = {layer: jnp.asarray(masks[layer]) for layer in layers}
@@ -209,7 +209,7 @@ def sweep(model: Linen, fn: Callable, inputs, *args, masks: Mapping[str, object]
     stacked = {layer: jnp.broadcast_to(jnp.asarray(values.get(layer, np.zeros((), np.float32))),
                                        (count, *np.shape(values.get(layer, np.zeros(())))))
                for layer in layers}
-    return _sweep(model.module, layers, fn, batch_size, model.variables, masks, stacked, (inputs, *args))
+    return _sweep(model.module, layers, fn, variants_per_step(batch_size), model.variables, masks, stacked, (inputs, *args))
 
 
 @dataclass
