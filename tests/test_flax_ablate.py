@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from flax_models import CNN, Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -187,3 +188,27 @@ def test_property_sweep_equals_weight_surgery(mlp, data, bits, mode):
             return np.where(keep[i] > 0, h, fill)
 
         np.testing.assert_allclose(swept[k], _forward_with_hidden(mlp, x, replace), atol=2e-5)
+
+
+def test_cnn_channel_ablation_equals_zeroed_filter(rng):
+    model = CNN(3, rngs=nnx.Rngs(1))
+    model.convs[0].bias[...] = jnp.linspace(-0.3, 0.3, 4)
+    images = jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+    mask = np.array([1, 0, 1, 0], np.float32)
+    surgery = nnx.clone(model)
+    surgery.convs[0].kernel[...] = surgery.convs[0].kernel[...] * jnp.asarray(mask)[None, None, None, :]
+    surgery.convs[0].bias[...] = surgery.convs[0].bias[...] * jnp.asarray(mask)
+    np.testing.assert_allclose(jnf.ablate(model, {"convs/0": mask})(images), surgery(images), atol=1e-6)
+
+
+def test_transformer_sweep_over_positions_equals_separate_calls(rng):
+    model = Encoder(vocab=9, d=8, blocks=2, classes=3, rngs=nnx.Rngs(2))
+    tokens = jnp.asarray(rng.integers(0, 9, size=(3, 5)))
+    layer = "encoder/layers/1/mlp/hidden"
+    masks = (rng.random((4, 5, 16)) > 0.3).astype(np.float32)  # per position and neuron
+    variant = jnf.ablate(model, {layer: np.ones(16)}, mode="mean", inputs=tokens)
+    swept = jnf.sweep(variant, _logits, tokens, masks={layer: masks})
+    means = jnf.layer_means(model, tokens, [layer])
+    for k in range(4):
+        single = jnf.ablate(model, {layer: masks[k]}, mode="mean", values=means)
+        np.testing.assert_allclose(swept[k], single(tokens), atol=1e-5)
