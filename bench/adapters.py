@@ -92,7 +92,8 @@ def main() -> dict:
         return floor_map(params, masks0, masks1, x, y)
 
     results = {}
-    runs = {"jneuron_default_auto": run_jneuron_default, "jneuron_vmap": run_jneuron, **{f"jneuron_lax_map_batch{b}": run_jneuron_map(b) for b in BATCHES},
+    runs = {"jneuron_default_auto": run_jneuron_default, "jneuron_vmap": run_jneuron,
+            **{f"jneuron_lax_map_batch{b}": run_jneuron_map(b) for b in BATCHES},
             "python_loop_of_jit": run_loop, "handwritten_jax_vmap": run_floor,
             "handwritten_jax_lax_map_batch10": run_floor_map}
     for name, fn in runs.items():

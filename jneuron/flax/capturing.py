@@ -55,7 +55,8 @@ def tapped(model: nnx.Module, layers: Sequence[str]) -> nnx.Module:
 def run_tapped(model: nnx.Module, layers: Sequence[str], *inputs) -> tuple[object, dict[str, jax.Array]]:
     """Call a :func:`tapped` model on ``inputs``: its output and the recorded output of each layer."""
     output, recorded = nnx.capture(lambda module, *args: module(*args), nnx.Intermediate)(model, *inputs)
-    found = {"/".join(str(p) for p in path[:-1]): variable.get_value() for path, variable in nnx.to_flat_state(recorded)}
+    found = {"/".join(str(p) for p in path[:-1]): variable.get_value()
+             for path, variable in nnx.to_flat_state(recorded)}
     outputs = {}
     for layer in layers:
         values = found.get(layer, ())

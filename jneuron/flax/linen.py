@@ -209,7 +209,8 @@ def sweep(model: Linen, fn: Callable, inputs, *args, masks: Mapping[str, object]
     stacked = {layer: jnp.broadcast_to(jnp.asarray(values.get(layer, np.zeros((), np.float32))),
                                        (count, *np.shape(values.get(layer, np.zeros(())))))
                for layer in layers}
-    return _sweep(model.module, layers, fn, variants_per_step(batch_size), model.variables, masks, stacked, (inputs, *args))
+    return _sweep(model.module, layers, fn, variants_per_step(batch_size), model.variables, masks, stacked,
+                  (inputs, *args))
 
 
 @dataclass
