@@ -23,6 +23,7 @@ test: $(STAMP)
 # Each benchmark prints its ratios and writes bench/results/<name>.json.
 BENCHES := bench/crossmodel.py
 BENCHES += bench/probe.py
+BENCHES += bench/adapters.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done
