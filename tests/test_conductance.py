@@ -1,6 +1,5 @@
 """Conductance: a hand-computed case, completeness converging with steps, and a slow per-feature reference."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -44,9 +43,10 @@ def test_hand_computed_relu_layer():
     np.testing.assert_allclose(c.values, [[90.0, 100.0, 100.0, 100.0]], rtol=1e-6)
     np.testing.assert_allclose(c.delta, [390.0], rtol=1e-6)
     np.testing.assert_allclose(c.gap, [0.0], atol=1e-4)
-    # the identity layer passes everything: feature 1 carries all 390
+    # the identity layer passes everything to feature 1: 390 up to the one path interval holding the kink
     c0 = conductance(model, jnp.array([[0.0, 100.0, 0.0]]), "linear0", target=1, steps=50)
-    np.testing.assert_allclose(c0.values, [[0.0, 390.0, 0.0]], atol=1e-3)
+    np.testing.assert_array_equal(c0.values[0, [0, 2]], 0.0)
+    assert abs(c0.values[0, 1] - 390.0) <= 100 / 50 and c0.gap[0] == pytest.approx(c0.values[0, 1] - 390.0)
     assert c.ranking().order.tolist() == [1, 2, 3, 0]
 
 
@@ -56,7 +56,7 @@ def test_hand_computed_pre_activation_has_quadrature_error_that_shrinks():
     x = jnp.array([[0.0, 100.0, 0.0]])
     errors = [abs(conductance(model, x, "linear1", target=0, steps=s).values[0, 0] - 90.0) for s in (7, 70, 700)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.2
-    assert conductance(model, x, "linear1", target=0, steps=70).values[0, 1:] == pytest.approx([101.0] * 3)
+    assert conductance(model, x, "linear1", target=0, steps=70).values[0, 1:] == pytest.approx([100.0] * 3)
 
 
 def _tanh_mlp(seed: int = 0) -> MLP:
@@ -162,8 +162,7 @@ def test_bad_arguments_are_named():
         conductance(model, x, "layers/0", target=0, steps=0)
 
 
-def test_runs_under_jit_free_caller_and_keeps_dtype():
+def test_follows_the_callers_dtype():
     model = MLP(4, (3,), 2, rngs=nnx.Rngs(0))
     c = conductance(model, np.ones((2, 4), np.float32), "layers/0", target=1, steps=8)
     assert c.values.dtype == np.float32 and c.delta.dtype == np.float32
-    assert jax.tree.leaves(nnx.state(model))  # model still intact

@@ -162,14 +162,14 @@ def conductance(model: nnx.Module, inputs, layer: Path, target: Target = None, b
     if not bool(jnp.all(jnp.isfinite(x))) or not bool(jnp.all(jnp.isfinite(base))):
         raise JNeuronError("inputs or baseline contain NaN or Inf")
 
-    tapped = nnx.merge(*nnx.split(model))  # a copy to operate on; the caller's model is untouched
+    tapped = nnx.clone(model)  # a copy to operate on; the caller's model is untouched
     replace(tapped, layer, _Tap(locate(tapped, layer)[2]))
     graphdef, perturbation, recorded, rest = nnx.split(tapped, _Perturbation, _Recorded, ...)
 
     def forward(points: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``F`` and ``y`` at a batch of points, with ``shift`` added to ``y``."""
         state = jax.tree.map(lambda _: shift, perturbation)
-        module = nnx.merge(graphdef, state, recorded, rest)
+        module = nnx.merge(graphdef, state, recorded, rest, copy=True)
         f = _select(target, module(points))
         return f, jax.tree.leaves(nnx.state(module, _Recorded))[0]
 

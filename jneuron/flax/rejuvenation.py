@@ -127,7 +127,9 @@ def bn_scale_mask(model: nnx.Module):
     scales = {path + "/scale" for path in _batchnorms(model)}
 
     def is_scale(keypath, _):
-        return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in keypath) in scales
+        names = [k.key if isinstance(k, jax.tree_util.DictKey) else k.idx for k in keypath
+                 if isinstance(k, (jax.tree_util.DictKey, jax.tree_util.SequenceKey))]
+        return "/".join(map(str, names)) in scales
 
     return jax.tree_util.tree_map_with_path(is_scale, nnx.state(model, nnx.Param))
 
@@ -208,7 +210,7 @@ def rejuvenate(model: nnx.Module, key: jax.Array, *, threshold: float = 0.01, ta
                        epsilon=first.norm.epsilon)
     else:
         sources = [np.where(m, np.arange(len(m)), -1) for m in masks[1:-1]]
-        result = nnx.merge(*nnx.split(model))
+        result = nnx.clone(model)
     sources = [np.arange(inputs), *sources, np.arange(outputs)]
     # per-neuron factor s of every block (1 for revived ones): scale and shift times s, next rows over s
     factors = []
