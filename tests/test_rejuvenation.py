@@ -2,6 +2,7 @@
 revived neurons carrying gradient, width reallocation under the parameter budget, the mixed S/R layer."""
 
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jneuron.cli import main
 from jneuron.errors import JNeuronError
 from jneuron.flax import BNMLP, SRLinear, bn_scale_l1, dead_neurons, rejuvenate, utilization
 from jneuron.flax.rejuvenation import reallocated_widths
@@ -209,3 +211,18 @@ def test_bad_models_and_arguments_are_named():
         dead_neurons(BNMLP(3, (4,), 2, rngs=nnx.Rngs(0)), threshold=1.5)
     with pytest.raises(JNeuronError, match="target"):
         rejuvenate(BNMLP(3, (4,), 2, rngs=nnx.Rngs(0)), jax.random.key(0), target=-1.0)
+
+
+def test_study_command_writes_json_and_png(tmp_path, capsys):
+    with jax.numpy_dtype_promotion("standard"):  # optax's Adam mixes its int32 step count with floats
+        code = main(["study-rejuvenation", "--out", str(tmp_path), "--hidden", "8", "--epochs", "2",
+                     "--epochs-after", "1", "--l1", "0.5"])
+    assert code == 0
+    result = json.loads((tmp_path / "rejuvenation.json").read_text())
+    phases = [h["phase"] for h in result["history"]]
+    assert phases == ["sparse", "sparse", "rejuvenated", "after"]
+    assert result["history"][2]["utilization"] == 1.0
+    assert all(0 <= h["accuracy"] <= 1 and 0 <= h["utilization"] <= 1 for h in result["history"])
+    assert (tmp_path / "rejuvenation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["study-rejuvenation", "--out", str(tmp_path), "--epochs", "0"]) == 2
+    assert "--epochs must be" in capsys.readouterr().err
