@@ -16,6 +16,7 @@ backward pass gives ``dF/dy`` at every path point (all points of all inputs in o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from jneuron.errors import JNeuronError
 from jneuron.flax._paths import Path, locate, path_name, replace
 from jneuron.ranking import NeuronIndex, Ranking
 
+HIGHEST = jax.lax.Precision.HIGHEST
 Target = int | Callable[[jax.Array], jax.Array] | None
 METHODS = ("trapezoid", "gausslegendre")
 
@@ -120,6 +122,56 @@ def _select(target: Target, out: jax.Array) -> jax.Array:
     return f
 
 
+def _forward(graphdef, target: Target, states, points: jax.Array, shift: jax.Array):
+    """``F`` and the layer output ``y`` at a batch of points, with ``shift`` added to ``y``."""
+    perturbation, recorded, rest = states
+    module = nnx.merge(graphdef, jax.tree.map(lambda _: shift, perturbation), recorded, rest, copy=True)
+    return _select(target, module(points)), jax.tree.leaves(nnx.state(module, _Recorded))[0]
+
+
+@functools.lru_cache(maxsize=32)
+def _program(graphdef, target: Target, method: str, steps: int, per_feature: bool, batch_size: int | None):
+    """The compiled computation for one model structure and setting (weights are arguments, not constants)."""
+    alphas, weights = _nodes(method, steps)
+
+    def one_input(states, xi, bi):
+        dtype = xi.dtype
+        zero = jnp.zeros((), dtype)
+        a, w = jnp.asarray(alphas, dtype), jnp.asarray(weights, dtype)
+        points = bi[None] + a.reshape(-1, *([1] * xi.ndim)) * (xi - bi)[None]
+        shape = jax.eval_shape(lambda p: _forward(graphdef, target, states, p, zero)[1], points).shape
+
+        def total(shift):
+            f, y = _forward(graphdef, target, states, points, shift)
+            return f.sum(), y
+
+        grads, y = jax.grad(total, has_aux=True)(jnp.zeros(shape, dtype))
+        grads, y = grads.reshape(len(alphas), -1), y.reshape(len(alphas), -1)
+        ends = _forward(graphdef, target, states, jnp.stack([bi, xi]), zero)[0]
+        if method == "trapezoid":
+            values = jnp.sum((grads[1:] + grads[:-1]) / 2 * (y[1:] - y[:-1]), axis=0)
+        else:
+            tangent = jnp.broadcast_to(xi - bi, points.shape)
+            dy = jax.jvp(lambda p: _forward(graphdef, target, states, p, zero)[1], (points,), (tangent,))[1]
+            values = jnp.einsum("k,kj,kj->j", w, grads, dy.reshape(len(alphas), -1), precision=HIGHEST)
+        out = {"values": values, "delta": ends[1] - ends[0]}
+        if per_feature:
+            def y_one(p):
+                return _forward(graphdef, target, states, p[None], zero)[1].reshape(-1)
+
+            jac = jax.vmap(jax.jacfwd(y_one))(points).reshape(len(alphas), grads.shape[1], -1)
+            out["per_feature"] = jnp.einsum("k,kj,kji->ji", w, grads, jac, precision=HIGHEST) * (xi - bi).reshape(1, -1)
+        return out
+
+    @jax.jit
+    def run(states, xs, bs):
+        if batch_size is None:
+            return jax.vmap(one_input, in_axes=(None, 0, 0))(states, xs, bs)
+        return jax.lax.map(lambda args: one_input(states, *args), (xs, bs), batch_size=batch_size)
+
+    return run
+
+
 def conductance(model: nnx.Module, inputs, layer: Path, target: Target = None, baseline=None, *,
                 steps: int = 50, method: str = "trapezoid", per_feature: bool = False,
                 batch_size: int | None = None) -> Conductance:
@@ -164,53 +216,13 @@ def conductance(model: nnx.Module, inputs, layer: Path, target: Target = None, b
 
     tapped = nnx.clone(model)  # a copy to operate on; the caller's model is untouched
     replace(tapped, layer, _Tap(locate(tapped, layer)[2]))
-    graphdef, perturbation, recorded, rest = nnx.split(tapped, _Perturbation, _Recorded, ...)
-
-    def forward(points: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``F`` and ``y`` at a batch of points, with ``shift`` added to ``y``."""
-        state = jax.tree.map(lambda _: shift, perturbation)
-        module = nnx.merge(graphdef, state, recorded, rest, copy=True)
-        f = _select(target, module(points))
-        return f, jax.tree.leaves(nnx.state(module, _Recorded))[0]
-
-    alphas, weights = _nodes(method, int(steps))
-    alphas = jnp.asarray(alphas, x.dtype)
-    weights = jnp.asarray(weights, x.dtype)
-    expand = (slice(None),) + (None,) * (x.ndim - 1)
-
-    zero = jnp.zeros((), x.dtype)
-    shape = jax.eval_shape(lambda p: forward(p, zero)[1], x[:1].repeat(len(alphas), axis=0)).shape
-
-    def one_input(args):
-        xi, bi = args
-        points = bi[None] + alphas[expand] * (xi - bi)[None]
-        grads, (f, y) = jax.grad(lambda s: (lambda fy: (fy[0].sum(), fy))(forward(points, s)),
-                                 has_aux=True)(jnp.zeros(shape, x.dtype))
-        grads, y = grads.reshape(len(alphas), -1), y.reshape(len(alphas), -1)
-        ends = forward(jnp.stack([bi, xi]), zero)[0]
-        if method == "trapezoid":
-            values = jnp.sum((grads[1:] + grads[:-1]) / 2 * (y[1:] - y[:-1]), axis=0)
-        else:
-            tangent = jnp.broadcast_to(xi - bi, points.shape)
-            dy = jax.jvp(lambda p: forward(p, zero)[1], (points,), (tangent,))[1].reshape(len(alphas), -1)
-            values = jnp.einsum("k,kj,kj->j", weights, grads, dy, precision=jax.lax.Precision.HIGHEST)
-        out = {"values": values, "delta": ends[1] - ends[0]}
-        if per_feature:
-            def y_one(p):
-                return forward(p[None], zero)[1].reshape(-1)
-
-            jac = jax.vmap(jax.jacfwd(y_one))(points).reshape(len(alphas), grads.shape[1], -1)
-            out["per_feature"] = jnp.einsum("k,kj,kji->ji", weights, grads, jac,
-                                            precision=jax.lax.Precision.HIGHEST) * (xi - bi).reshape(1, -1)
-        return out
-
-    def run(xs, bs):
-        if batch_size is None:
-            return jax.vmap(one_input)((xs, bs))
-        return jax.lax.map(one_input, (xs, bs), batch_size=batch_size)
-
+    graphdef, *states = nnx.split(tapped, _Perturbation, _Recorded, ...)
+    points = jnp.broadcast_to(x[:1], (int(steps) + (method == "trapezoid"), *x.shape[1:]))
+    shape = jax.eval_shape(lambda st, p: _forward(graphdef, target, st, p, jnp.zeros((), x.dtype))[1],
+                           states, points).shape
+    program = _program(graphdef, target, method, int(steps), bool(per_feature), batch_size)
     with jax.default_matmul_precision("highest"):
-        result = jax.jit(run)(x, base)
+        result = program(states, x, base)
     return Conductance(
         layer=path_name(layer), method=method, steps=int(steps), values=np.asarray(result["values"]),
         delta=np.asarray(result["delta"]), layer_shape=tuple(shape[1:]),
