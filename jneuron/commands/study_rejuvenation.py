@@ -4,6 +4,7 @@ utilization fall, rejuvenate, train on; report test accuracy and utilization per
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import time
@@ -77,9 +78,13 @@ def _fit(model: BNMLP, x, y, *, epochs: int, l1: float, learning_rate: float, ke
     return _training(nnx.merge(graphdef, carry[0], carry[1], copy=True), False)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(graphdef, state, x):
+    return jnp.argmax(nnx.merge(graphdef, state, copy=True)(x), axis=-1)
+
+
 def _accuracy(model: BNMLP, x, y) -> float:
-    logits = _training(nnx.clone(model), False)(x)
-    return float(jnp.mean(jnp.argmax(logits, axis=-1) == y))
+    return float(jnp.mean(_predict(*nnx.split(_training(nnx.clone(model), False)), x) == y))
 
 
 def _plot(history: list[dict], at: int, path: Path) -> Path:

@@ -104,9 +104,9 @@ def _chain(model: nnx.Module) -> tuple[list, nnx.Linear]:
 def _live_masks(model: nnx.Module, threshold: float) -> list[np.ndarray]:
     """Live masks of the inputs, every block and the head's outputs."""
     blocks, head = _chain(model)
-    masks = [np.ones(blocks[0].linear.kernel[...].shape[0], bool)]
+    masks = [np.ones(blocks[0].linear.kernel.get_value().shape[0], bool)]
     masks += [~_dead(block.norm.scale[...], threshold) for block in blocks]
-    return masks + [np.ones(head.kernel[...].shape[1], bool)]
+    return masks + [np.ones(head.kernel.get_value().shape[1], bool)]
 
 
 def utilization(model: nnx.Module, threshold: float = 0.01) -> float:
@@ -206,8 +206,11 @@ def rejuvenate(model: nnx.Module, key: jax.Array, *, threshold: float = 0.01, ta
         sources = [np.concatenate([np.flatnonzero(m), np.full(max(0, w - int(m.sum())), -1)])[:w]
                    for m, w in zip(masks[1:-1], new_widths)]
         first = blocks[0]
-        result = BNMLP(inputs, new_widths, outputs, rngs=nnx.Rngs(0), momentum=first.norm.momentum,
-                       epsilon=first.norm.epsilon)
+        if any(block.linear.bias is not None for block in blocks):
+            raise JNeuronError("reallocate builds a BNMLP, whose block Linears have no bias; fold the biases "
+                               "into the BatchNorm running means first")
+        result = nnx.eval_shape(lambda: BNMLP(inputs, new_widths, outputs, rngs=nnx.Rngs(0),
+                                              momentum=first.norm.momentum, epsilon=first.norm.epsilon))
     else:
         sources = [np.where(m, np.arange(len(m)), -1) for m in masks[1:-1]]
         result = nnx.clone(model)
@@ -222,29 +225,30 @@ def rejuvenate(model: nnx.Module, key: jax.Array, *, threshold: float = 0.01, ta
             grow[weak] = target / np.abs(scale[weak])
         factors.append(grow)
     ones = [np.ones(inputs)]
-    keys = jax.random.split(key, len(blocks) + 1)
+    generator = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
     layers = [(b.linear, r.linear) for b, r in zip(blocks, _chain(result)[0])] + [(head, _chain(result)[1])]
     for i, (old, new) in enumerate(layers):
         src_in, src_out = sources[i], sources[i + 1]
         kernel = np.asarray(old.kernel[...])
-        fresh = np.asarray(jax.random.normal(keys[i], (len(src_in), len(src_out)), kernel.dtype))
-        fresh = fresh * np.sqrt(2.0 / len(src_in))
+        fresh = generator.standard_normal((len(src_in), len(src_out))) * np.sqrt(2.0 / len(src_in))
         copied = kernel[np.maximum(src_in, 0)][:, np.maximum(src_out, 0)] / (ones + factors)[i][:, None]
         keep = (src_in >= 0)[:, None] & (src_out >= 0)[None, :]
         new.kernel.set_value(jnp.asarray(np.where(keep, copied, fresh), kernel.dtype))
-        if old.bias is not None:
+        if old.bias is not None and new.bias is not None:
             bias = np.asarray(old.bias[...])
             new.bias.set_value(jnp.asarray(np.where(src_out >= 0, bias[np.maximum(src_out, 0)], 0), bias.dtype))
+        elif new.bias is not None:
+            new.bias.set_value(jnp.zeros(len(src_out), kernel.dtype))
     for block, new, source, factor in zip(blocks, _chain(result)[0], sources[1:-1], factors):
         pick = np.maximum(source, 0)
         alive = source >= 0
         for name, revived, scaled in (("scale", gamma, True), ("bias", 0.0, True), ("mean", 0.0, False),
                                       ("var", 1.0, False)):
-            old = getattr(block.norm, name)
-            if old is None:
+            old, target_variable = getattr(block.norm, name), getattr(new.norm, name)
+            if old is None or target_variable is None:
                 continue
             values = np.asarray(old[...], np.float64)[pick] * (factor if scaled else 1.0)
-            getattr(new.norm, name).set_value(jnp.asarray(np.where(alive, values, revived), old[...].dtype))
+            target_variable.set_value(jnp.asarray(np.where(alive, values, revived), old[...].dtype))
     return result
 
 
