@@ -144,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs_after:
         model = _fit(model, x, y, epochs=args.epochs_after, l1=args.l1_after, learning_rate=args.learning_rate,
                      key=jax.random.fold_in(key, 2), on_epoch=record("after", at))
-    config = {name: (str(value) if isinstance(value, Path) else value) for name, value in vars(args).items()
-              if name in ("hidden", "epochs", "epochs_after", "l1", "l1_after", "learning_rate", "threshold", "reallocate", "seed")}
+    names = ("hidden", "epochs", "epochs_after", "l1", "l1_after", "learning_rate", "threshold", "reallocate", "seed")
+    config = {name: getattr(args, name) for name in names}
     result = {"study": "neural-rejuvenation", "dataset": "digits", "config": config, "rejuvenated_at": at,
               "history": history}
     json_path = atomic_write_text(args.out / "rejuvenation.json", json.dumps(result, indent=1, allow_nan=False))
