@@ -53,7 +53,7 @@ class _Tap(nnx.Module):
     def __call__(self, *args, **kwargs):
         y = self.inner(*args, **kwargs)
         self.recorded.set_value(y)
-        return y + self.perturbation[...]
+        return y + self.perturbation[...].astype(y.dtype)
 
 
 @dataclass(frozen=True)
