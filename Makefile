@@ -24,6 +24,7 @@ test: $(STAMP)
 BENCHES := bench/crossmodel.py
 BENCHES += bench/probe.py
 BENCHES += bench/adapters.py
+BENCHES += bench/conductance.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done

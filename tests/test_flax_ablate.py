@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from flax_models import CNN, Encoder
+from tests.flax_models import CNN, Encoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from flax_models import Encoder
+from tests.flax_models import Encoder
 
 from jneuron import JNeuronError
 from jneuron import flax as jnf

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from flax_models import linen_twin
+from tests.flax_models import linen_twin
 
 from jneuron import JNeuronError
 from jneuron import flax as jnf

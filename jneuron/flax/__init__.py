@@ -4,7 +4,8 @@ Works on Flax NNX models without editing their code (surgery on a copy: wrappers
 paths), and on Linen models through :class:`jneuron.flax.linen.Linen` (module + variables).
 
 Modules: ``paths`` (submodules by path), ``capturing``, ``ablation`` (masking, sweeps), ``curves``
-(ablation curves), ``controls`` (control and subspace erasure), ``linen`` (Linen versions).
+(ablation curves), ``controls`` (control and subspace erasure), ``linen`` (Linen versions), and the
+model-side methods ``conductance``, ``rejuvenation`` (Neural Rejuvenation) and ``onlstm`` (ordered neurons).
 
 >>> import numpy as np
 >>> from flax import nnx
@@ -27,6 +28,8 @@ from jneuron.flax.capturing import capture as capture
 from jneuron.flax.capturing import capture_batches as capture_batches
 from jneuron.flax.capturing import capture_source as capture_source
 from jneuron.flax.capturing import output_shapes as output_shapes
+from jneuron.flax.conductance import Conductance as Conductance
+from jneuron.flax.conductance import conductance as conductance
 from jneuron.flax.controls import ControlSweep as ControlSweep
 from jneuron.flax.controls import NeuronStats as NeuronStats
 from jneuron.flax.controls import control as control
@@ -36,4 +39,14 @@ from jneuron.flax.controls import neuron_stats as neuron_stats
 from jneuron.flax.curves import AblationCurve as AblationCurve
 from jneuron.flax.curves import ablation_curve as ablation_curve
 from jneuron.flax.linen import Linen as Linen
+from jneuron.flax.onlstm import ONLSTM as ONLSTM
+from jneuron.flax.onlstm import ONLSTMCell as ONLSTMCell
+from jneuron.flax.onlstm import build_tree as build_tree
+from jneuron.flax.onlstm import cumax as cumax
 from jneuron.flax.paths import module_paths as module_paths
+from jneuron.flax.rejuvenation import BNMLP as BNMLP
+from jneuron.flax.rejuvenation import SRLinear as SRLinear
+from jneuron.flax.rejuvenation import bn_scale_l1 as bn_scale_l1
+from jneuron.flax.rejuvenation import dead_neurons as dead_neurons
+from jneuron.flax.rejuvenation import rejuvenate as rejuvenate
+from jneuron.flax.rejuvenation import utilization as utilization

@@ -18,13 +18,14 @@ from flax import nnx
 from jneuron.errors import JNeuronError
 
 
-def _text(path: tuple) -> str:
-    return "/".join(str(part) for part in path)
+def path_text(path: str | Sequence[str | int]) -> str:
+    """A path as ``a/b/0``: Flax's tuple form ``("a", "b", 0)`` is accepted too."""
+    return path if isinstance(path, str) else "/".join(str(part) for part in path)
 
 
 def module_paths(model: nnx.Module) -> dict[str, nnx.Module]:
     """Every submodule of ``model`` (not the model itself) by its ``/``-joined path, in graph order."""
-    return {_text(path): module for path, module in nnx.iter_modules(model) if path}
+    return {path_text(path): module for path, module in nnx.iter_modules(model) if path}
 
 
 def _unknown(path: str, known: Sequence[str]) -> JNeuronError:
@@ -32,8 +33,9 @@ def _unknown(path: str, known: Sequence[str]) -> JNeuronError:
     return JNeuronError(f"no layer '{path}' in the model; the layers are: {listed}")
 
 
-def find(model: nnx.Module, path: str) -> nnx.Module:
+def find(model: nnx.Module, path: str | Sequence[str | int]) -> nnx.Module:
     """The submodule at ``path``; an unknown path raises :class:`JNeuronError` listing the layers that exist."""
+    path = path_text(path)
     modules = module_paths(model)
     if path not in modules:
         raise _unknown(path, list(modules))
@@ -44,7 +46,7 @@ def check_layers(model: nnx.Module, layers: Sequence[str]) -> tuple[str, ...]:
     """Validate a list of layer paths (known, no duplicates); returns them as a tuple."""
     if isinstance(layers, str):
         layers = [layers]
-    layers = tuple(str(layer) for layer in layers)
+    layers = tuple(path_text(layer) for layer in layers)
     if not layers:
         raise JNeuronError("no layers given: name at least one layer path")
     if len(set(layers)) != len(layers):
@@ -56,8 +58,9 @@ def check_layers(model: nnx.Module, layers: Sequence[str]) -> tuple[str, ...]:
     return layers
 
 
-def replace(model: nnx.Module, path: str, new: nnx.Module) -> None:
+def replace(model: nnx.Module, path: str | Sequence[str | int], new: nnx.Module) -> None:
     """Put ``new`` at ``path`` in ``model`` (in place): the surgery behind capture and ablation."""
+    path = path_text(path)
     find(model, path)
     *parents, last = path.split("/")
     parent = find(model, "/".join(parents)) if parents else model
