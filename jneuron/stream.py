@@ -82,7 +82,8 @@ def _sharded_functions(mesh: Mesh, dim: int, tiles: tuple[Tile, ...], dtype):
     reduction, _ = ksharded.comoment_reduction(dim, tiles, dtype, shards)
     replicated = NamedSharding(mesh, P())
     to_stats = jax.jit(lambda total: ksharded.stats_from_state(total, dim, tiles, mesh), out_shardings=replicated)
-    return reduction, ksharded.make_update(reduction, mesh), ksharded.make_finalize(reduction, mesh), to_stats
+    init, update = ksharded.make_init(reduction, mesh), ksharded.make_update(reduction, mesh)
+    return init, update, ksharded.make_finalize(reduction, mesh), to_stats
 
 
 def local_token_shards(mesh: Mesh) -> int:
@@ -95,12 +96,12 @@ def local_token_shards(mesh: Mesh) -> int:
 
 def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: int, mesh: Mesh) -> Stats:
     dim = sum(source.widths)
-    reduction, update, finalize, to_stats = _sharded_functions(mesh, dim, tiles, accumulation_dtype(source))
+    init, update, finalize, to_stats = _sharded_functions(mesh, dim, tiles, accumulation_dtype(source))
     shards, local = ksharded.axis_size(mesh, TOKENS), local_token_shards(mesh)
     shard_size = -(-chunk_tokens // local)
     local_rows = shard_size * local
     rows_sharding = NamedSharding(mesh, P(TOKENS))
-    state = ksharded.init_state(reduction, mesh)
+    state = init()
     position = _process_offset(source)
     for chunk in _agreed_chunks(source.chunks(local_rows)):
         rows = 0 if chunk is None else chunk.shape[0]

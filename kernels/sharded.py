@@ -16,8 +16,8 @@ its first row, for error messages), so uneven token counts and several processes
 >>> import jax, jax.numpy as jnp, numpy as np
 >>> mesh = jax.make_mesh((1,), (TOKENS,))
 >>> total = Reduction(init=lambda: jnp.zeros(()), chunk=lambda x, n, row0: x.sum())
->>> update, finalize = make_update(total, mesh), make_finalize(total, mesh)
->>> state = init_state(total, mesh)
+>>> init, update, finalize = make_init(total, mesh), make_update(total, mesh), make_finalize(total, mesh)
+>>> state = init()
 >>> state = update(state, jnp.ones((4, 3)), jnp.array([4]), jnp.array([0]))
 >>> float(finalize(state))
 12.0
@@ -68,15 +68,15 @@ def _combine(reduction: Reduction, a, b):
     return reduction.merge(a, b)
 
 
-def init_state(reduction: Reduction, mesh: Mesh):
-    """One empty statistic per device, stacked on the leading ``(tokens[, neurons])`` axes."""
+def make_init(reduction: Reduction, mesh: Mesh) -> Callable:
+    """A jitted ``init() -> state``: one empty statistic per device, stacked on the leading mesh axes."""
     lead = _lead(mesh)
     shape = tuple(axis_size(mesh, name) for name in lead)
 
     def make():
         return jax.tree.map(lambda a: jnp.broadcast_to(a, shape + a.shape), reduction.init())
 
-    return jax.jit(make, out_shardings=NamedSharding(mesh, P(*lead)))()
+    return jax.jit(make, out_shardings=NamedSharding(mesh, P(*lead)))
 
 
 def make_update(reduction: Reduction, mesh: Mesh) -> Callable:
@@ -96,7 +96,12 @@ def make_update(reduction: Reduction, mesh: Mesh) -> Callable:
     mapped = jax.shard_map(
         body, mesh=mesh, in_specs=(P(*lead), P(TOKENS), P(TOKENS), P(TOKENS)), out_specs=P(*lead)
     )
-    return jax.jit(mapped, donate_argnums=0)
+    rows = NamedSharding(mesh, P(TOKENS))
+
+    def update(state, x, n_valid, row0):
+        return mapped(state, *(jax.reshard(jnp.asarray(a), rows) for a in (x, n_valid, row0)))
+
+    return jax.jit(update, donate_argnums=0)
 
 
 def make_finalize(reduction: Reduction, mesh: Mesh) -> Callable:
@@ -249,8 +254,11 @@ def make_reduce_tile(mesh: Mesh, segments: tuple[tuple[int, int], ...], local: C
         rows = cross.hi.shape[0]
         padded = shards * math.ceil(rows / shards)
         pad = ((0, padded - rows), (0, 0))
-        hi, lo = (jnp.pad(a, pad) for a in cross)
-        row, col = mapped(hi, lo, jnp.pad(inv_sd_rows, (0, padded - rows)), inv_sd_cols)
+        banded, whole = NamedSharding(mesh, rows_spec), NamedSharding(mesh, P())
+        hi, lo = (jax.reshard(jnp.pad(a, pad), banded) for a in cross)
+        inv_rows = jax.reshard(jnp.pad(inv_sd_rows, (0, padded - rows)), banded)
+        row, col = mapped(hi, lo, inv_rows, jax.reshard(jnp.asarray(inv_sd_cols), whole))
+        row = jax.reshard(row, whole)
         return Partners(row.unit[:rows], row.rho[:rows]), col
 
     return reduce

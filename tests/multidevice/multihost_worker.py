@@ -1,0 +1,49 @@
+"""One process of the two-process localhost check: reads its own token range, writes the combined result.
+
+Run by ``tests/test_multihost.py`` as ``python multihost_worker.py PORT PROCESS_ID OUT.npz`` with four
+forced CPU devices; process 0 writes the co-moments and MaxCorr scores combined across both processes.
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jneuron as jn  # noqa: E402
+
+TOKENS, SPLIT = 1003, 601  # uneven on purpose: process 0 reads 601 tokens, process 1 reads 402
+
+
+def data() -> list[np.ndarray]:
+    """Three models' activations (with an offset, a shared signal and a dead neuron), the same in every process."""
+    rng = np.random.default_rng(7)
+    shared = rng.normal(size=(TOKENS, 3))
+    models = [shared @ rng.normal(size=(3, w)) + rng.normal(size=(TOKENS, w)) + 1e3 for w in (6, 5, 7)]
+    models[1][:, 2] = 4.0
+    return [m.astype(np.float32) for m in models]
+
+
+def main(port: int, process_id: int, out: str) -> None:
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
+                               initialization_timeout=60)
+    assert jax.device_count() == 8 and jax.local_device_count() == 4
+    rows = slice(0, SPLIT) if process_id == 0 else slice(SPLIT, TOKENS)
+    local = [m[rows] for m in data()]
+    mesh = jn.device_mesh()
+    moments = jn.comoments(local[0], chunk_tokens=64, mesh=mesh)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jn.DeadNeuronWarning)
+        ranking = jn.maxcorr(local, chunk_tokens=64, mesh=mesh)
+    if process_id == 0:
+        np.savez(out, count=moments.count, mean=moments.mean, cross=moments.cross, scores=ranking.scores,
+                 unit=ranking.partner_unit, rho=ranking.partner_rho)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
