@@ -1,7 +1,7 @@
 """One process of the two-process localhost check: reads its own token range, writes the combined result.
 
 Run by ``tests/test_multihost.py`` as ``python multihost_worker.py PORT PROCESS_ID OUT.npz`` with four
-forced CPU devices; process 0 writes the co-moments and MaxCorr scores combined across both processes.
+forced CPU devices; process 0 writes the co-moments combined across both processes.
 """
 
 import os
@@ -17,13 +17,12 @@ import jneuron as jn  # noqa: E402
 TOKENS, SPLIT = 1003, 601  # uneven on purpose: process 0 reads 601 tokens, process 1 reads 402
 
 
-def data() -> list[np.ndarray]:
-    """Three models' activations (with an offset, a shared signal and a dead neuron), the same in every process."""
+def data() -> np.ndarray:
+    """Activations with an offset, a shared signal and a dead neuron, the same in every process."""
     rng = np.random.default_rng(7)
-    shared = rng.normal(size=(TOKENS, 3))
-    models = [shared @ rng.normal(size=(3, w)) + rng.normal(size=(TOKENS, w)) + 1e3 for w in (6, 5, 7)]
-    models[1][:, 2] = 4.0
-    return [m.astype(np.float32) for m in models]
+    x = rng.normal(size=(TOKENS, 3)) @ rng.normal(size=(3, 6)) + rng.normal(size=(TOKENS, 6)) + 1e3
+    x[:, 2] = 4.0
+    return x.astype(np.float32)
 
 
 def main(port: int, process_id: int, out: str) -> None:
@@ -31,17 +30,9 @@ def main(port: int, process_id: int, out: str) -> None:
                                initialization_timeout=60)
     assert jax.device_count() == 8 and jax.local_device_count() == 4
     rows = slice(0, SPLIT) if process_id == 0 else slice(SPLIT, TOKENS)
-    local = [m[rows] for m in data()]
-    mesh = jn.device_mesh()
-    moments = jn.comoments(local[0], chunk_tokens=64, mesh=mesh)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", jn.DeadNeuronWarning)
-        ranking = jn.maxcorr(local, chunk_tokens=64, mesh=mesh)
+    moments = jn.comoments(data()[rows], chunk_tokens=64, mesh=jn.device_mesh())
     if process_id == 0:
-        np.savez(out, count=moments.count, mean=moments.mean, cross=moments.cross, scores=ranking.scores,
-                 unit=ranking.partner_unit, rho=ranking.partner_rho)
+        np.savez(out, count=moments.count, mean=moments.mean, cross=moments.cross)
     jax.distributed.shutdown()
 
 

@@ -1,0 +1,144 @@
+"""Sharded statistics equal unsharded ones: run on 8 forced CPU devices by ``tests/test_multidevice.py``.
+
+These checks need ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` set before JAX starts, so they
+live outside the default collection (``check_*.py``) and run in their own pytest process.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jneuron as jn
+from jneuron.errors import DeadNeuronWarning, JNeuronError
+from jneuron.kernels import sharded as ksharded
+
+MESHES = {
+    "tokens3": lambda: jn.device_mesh(3),
+    "tokens4_neurons2": lambda: jn.device_mesh(8, neuron_shards=2),
+    "neurons8": lambda: jn.device_mesh(8, neuron_shards=8),
+    "user_mesh": lambda: jax.make_mesh((2, 4), ("tokens", "neurons")),  # jax's default axis types
+}
+
+
+def test_eight_devices():
+    assert jax.device_count() == 8
+
+
+def _nasty(rng, tokens=1001, width=7):
+    x = rng.normal(size=(tokens, width)) * 3 + 1e3
+    x[:, 1] = 5.0  # dead
+    x[:, 4] = 2 * x[:, 0] - 7  # rank deficient
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["tokens3", "tokens4_neurons2", "neurons8", "user_mesh"])
+def test_comoments_sharded_equal_unsharded_and_float64(name):
+    rng = np.random.default_rng(1)
+    x = _nasty(rng)
+    x64 = x.astype(np.float64)
+    mu = x64.mean(0)
+    cross64 = (x64 - mu).T @ (x64 - mu)
+    single = jn.comoments(x, chunk_tokens=100)
+    sharded = jn.comoments(x, chunk_tokens=100, mesh=MESHES[name]())
+    assert sharded.count == single.count == 1001
+    assert np.abs(sharded.mean - mu).max() < 1e-7
+    assert np.abs(sharded.cross - cross64).max() < 1e-6 * np.abs(cross64).max()
+    np.testing.assert_allclose(sharded.correlation(), single.correlation(), atol=1e-6)
+    assert list(sharded.dead) == list(single.dead) == [1]
+
+
+@settings(max_examples=12)
+@given(tokens=st.integers(2, 90), devices=st.sampled_from([3, 8]))
+def test_uneven_token_counts(tokens, devices):
+    x = np.random.default_rng(tokens).normal(size=(tokens, 3)).astype(np.float32) + 100
+    got = jn.comoments(x, chunk_tokens=16, devices=devices)
+    x64 = x.astype(np.float64)
+    assert got.count == tokens
+    np.testing.assert_allclose(got.mean, x64.mean(0), atol=1e-9 * 100)
+    np.testing.assert_allclose(got.cross, (x64 - x64.mean(0)).T @ (x64 - x64.mean(0)), atol=1e-5, rtol=1e-5)
+
+
+def test_iterator_source_sharded():
+    x = _nasty(np.random.default_rng(2), tokens=333)
+    got = jn.comoments((x[i : i + 50] for i in range(0, 333, 50)), chunk_tokens=64, devices=8)
+    np.testing.assert_allclose(got.cross, jn.comoments(x).cross, rtol=1e-6, atol=1e-3)
+
+
+def test_bad_value_reports_global_row():
+    x = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
+    x[217, 2] = np.nan
+    x[250, 0] = np.inf
+    with pytest.raises(JNeuronError, match="row 217, neuron 2"):
+        jn.comoments(x, chunk_tokens=64, mesh=jn.device_mesh(8, neuron_shards=2))
+
+
+def _models(rng, tokens=1003):
+    shared = rng.normal(size=(tokens, 4))
+    models = [shared @ rng.normal(size=(4, w)) + rng.normal(size=(tokens, w)) + 1e3 for w in (5, 9, 6)]
+    models[2][:, 3] = 1.0  # dead
+    models[1][:, 5] = models[0][:, 1]  # an exact partner (|rho| = 1 ties broken by index)
+    return [m.astype(np.float32) for m in models]
+
+
+@pytest.mark.parametrize(("name", "method"), [("tokens3", "maxcorr"), ("tokens4_neurons2", "maxcorr"),
+                                              ("tokens4_neurons2", "mincorr"), ("neurons8", "maxcorr")])
+def test_crossmodel_sharded_equal_unsharded(name, method):
+    models = _models(np.random.default_rng(4))
+    rank = getattr(jn, method)
+    with pytest.warns(DeadNeuronWarning):
+        single = rank(models, chunk_tokens=128)
+    with pytest.warns(DeadNeuronWarning):
+        sharded = rank(models, chunk_tokens=128, mesh=MESHES[name]())
+    np.testing.assert_allclose(sharded.scores, single.scores, atol=5e-7)
+    np.testing.assert_array_equal(sharded.partner_unit, single.partner_unit)
+    np.testing.assert_allclose(sharded.partner_rho, single.partner_rho, atol=5e-7)
+    np.testing.assert_array_equal(sharded.dead, single.dead)
+    np.testing.assert_array_equal(sharded.order, single.order)
+
+
+def test_crossmodel_several_passes_sharded():
+    models = _models(np.random.default_rng(5))
+    with pytest.warns(DeadNeuronWarning):
+        single = jn.maxcorr(models, chunk_tokens=128)
+    with pytest.warns(DeadNeuronWarning):
+        sharded = jn.maxcorr(models, chunk_tokens=128, memory_budget=1500, mesh=jn.device_mesh(8, neuron_shards=2))
+    np.testing.assert_array_equal(sharded.partner_unit, single.partner_unit)
+    np.testing.assert_allclose(sharded.scores, single.scores, atol=5e-7)
+
+
+def test_additive_reduction_combines_with_psum():
+    """A statistic that simply adds (here: a histogram of rounded values and a count) shards too."""
+    mesh = jn.device_mesh(8, neuron_shards=2)
+    bins = 5
+
+    def chunk(x, n_valid, row0):
+        rows = jnp.arange(x.shape[0]) < n_valid
+        codes = jnp.clip(x[:, 0].astype(jnp.int32), 0, bins - 1)
+        return {"count": rows.sum(), "hist": jnp.zeros(bins, jnp.int32).at[codes].add(rows.astype(jnp.int32))}
+
+    reduction = ksharded.Reduction(lambda: {"count": jnp.zeros((), jnp.int32), "hist": jnp.zeros(bins, jnp.int32)}, chunk)
+    init, update = ksharded.make_init(reduction, mesh), ksharded.make_update(reduction, mesh)
+    finalize = ksharded.make_finalize(reduction, mesh)
+    x = np.random.default_rng(6).uniform(0, bins, size=(203, 2)).astype(np.float32)
+    state = init()
+    for start in range(0, 203, 64):
+        part = x[start : start + 64]
+        padded = np.zeros((64, 2), np.float32)
+        padded[: len(part)] = part
+        n_valid = np.asarray(ksharded.shard_rows(len(part), 16, 4), np.int32)
+        state = update(state, padded, n_valid, np.zeros(4, np.int32))
+    total = jax.tree.map(np.asarray, finalize(state))
+    assert total["count"].tolist() == [203, 203]  # one copy per neuron shard
+    np.testing.assert_array_equal(total["hist"][0], np.bincount(x[:, 0].astype(int), minlength=bins))
+
+
+def test_device_mesh_errors():
+    with pytest.raises(JNeuronError, match="neuron_shards=3"):
+        jn.device_mesh(8, neuron_shards=3)
+    with pytest.raises(JNeuronError, match="sees 8 device"):
+        jn.device_mesh(9)
+    with pytest.raises(JNeuronError, match="expected a 'tokens' axis"):
+        jn.comoments(np.ones((4, 2)), mesh=jax.make_mesh((8,), ("data",)))
