@@ -104,7 +104,7 @@ def test_pallas_ties_go_to_the_lower_index():
     _assert_same((rows, cols), kmax.reduce_tile(cross, ones_r, ones_c, ((0, 2), (2, 4))))
 
 
-@settings(max_examples=6)
+@settings(max_examples=4)
 @given(rows=st.integers(1, 40), cols=st.integers(2, 140), cut=st.floats(0.1, 0.9), seed=st.integers(0, 99))
 def test_pallas_matches_jax_on_random_shapes(rows, cols, cut, seed):
     split = max(1, min(cols - 1, int(cols * cut)))
@@ -122,3 +122,17 @@ def test_kernel_choice_never_pallas_on_cpu(rng):
     _assert_same(forced(cross, inv_rows, inv_cols), auto(cross, inv_rows, inv_cols))
     with pytest.raises(ValueError, match="kernel='cuda'"):
         tile_reducer((6, 9), segments, kernel="cuda")
+
+
+def test_cli_devices_flag(tmp_path, rng, capsys):
+    from jneuron.cli import main
+
+    shared = rng.normal(size=(200, 1))
+    np.save(tmp_path / "a.npy", np.hstack([shared, rng.normal(size=(200, 2))]))
+    np.save(tmp_path / "b.npy", np.hstack([rng.normal(size=(200, 2)), 3 * shared]))
+    assert main(["maxcorr", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--devices", "1",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "a/0" in capsys.readouterr().out.splitlines()[0]
+    assert main(["maxcorr", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--devices", "2",
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "devices=2: this process sees 1 device" in capsys.readouterr().err
