@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean env
+.PHONY: demo test bench bench-gpu clean env
 
 env: $(STAMP)
 
@@ -22,9 +22,14 @@ test: $(STAMP)
 
 # Each benchmark prints its ratios and writes bench/results/<name>.json.
 BENCHES := bench/crossmodel.py
+BENCHES += bench/scaling.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done
+
+# Accelerator suite (GPU sizes; `python bench/gpu.py --small` checks it on CPU).
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

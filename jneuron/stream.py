@@ -77,13 +77,23 @@ def _raise_on_bad_value(stats: Stats, source: Source) -> None:
 
 
 @lru_cache(maxsize=32)
-def _sharded_functions(mesh: Mesh, dim: int, tiles: tuple[Tile, ...], dtype):
+def _comoment_reduction(mesh: Mesh, dim: int, tiles: tuple[Tile, ...], dtype):
     shards = ksharded.axis_size(mesh, NEURONS)
     reduction, _ = ksharded.comoment_reduction(dim, tiles, dtype, shards)
-    replicated = NamedSharding(mesh, P())
-    to_stats = jax.jit(lambda total: ksharded.stats_from_state(total, dim, tiles, mesh), out_shardings=replicated)
-    init, update = ksharded.make_init(reduction, mesh), ksharded.make_update(reduction, mesh)
-    return init, update, ksharded.make_finalize(reduction, mesh), to_stats
+    to_stats = jax.jit(lambda total: ksharded.stats_from_state(total, dim, tiles, mesh),
+                       out_shardings=NamedSharding(mesh, P()))
+    return reduction, to_stats
+
+
+def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: int, mesh: Mesh) -> Stats:
+    reduction, to_stats = _comoment_reduction(mesh, sum(source.widths), tiles, accumulation_dtype(source))
+    return to_stats(jax.device_put(fold_sharded(source, reduction, chunk_tokens, mesh), NamedSharding(mesh, P())))
+
+
+@lru_cache(maxsize=64)
+def _compiled(reduction: ksharded.Reduction, mesh: Mesh):
+    return (ksharded.make_init(reduction, mesh), ksharded.make_update(reduction, mesh),
+            ksharded.make_finalize(reduction, mesh))
 
 
 def local_token_shards(mesh: Mesh) -> int:
@@ -94,9 +104,17 @@ def local_token_shards(mesh: Mesh) -> int:
     return sum(any(d.process_index == here for d in row) for row in devices)
 
 
-def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: int, mesh: Mesh) -> Stats:
+def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, mesh: Mesh):
+    """One pass over ``source`` folding every chunk into ``reduction`` on ``mesh``; the combined statistic.
+
+    Each chunk (about ``chunk_tokens`` rows of this process's tokens, padded so the update compiles once)
+    is split over the mesh's ``"tokens"`` axis; every device keeps its own running statistic; they are
+    combined once at the end (:func:`jneuron.kernels.sharded.make_finalize`). With several processes
+    (``jax.distributed``) each reads its own ``source`` and all take the same number of steps. Keep the
+    same ``reduction`` object between calls: the compiled functions are cached on it.
+    """
+    init, update, finalize = _compiled(reduction, mesh)
     dim = sum(source.widths)
-    init, update, finalize, to_stats = _sharded_functions(mesh, dim, tiles, accumulation_dtype(source))
     shards, local = ksharded.axis_size(mesh, TOKENS), local_token_shards(mesh)
     shard_size = -(-chunk_tokens // local)
     local_rows = shard_size * local
@@ -116,7 +134,7 @@ def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: i
         )
         state = update(state, x, n_valid, row0)
         position += rows
-    return to_stats(jax.device_put(finalize(state), NamedSharding(mesh, P())))
+    return finalize(state)
 
 
 def _process_offset(source: Source) -> int:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import jneuron as jn
 from jneuron.errors import DeadNeuronWarning, JNeuronError
 from jneuron.kernels import sharded as ksharded
+from jneuron.stream import fold_sharded
 
 MESHES = {
     "tokens3": lambda: jn.device_mesh(3),
@@ -120,17 +121,9 @@ def test_additive_reduction_combines_with_psum():
         return {"count": rows.sum(), "hist": jnp.zeros(bins, jnp.int32).at[codes].add(rows.astype(jnp.int32))}
 
     reduction = ksharded.Reduction(lambda: {"count": jnp.zeros((), jnp.int32), "hist": jnp.zeros(bins, jnp.int32)}, chunk)
-    init, update = ksharded.make_init(reduction, mesh), ksharded.make_update(reduction, mesh)
-    finalize = ksharded.make_finalize(reduction, mesh)
     x = np.random.default_rng(6).uniform(0, bins, size=(203, 2)).astype(np.float32)
-    state = init()
-    for start in range(0, 203, 64):
-        part = x[start : start + 64]
-        padded = np.zeros((64, 2), np.float32)
-        padded[: len(part)] = part
-        n_valid = np.asarray(ksharded.shard_rows(len(part), 16, 4), np.int32)
-        state = update(state, padded, n_valid, np.zeros(4, np.int32))
-    total = jax.tree.map(np.asarray, finalize(state))
+    combined = fold_sharded(jn.as_source([x]), reduction, 61, mesh)  # 61 rows: padded to 64, uneven shards
+    total = jax.tree.map(np.asarray, combined)
     assert total["count"].tolist() == [203, 203]  # one copy per neuron shard
     np.testing.assert_array_equal(total["hist"][0], np.bincount(x[:, 0].astype(int), minlength=bins))
 
