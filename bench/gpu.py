@@ -193,7 +193,8 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), sizes: {sizes}")
     ceiling = ceilings(sizes["matmul"], sizes["stream_bytes"], args.repeats)
-    print("ceilings: " + ", ".join(f"{k} {v / 1e12:.2f} T/s" for k, v in ceiling.items()))
+    print("ceilings: " + ", ".join(f"{k[:-6]} {v / 1e12:.3f} TFLOP/s" for k, v in ceiling.items() if k.endswith("_flops"))
+          + f", bandwidth {ceiling['bandwidth_bytes'] / 1e9:.1f} GB/s")
     results = {"device": device.device_kind, "platform": device.platform, "sizes": sizes, "ceilings": ceiling,
                "date": time.strftime("%Y-%m-%d", time.gmtime())}
     results["comoments"] = comoments_workload(sizes, ceiling, args.repeats)
