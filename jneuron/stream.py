@@ -104,14 +104,15 @@ def local_token_shards(mesh: Mesh) -> int:
     return sum(any(d.process_index == here for d in row) for row in devices)
 
 
-def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, mesh: Mesh):
+def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, mesh: Mesh, args: tuple = ()):
     """One pass over ``source`` folding every chunk into ``reduction`` on ``mesh``; the combined statistic.
 
     Each chunk (about ``chunk_tokens`` rows of this process's tokens, padded so the update compiles once)
     is split over the mesh's ``"tokens"`` axis; every device keeps its own running statistic; they are
     combined once at the end (:func:`jneuron.kernels.sharded.make_finalize`). With several processes
     (``jax.distributed``) each reads its own ``source`` and all take the same number of steps. Keep the
-    same ``reduction`` object between calls: the compiled functions are cached on it.
+    same ``reduction`` object between calls: the compiled functions are cached on it. ``args`` (a tuple
+    of arrays, replicated) are passed on to ``reduction.chunk`` after ``(x, n_valid, row0)``.
     """
     init, update, finalize = _compiled(reduction, mesh)
     dim = sum(source.widths)
@@ -132,7 +133,7 @@ def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: in
             jax.make_array_from_process_local_data(rows_sharding, a, (a.shape[0] * shards // local,) + a.shape[1:])
             for a in (padded, n_valid, row0)
         )
-        state = update(state, x, n_valid, row0)
+        state = update(state, x, n_valid, row0, *args)
         position += rows
     return finalize(state)
 

@@ -49,7 +49,7 @@ class Reduction(NamedTuple):
     """A streamed statistic: how to start, how to summarize one chunk shard, how to combine two."""
 
     init: Callable[[], Any]
-    chunk: Callable[[Array, Array, Array], Any]  # (x shard, n_valid, row0) -> statistic
+    chunk: Callable[..., Any]  # (x shard, n_valid, row0, *args) -> statistic
     merge: Callable[[Any, Any], Any] | None = None  # None: statistics add (combined with psum)
 
 
@@ -80,26 +80,28 @@ def make_init(reduction: Reduction, mesh: Mesh) -> Callable:
 
 
 def make_update(reduction: Reduction, mesh: Mesh) -> Callable:
-    """A jitted ``update(state, x, n_valid, row0) -> state`` folding one chunk into every device's statistic.
+    """A jitted ``update(state, x, n_valid, row0, *args) -> state`` folding one chunk into every device's statistic.
 
     ``x`` is ``(tokens, features)`` sharded over ``"tokens"`` (replicated over ``"neurons"``);
-    ``n_valid`` and ``row0`` hold one integer per token shard.
+    ``n_valid`` and ``row0`` hold one integer per token shard; ``args`` (parameters of the statistic,
+    e.g. a probe's weights) are replicated and passed on to ``reduction.chunk``.
     """
     lead = _lead(mesh)
     depth = len(lead)
 
-    def body(state, x, n_valid, row0):
+    def body(state, x, n_valid, row0, args):
         local = jax.tree.map(lambda a: a.reshape(a.shape[depth:]), state)
-        merged = _combine(reduction, local, reduction.chunk(x, n_valid[0], row0[0]))
+        merged = _combine(reduction, local, reduction.chunk(x, n_valid[0], row0[0], *args))
         return jax.tree.map(lambda a: a.reshape((1,) * depth + a.shape), merged)
 
     mapped = jax.shard_map(
-        body, mesh=mesh, in_specs=(P(*lead), P(TOKENS), P(TOKENS), P(TOKENS)), out_specs=P(*lead)
+        body, mesh=mesh, in_specs=(P(*lead), P(TOKENS), P(TOKENS), P(TOKENS), P()), out_specs=P(*lead)
     )
-    rows = NamedSharding(mesh, P(TOKENS))
+    rows, whole = NamedSharding(mesh, P(TOKENS)), NamedSharding(mesh, P())
 
-    def update(state, x, n_valid, row0):
-        return mapped(state, *(jax.reshard(jnp.asarray(a), rows) for a in (x, n_valid, row0)))
+    def update(state, x, n_valid, row0, *args):
+        args = jax.tree.map(lambda a: jax.reshard(jnp.asarray(a), whole), args)
+        return mapped(state, *(jax.reshard(jnp.asarray(a), rows) for a in (x, n_valid, row0)), args)
 
     return jax.jit(update, donate_argnums=0)
 

@@ -115,17 +115,19 @@ def test_additive_reduction_combines_with_psum():
     mesh = jn.device_mesh(8, neuron_shards=2)
     bins = 5
 
-    def chunk(x, n_valid, row0):
+    def chunk(x, n_valid, row0, shift):
         rows = jnp.arange(x.shape[0]) < n_valid
-        codes = jnp.clip(x[:, 0].astype(jnp.int32), 0, bins - 1)
+        codes = jnp.clip((x[:, 0] + shift).astype(jnp.int32), 0, bins - 1)
         return {"count": rows.sum(), "hist": jnp.zeros(bins, jnp.int32).at[codes].add(rows.astype(jnp.int32))}
 
     reduction = ksharded.Reduction(lambda: {"count": jnp.zeros((), jnp.int32), "hist": jnp.zeros(bins, jnp.int32)}, chunk)
     x = np.random.default_rng(6).uniform(0, bins, size=(203, 2)).astype(np.float32)
-    combined = fold_sharded(jn.as_source([x]), reduction, 61, mesh)  # 61 rows: padded to 64, uneven shards
+    shift = np.float32(-1.0)  # a parameter of the statistic, replicated on every device
+    combined = fold_sharded(jn.as_source([x]), reduction, 61, mesh, (shift,))  # 61 rows: padded, uneven
     total = jax.tree.map(np.asarray, combined)
     assert total["count"].tolist() == [203, 203]  # one copy per neuron shard
-    np.testing.assert_array_equal(total["hist"][0], np.bincount(x[:, 0].astype(int), minlength=bins))
+    want = np.bincount(np.clip((x[:, 0] - 1).astype(int), 0, bins - 1), minlength=bins)
+    np.testing.assert_array_equal(total["hist"][0], want)
 
 
 def test_device_mesh_errors():
