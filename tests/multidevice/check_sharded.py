@@ -13,8 +13,11 @@ from hypothesis import strategies as st
 
 import jneuron as jn
 from jneuron.errors import DeadNeuronWarning, JNeuronError
+from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import sharded as ksharded
+from jneuron.kernels.compensated import Pair
 from jneuron.stream import fold_sharded
+from jneuron.tilereduce import tile_reducer
 
 MESHES = {
     "tokens3": lambda: jn.device_mesh(3),
@@ -137,3 +140,17 @@ def test_device_mesh_errors():
         jn.device_mesh(9)
     with pytest.raises(JNeuronError, match="expected a 'tokens' axis"):
         jn.comoments(np.ones((4, 2)), mesh=jax.make_mesh((8,), ("data",)))
+
+
+@pytest.mark.parametrize("kernel", ["jax", "pallas"])
+def test_tile_reduction_split_over_neurons(kernel):
+    """Rows split over 4 neuron shards (uneven: 37 rows), each band reduced by the chosen kernel."""
+    rng = np.random.default_rng(8)
+    cross = Pair(jnp.asarray(rng.normal(size=(37, 50)), jnp.float32), jnp.zeros((37, 50), jnp.float32))
+    inv_rows = jnp.asarray(rng.uniform(0.1, 1, size=37), jnp.float32).at[5].set(0)
+    inv_cols = jnp.asarray(rng.uniform(0.1, 1, size=50), jnp.float32).at[7].set(0)
+    segments = ((0, 20), (20, 50))
+    want = kmax.reduce_tile(cross, inv_rows, inv_cols, segments)
+    got = tile_reducer((37, 50), segments, jn.device_mesh(8, neuron_shards=4), kernel=kernel)(cross, inv_rows, inv_cols)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
