@@ -28,7 +28,7 @@ def test_two_processes_equal_one(tmp_path):
     finally:
         sys.path.pop(0)
     port, out = _free_port(), tmp_path / "result.npz"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     workers = [subprocess.Popen([sys.executable, str(WORKER), str(port), str(i), str(out)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = []

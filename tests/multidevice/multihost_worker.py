@@ -1,18 +1,17 @@
 """One process of the two-process localhost check: reads its own token range, writes the combined result.
 
-Run by ``tests/test_multihost.py`` as ``python multihost_worker.py PORT PROCESS_ID OUT.npz`` with four
-forced CPU devices; process 0 writes the co-moments combined across both processes.
+Run by ``tests/test_multihost.py`` as ``python multihost_worker.py PORT PROCESS_ID OUT.npz`` with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` in its environment; process 0 writes the
+co-moments combined across both processes. Importing this module has no side effects (the test imports
+:func:`data`).
 """
 
-import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import jneuron as jn  # noqa: E402
+import jneuron as jn
 
 TOKENS, SPLIT = 1003, 601  # uneven on purpose: process 0 reads 601 tokens, process 1 reads 402
 
