@@ -101,8 +101,8 @@ def comoments_workload(sizes: dict, ceiling: dict, repeats: int) -> dict:
     seconds = best_time(lambda: stream_comoments(chunk, steps, tiles), repeats)
     tokens = steps * chunk_rows
     flops = 2.0 * tokens * width * width
-    return {"tokens": tokens, "width": width, **roofline(flops, 4.0 * tokens * width, seconds,
-                                                          ceiling["matmul_f32_highest_flops"], ceiling["bandwidth_bytes"])}
+    peak, bandwidth = ceiling["matmul_f32_highest_flops"], ceiling["bandwidth_bytes"]
+    return {"tokens": tokens, "width": width, **roofline(flops, 4.0 * tokens * width, seconds, peak, bandwidth)}
 
 
 def maxcorr_workload(sizes: dict, ceiling: dict, repeats: int, memory_budget: int) -> dict:
@@ -193,8 +193,8 @@ def main() -> None:
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), sizes: {sizes}")
     ceiling = ceilings(sizes["matmul"], sizes["stream_bytes"], args.repeats)
-    print("ceilings: " + ", ".join(f"{k[:-6]} {v / 1e12:.3f} TFLOP/s" for k, v in ceiling.items() if k.endswith("_flops"))
-          + f", bandwidth {ceiling['bandwidth_bytes'] / 1e9:.1f} GB/s")
+    flops = [f"{k[:-6]} {v / 1e12:.3f} TFLOP/s" for k, v in ceiling.items() if k.endswith("_flops")]
+    print("ceilings: " + ", ".join(flops) + f", bandwidth {ceiling['bandwidth_bytes'] / 1e9:.1f} GB/s")
     results = {"device": device.device_kind, "platform": device.platform, "sizes": sizes, "ceilings": ceiling,
                "date": time.strftime("%Y-%m-%d", time.gmtime())}
     results["comoments"] = comoments_workload(sizes, ceiling, args.repeats)

@@ -36,7 +36,8 @@ def device_mesh(devices: int | Sequence | None = None, neuron_shards: int = 1) -
     elif isinstance(devices, int):
         available = jax.devices()
         if not 1 <= devices <= len(available):
-            raise JNeuronError(f"devices={devices}: this process sees {len(available)} device(s) ({available[0].platform})")
+            platform = available[0].platform
+            raise JNeuronError(f"devices={devices}: this process sees {len(available)} device(s) ({platform})")
         chosen = available[:devices]
     else:
         chosen = list(devices)

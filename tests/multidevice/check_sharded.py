@@ -123,7 +123,8 @@ def test_additive_reduction_combines_with_psum():
         codes = jnp.clip((x[:, 0] + shift).astype(jnp.int32), 0, bins - 1)
         return {"count": rows.sum(), "hist": jnp.zeros(bins, jnp.int32).at[codes].add(rows.astype(jnp.int32))}
 
-    reduction = ksharded.Reduction(lambda: {"count": jnp.zeros((), jnp.int32), "hist": jnp.zeros(bins, jnp.int32)}, chunk)
+    empty = {"count": jnp.zeros((), jnp.int32), "hist": jnp.zeros(bins, jnp.int32)}
+    reduction = ksharded.Reduction(lambda: empty, chunk)
     x = np.random.default_rng(6).uniform(0, bins, size=(203, 2)).astype(np.float32)
     shift = np.float32(-1.0)  # a parameter of the statistic, replicated on every device
     combined = fold_sharded(jn.as_source([x]), reduction, 61, mesh, (shift,))  # 61 rows: padded, uneven
