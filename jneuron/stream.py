@@ -142,7 +142,7 @@ def _process_offset(source: Source) -> int:
     """Global index of this process's first token: earlier processes' token counts, where all know theirs."""
     if jax.process_count() == 1:
         return 0
-    counts = multihost_utils.process_allgather(np.asarray(getattr(source, "tokens", None) or -1, np.int64))
+    counts = multihost_utils.process_allgather(np.asarray(getattr(source, "tokens", None) or -1, np.int32))
     return int(counts[: jax.process_index()].sum()) if (counts >= 0).all() else 0
 
 
