@@ -181,7 +181,7 @@ def comoment_reduction(dim: int, tiles: tuple[Tile, ...], dtype, neuron_shards: 
             shard = jax.lax.axis_index(NEURONS)
             columns = [x]
             for tile, band in zip(tiles, bands):
-                index = tile.r0 + shard * band + jnp.arange(band)
+                index = tile.r0 + shard * band + jnp.arange(band, dtype=shard.dtype)
                 inside = index < tile.r1
                 columns.append(jnp.where(inside[None, :], jnp.take(x, jnp.minimum(index, dim - 1), axis=1), 0))
             x = jnp.concatenate(columns, axis=1)
@@ -236,7 +236,7 @@ def make_reduce_tile(mesh: Mesh, segments: tuple[tuple[int, int], ...], local: C
         row, col = local(Pair(hi, lo), inv_rows, inv_cols)
         if shards == 1:
             return row, col
-        unit = col.unit + jax.lax.axis_index(NEURONS) * hi.shape[0]
+        unit = col.unit + jax.lax.axis_index(NEURONS).astype(col.unit.dtype) * hi.shape[0]
         size = jnp.abs(col.rho)
         best = jax.lax.pmax(size, NEURONS)
         chosen = jax.lax.pmin(jnp.where(size == best, unit, jnp.iinfo(unit.dtype).max), NEURONS)

@@ -155,3 +155,12 @@ def test_tile_reduction_split_over_neurons(kernel):
     got = tile_reducer((37, 50), segments, jn.device_mesh(8, neuron_shards=4), kernel=kernel)(cross, inv_rows, inv_cols)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_float64_when_x64_is_on():
+    x = np.random.default_rng(9).normal(size=(501, 5)) * 3 + 1e6
+    centred = x - x.mean(0)
+    with jax.enable_x64(True):
+        got = jn.comoments(x, chunk_tokens=64, mesh=jn.device_mesh(8, neuron_shards=2))
+    assert np.abs(got.cross - centred.T @ centred).max() < 1e-12 * np.abs(centred.T @ centred).max()
+    assert np.abs(got.mean - x.mean(0)).max() < 1e-8
