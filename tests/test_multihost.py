@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def _free_port() -> int:
 def test_two_processes_equal_one(tmp_path):
     sys.path.insert(0, str(WORKER.parent))
     try:
-        from multihost_worker import data
+        from multihost_worker import data, models
     finally:
         sys.path.pop(0)
     port, out = _free_port(), tmp_path / "result.npz"
@@ -46,3 +47,8 @@ def test_two_processes_equal_one(tmp_path):
     np.testing.assert_allclose(got["mean"], single.mean, atol=1e-7)
     np.testing.assert_allclose(got["cross"], single.cross, rtol=1e-6, atol=1e-6 * np.abs(single.cross).max())
     assert list(single.dead) == [2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", jn.DeadNeuronWarning)
+        ranking = jn.maxcorr(models(data()))
+    np.testing.assert_allclose(got["scores"], ranking.scores, atol=5e-7)
+    np.testing.assert_array_equal(got["unit"], ranking.partner_unit)
