@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean env
+.PHONY: demo test bench bench-gpu clean env
 
 env: $(STAMP)
 
@@ -25,9 +25,14 @@ BENCHES := bench/crossmodel.py
 BENCHES += bench/probe.py
 BENCHES += bench/adapters.py
 BENCHES += bench/conductance.py
+BENCHES += bench/scaling.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done
+
+# Accelerator suite (GPU sizes; `python bench/gpu.py --small` checks it on CPU).
+bench-gpu: $(STAMP)
+	$(PY) bench/gpu.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -15,6 +15,7 @@ from jneuron.moments import CoMoments as CoMoments
 from jneuron.moments import comoments as comoments
 from jneuron.ranking import NeuronIndex as NeuronIndex
 from jneuron.ranking import Ranking as Ranking
+from jneuron.sharding import device_mesh as device_mesh
 from jneuron.sources import as_source as as_source
 from jneuron.labels import LabelledTokens as LabelledTokens
 from jneuron.labels import load_labels as load_labels

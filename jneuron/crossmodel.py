@@ -29,12 +29,13 @@ import numpy as np
 
 from jneuron._checks import check_min_tokens
 from jneuron.errors import DeadNeuronWarning, JNeuronError
-from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.ranking import NeuronIndex, Ranking, _plain
+from jneuron.sharding import resolve_mesh
 from jneuron.sources import Source, as_source
 from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
+from jneuron.tilereduce import tile_reducer
 
 MEMORY_BUDGET = 384 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
 _BYTES_PER_ENTRY = 24  # compensated pair (8) + chunk product (4) + merge outer product (4) + reduction (8)
@@ -76,7 +77,7 @@ class CrossModelRanking(Ranking):
 
 
 def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-            memory_budget: int = MEMORY_BUDGET) -> CrossModelRanking:
+            memory_budget: int = MEMORY_BUDGET, devices=None, mesh=None) -> CrossModelRanking:
     """Rank every neuron of every model by MaxCorr: its best ``|rho|`` with any other model's neuron.
 
     Args:
@@ -87,27 +88,31 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
       names: model names (default: the mapping's keys, or ``model0, model1, ...``).
       chunk_tokens: tokens per streamed chunk (default: about 64 MiB of columns).
       memory_budget: bytes of correlation blocks held at once; larger problems take several passes.
+      devices: shard the tokens over this many devices (or these devices); see :mod:`jneuron.sharding`.
+      mesh: or a ``("tokens"[, "neurons"])`` mesh: tokens split over the first axis, the rows of every
+        correlation block (and their reduction) over the second; with several processes each passes
+        its own tokens.
 
     Returns:
       A :class:`CrossModelRanking`. Constant neurons score 0, are listed in ``dead`` and warned about.
     """
-    return _rank(models, names, chunk_tokens, memory_budget, "maxcorr")
+    return _rank(models, names, chunk_tokens, memory_budget, "maxcorr", resolve_mesh(devices, mesh))
 
 
 def mincorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-            memory_budget: int = MEMORY_BUDGET) -> CrossModelRanking:
+            memory_budget: int = MEMORY_BUDGET, devices=None, mesh=None) -> CrossModelRanking:
     """Rank every neuron by MinCorr: the min over other models of its best ``|rho|`` in that model.
 
     Arguments and result as :func:`maxcorr`.
     """
-    return _rank(models, names, chunk_tokens, memory_budget, "mincorr")
+    return _rank(models, names, chunk_tokens, memory_budget, "mincorr", resolve_mesh(devices, mesh))
 
 
-def _rank(models, names, chunk_tokens, memory_budget, method: str) -> CrossModelRanking:
+def _rank(models, names, chunk_tokens, memory_budget, method: str, mesh) -> CrossModelRanking:
     source, neurons, model_widths = _prepare(models, names)
     tokens = getattr(source, "tokens", None)
     chunk_tokens = chunk_tokens or default_chunk_tokens(sum(model_widths), tokens)
-    best, unit, rho, dead = _best_partners(source, model_widths, chunk_tokens, memory_budget)
+    best, unit, rho, dead = _best_partners(source, model_widths, chunk_tokens, memory_budget, mesh)
     if len(dead):
         shown = ", ".join(neurons.label(int(i)) for i in dead[:10])
         more = f" and {len(dead) - 10} more" if len(dead) > 10 else ""
@@ -201,7 +206,7 @@ class _PartnerTable:
         self.unit[cols, model] = np.where(better, unit, self.unit[cols, model])
 
 
-def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int):
+def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int, mesh=None):
     passes = plan_passes(widths, memory_budget)
     if len(passes) > 1 and not source.reiterable:
         raise JNeuronError(
@@ -213,7 +218,7 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
     owner = np.repeat(np.arange(len(widths)), widths)
     dead = None
     for tiles in passes:
-        stats = accumulate(source, tiles, chunk_tokens)
+        stats = accumulate(source, tiles, chunk_tokens, mesh=mesh)
         count = int(stats.count)
         check_min_tokens(count, "cross-model correlation")
         if dead is None:
@@ -223,7 +228,8 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
         for tile, cross in zip(tiles, stats.cross):
             model = int(owner[tile.r0])
             segments = table.segments(tile, model)
-            rows, cols = kmax.reduce_tile(cross, inv_sd[tile.r0 : tile.r1], inv_sd[tile.c0 : tile.c1], segments)
+            reduce = tile_reducer(cross.hi.shape, segments, mesh)
+            rows, cols = reduce(cross, inv_sd[tile.r0 : tile.r1], inv_sd[tile.c0 : tile.c1])
             table.set_rows(tile, model, rows)
             table.improve_columns(tile, model, cols)
     return table.best, table.unit, table.rho, np.flatnonzero(dead)

@@ -18,6 +18,7 @@ from jneuron._checks import as_2d, check_min_tokens
 from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
+from jneuron.sharding import resolve_mesh
 from jneuron.sources import as_source
 from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
 
@@ -52,13 +53,15 @@ class CoMoments:
         return np.clip(corr, -1.0, 1.0)
 
 
-def comoments(data, *, chunk_tokens: int | None = None) -> CoMoments:
+def comoments(data, *, chunk_tokens: int | None = None, devices=None, mesh=None) -> CoMoments:
     """Stream ``data`` once and return its co-moments.
 
     Args:
       data: a ``(tokens, neurons)`` array (numpy, memory-mapped or JAX), or any iterable of such chunks
         (a list of arrays, a generator reading from disk, ...), all with the same number of neurons.
       chunk_tokens: tokens per compiled update (default: about 64 MiB of columns).
+      devices: shard the tokens over this many devices (or these devices); see :mod:`jneuron.sharding`.
+      mesh: or a ``("tokens"[, "neurons"])`` mesh; with several processes each passes its own tokens.
     """
     if hasattr(data, "shape"):
         source = as_source([as_2d(data, "data")], names=["data"])
@@ -68,7 +71,7 @@ def comoments(data, *, chunk_tokens: int | None = None) -> CoMoments:
         raise JNeuronError(f"comoments: expected an array or an iterable of arrays, got {type(data).__name__}")
     width = source.widths[0]
     chunk_tokens = chunk_tokens or default_chunk_tokens(width, getattr(source, "tokens", None))
-    stats = accumulate(source, (Tile(0, width, 0, width),), chunk_tokens)
+    stats = accumulate(source, (Tile(0, width, 0, width),), chunk_tokens, mesh=resolve_mesh(devices, mesh))
     count = int(stats.count)
     check_min_tokens(count, "comoments", 1)
     return CoMoments(count, kmoments.mean64(stats), kmoments.cross_value64(stats, 0))

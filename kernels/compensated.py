@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array
@@ -43,9 +44,18 @@ def two_sum(a: Array, b: Array) -> tuple[Array, Array]:
 
 
 def add(p: Pair, x: Array) -> Pair:
-    """Add a plain array into a compensated pair."""
-    hi, err = two_sum(p.hi, x)
-    return Pair(hi, p.lo + err)
+    """Add a plain array into a compensated pair.
+
+    ``x`` is often a product (a Chan correction term). XLA may compute it in several fusions and contract
+    it into a fused multiply-add in some of them only, so the ``hi`` and ``lo`` halves of the result could
+    see two different values of ``x`` and disagree by a unit in the last place of ``hi``. Splitting ``x``
+    into a part rounded one bit short (a bitwise operation, which nothing contracts) and its exact
+    remainder keeps ``hi`` consistent; any disagreement is left in the remainder, below ``ulp(x)``.
+    """
+    info = jnp.finfo(x.dtype)
+    x_hi = jax.lax.reduce_precision(x, int(info.nexp), int(info.nmant) - 1)
+    hi, err = two_sum(p.hi, x_hi)
+    return Pair(hi, p.lo + err + (x - x_hi))
 
 
 def add_pairs(p: Pair, q: Pair) -> Pair:

@@ -96,9 +96,14 @@ def chunk_stats(x: Array, n_valid: Array | int, tiles: tuple[Tile, ...], dtype=j
     denominator = jnp.maximum(n, 1).astype(dtype)
     finite = jnp.isfinite(x)
     clean = jnp.where(rows & finite, x, 0)
-    rough_mean = clean.sum(0) / denominator
+    # The residual below must be taken about exactly the rough mean it corrects, but XLA may fuse the
+    # division into each use and contract it into a fused multiply-add there (not rounded, so each use sees
+    # a different value). Rounding it to one bit less than the dtype's mantissa (an exact, bitwise op that
+    # cannot be contracted) materializes one value; the residual absorbs the dropped bit.
+    info = jnp.finfo(dtype)
+    rough_mean = jax.lax.reduce_precision(clean.sum(0) / denominator, int(info.nexp), int(info.nmant) - 1)
     residual = jnp.where(rows, clean - rough_mean[None, :], 0).sum(0) / denominator
-    mean_hi, mean_lo = comp.two_sum(rough_mean, residual)  # the chunk mean, unrounded
+    mean_hi, mean_lo = comp.add(Pair(rough_mean, jnp.zeros_like(rough_mean)), residual)  # the chunk mean, unrounded
     centred = jnp.where(rows, (clean - mean_hi[None, :]) - mean_lo[None, :], 0)
     m2 = jnp.sum(centred * centred, axis=0)
     cross = tuple(

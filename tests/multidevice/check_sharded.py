@@ -1,0 +1,166 @@
+"""Sharded statistics equal unsharded ones: run on 8 forced CPU devices by ``tests/test_multidevice.py``.
+
+These checks need ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` set before JAX starts, so they
+live outside the default collection (``check_*.py``) and run in their own pytest process.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jneuron as jn
+from jneuron.errors import DeadNeuronWarning, JNeuronError
+from jneuron.kernels import maxcorr as kmax
+from jneuron.kernels import sharded as ksharded
+from jneuron.kernels.compensated import Pair
+from jneuron.stream import fold_sharded
+from jneuron.tilereduce import tile_reducer
+
+MESHES = {
+    "tokens3": lambda: jn.device_mesh(3),
+    "tokens4_neurons2": lambda: jn.device_mesh(8, neuron_shards=2),
+    "neurons8": lambda: jn.device_mesh(8, neuron_shards=8),
+    "user_mesh": lambda: jax.make_mesh((2, 4), ("tokens", "neurons")),  # jax's default axis types
+}
+
+
+def test_eight_devices():
+    assert jax.device_count() == 8
+
+
+def _nasty(rng, tokens=1001, width=7):
+    x = rng.normal(size=(tokens, width)) * 3 + 1e3
+    x[:, 1] = 5.0  # dead
+    x[:, 4] = 2 * x[:, 0] - 7  # rank deficient
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["tokens3", "tokens4_neurons2", "neurons8", "user_mesh"])
+def test_comoments_sharded_equal_unsharded_and_float64(name):
+    rng = np.random.default_rng(1)
+    x = _nasty(rng)
+    x64 = x.astype(np.float64)
+    mu = x64.mean(0)
+    cross64 = (x64 - mu).T @ (x64 - mu)
+    single = jn.comoments(x, chunk_tokens=100)
+    sharded = jn.comoments(x, chunk_tokens=100, mesh=MESHES[name]())
+    assert sharded.count == single.count == 1001
+    assert np.abs(sharded.mean - mu).max() < 1e-7
+    assert np.abs(sharded.cross - cross64).max() < 1e-6 * np.abs(cross64).max()
+    np.testing.assert_allclose(sharded.correlation(), single.correlation(), atol=1e-6)
+    assert list(sharded.dead) == list(single.dead) == [1]
+
+
+@settings(max_examples=12)
+@given(tokens=st.integers(2, 90), devices=st.sampled_from([3, 8]))
+def test_uneven_token_counts(tokens, devices):
+    x = np.random.default_rng(tokens).normal(size=(tokens, 3)).astype(np.float32) + 100
+    got = jn.comoments(x, chunk_tokens=16, devices=devices)
+    x64 = x.astype(np.float64)
+    assert got.count == tokens
+    np.testing.assert_allclose(got.mean, x64.mean(0), atol=1e-9 * 100)
+    np.testing.assert_allclose(got.cross, (x64 - x64.mean(0)).T @ (x64 - x64.mean(0)), atol=1e-5, rtol=1e-5)
+
+
+def test_iterator_source_sharded():
+    x = _nasty(np.random.default_rng(2), tokens=333)
+    got = jn.comoments((x[i : i + 50] for i in range(0, 333, 50)), chunk_tokens=64, devices=8)
+    np.testing.assert_allclose(got.cross, jn.comoments(x).cross, rtol=1e-6, atol=1e-3)
+
+
+def test_bad_value_reports_global_row():
+    x = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
+    x[217, 2] = np.nan
+    x[250, 0] = np.inf
+    with pytest.raises(JNeuronError, match="row 217, neuron 2"):
+        jn.comoments(x, chunk_tokens=64, mesh=jn.device_mesh(8, neuron_shards=2))
+
+
+def _models(rng, tokens=1003):
+    shared = rng.normal(size=(tokens, 4))
+    models = [shared @ rng.normal(size=(4, w)) + rng.normal(size=(tokens, w)) + 1e3 for w in (5, 9, 6)]
+    models[2][:, 3] = 1.0  # dead
+    models[1][:, 5] = models[0][:, 1]  # an exact partner (|rho| = 1 ties broken by index)
+    return [m.astype(np.float32) for m in models]
+
+
+@pytest.mark.parametrize(("name", "method"), [("tokens3", "maxcorr"), ("tokens4_neurons2", "maxcorr"),
+                                              ("tokens4_neurons2", "mincorr"), ("neurons8", "maxcorr")])
+def test_crossmodel_sharded_equal_unsharded(name, method):
+    models = _models(np.random.default_rng(4))
+    rank = getattr(jn, method)
+    with pytest.warns(DeadNeuronWarning):
+        single = rank(models, chunk_tokens=128)
+    with pytest.warns(DeadNeuronWarning):
+        sharded = rank(models, chunk_tokens=128, mesh=MESHES[name]())
+    np.testing.assert_allclose(sharded.scores, single.scores, atol=5e-7)
+    np.testing.assert_array_equal(sharded.partner_unit, single.partner_unit)
+    np.testing.assert_allclose(sharded.partner_rho, single.partner_rho, atol=5e-7)
+    np.testing.assert_array_equal(sharded.dead, single.dead)
+    np.testing.assert_array_equal(sharded.order, single.order)
+
+
+def test_crossmodel_several_passes_sharded():
+    models = _models(np.random.default_rng(5))
+    with pytest.warns(DeadNeuronWarning):
+        single = jn.maxcorr(models, chunk_tokens=128)
+    with pytest.warns(DeadNeuronWarning):
+        sharded = jn.maxcorr(models, chunk_tokens=128, memory_budget=1500, mesh=jn.device_mesh(8, neuron_shards=2))
+    np.testing.assert_array_equal(sharded.partner_unit, single.partner_unit)
+    np.testing.assert_allclose(sharded.scores, single.scores, atol=5e-7)
+
+
+def test_additive_reduction_combines_with_psum():
+    """A statistic that simply adds (here: a histogram of rounded values and a count) shards too."""
+    mesh = jn.device_mesh(8, neuron_shards=2)
+    bins = 5
+
+    def chunk(x, n_valid, row0, shift):
+        rows = jnp.arange(x.shape[0]) < n_valid
+        codes = jnp.clip((x[:, 0] + shift).astype(jnp.int32), 0, bins - 1)
+        return {"count": rows.sum(), "hist": jnp.zeros(bins, jnp.int32).at[codes].add(rows.astype(jnp.int32))}
+
+    empty = {"count": jnp.zeros((), jnp.int32), "hist": jnp.zeros(bins, jnp.int32)}
+    reduction = ksharded.Reduction(lambda: empty, chunk)
+    x = np.random.default_rng(6).uniform(0, bins, size=(203, 2)).astype(np.float32)
+    shift = np.float32(-1.0)  # a parameter of the statistic, replicated on every device
+    combined = fold_sharded(jn.as_source([x]), reduction, 61, mesh, (shift,))  # 61 rows: padded, uneven
+    total = jax.tree.map(np.asarray, combined)
+    assert total["count"].tolist() == [203, 203]  # one copy per neuron shard
+    want = np.bincount(np.clip((x[:, 0] - 1).astype(int), 0, bins - 1), minlength=bins)
+    np.testing.assert_array_equal(total["hist"][0], want)
+
+
+def test_device_mesh_errors():
+    with pytest.raises(JNeuronError, match="neuron_shards=3"):
+        jn.device_mesh(8, neuron_shards=3)
+    with pytest.raises(JNeuronError, match="sees 8 device"):
+        jn.device_mesh(9)
+    with pytest.raises(JNeuronError, match="expected a 'tokens' axis"):
+        jn.comoments(np.ones((4, 2)), mesh=jax.make_mesh((8,), ("data",)))
+
+
+@pytest.mark.parametrize("kernel", ["jax", "pallas"])
+def test_tile_reduction_split_over_neurons(kernel):
+    """Rows split over 4 neuron shards (uneven: 37 rows), each band reduced by the chosen kernel."""
+    rng = np.random.default_rng(8)
+    cross = Pair(jnp.asarray(rng.normal(size=(37, 50)), jnp.float32), jnp.zeros((37, 50), jnp.float32))
+    inv_rows = jnp.asarray(rng.uniform(0.1, 1, size=37), jnp.float32).at[5].set(0)
+    inv_cols = jnp.asarray(rng.uniform(0.1, 1, size=50), jnp.float32).at[7].set(0)
+    segments = ((0, 20), (20, 50))
+    want = kmax.reduce_tile(cross, inv_rows, inv_cols, segments)
+    got = tile_reducer((37, 50), segments, jn.device_mesh(8, neuron_shards=4), kernel=kernel)(cross, inv_rows, inv_cols)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_float64_when_x64_is_on():
+    x = np.random.default_rng(9).normal(size=(501, 5)) * 3 + 1e6
+    centred = x - x.mean(0)
+    with jax.enable_x64(True):
+        got = jn.comoments(x, chunk_tokens=64, mesh=jn.device_mesh(8, neuron_shards=2))
+    assert np.abs(got.cross - centred.T @ centred).max() < 1e-12 * np.abs(centred.T @ centred).max()
+    assert np.abs(got.mean - x.mean(0)).max() < 1e-8

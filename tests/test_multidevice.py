@@ -1,0 +1,20 @@
+"""Runs ``tests/multidevice/check_*.py`` in their own pytest process on 8 forced CPU devices."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.multidevice
+def test_sharded_checks_on_eight_cpu_devices():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "python_files=check_*.py",
+               "--rootdir", str(HERE.parent), "-c", str(HERE.parent / "pyproject.toml"), str(HERE / "multidevice")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and "failed" not in done.stdout
