@@ -11,6 +11,8 @@ from jneuron.crossmodel import maxcorr as maxcorr
 from jneuron.crossmodel import mincorr as mincorr
 from jneuron.errors import DeadNeuronWarning as DeadNeuronWarning
 from jneuron.errors import JNeuronError as JNeuronError
+from jneuron.information import NeuronInformation as NeuronInformation
+from jneuron.information import neuron_information as neuron_information
 from jneuron.moments import CoMoments as CoMoments
 from jneuron.moments import comoments as comoments
 from jneuron.ranking import NeuronIndex as NeuronIndex

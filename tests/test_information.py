@@ -1,0 +1,235 @@
+"""Information measures and class selectivity against per-neuron float64 numpy loops, plus their identities."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jneuron as jn
+from jneuron.kernels import information as kinfo
+from jneuron.kernels import quantize as kquant
+
+
+def reference(codes: np.ndarray, labels: np.ndarray, classes: int, bins: int) -> dict:
+    """Per-neuron loops in float64: counts, H, I, KL selectivity (bits)."""
+    tokens, neurons = codes.shape
+    out = {k: np.zeros(neurons) for k in ("entropy", "mutual_information", "kl_selectivity")}
+    out["counts"] = np.zeros((neurons, bins, classes), np.int64)
+    p_y = np.array([np.sum(labels == c) for c in range(classes)], float) / tokens
+    for j in range(neurons):
+        n = np.zeros((bins, classes))
+        for t in range(tokens):
+            n[codes[t, j], labels[t]] += 1
+        out["counts"][j] = n
+        p = n / tokens
+        p_t = p.sum(axis=1)
+        out["entropy"][j] = -sum(q * math.log2(q) for q in p_t if q > 0)
+        out["mutual_information"][j] = sum(p[b, c] * math.log2(p[b, c] / (p_t[b] * p_y[c]))
+                                           for b in range(bins) for c in range(classes) if p[b, c] > 0)
+        kls = []
+        for c in range(classes):
+            if p_y[c] == 0:
+                continue
+            cond = n[:, c] / n[:, c].sum()
+            kls.append(sum(cond[b] * math.log2(cond[b] / p_t[b]) for b in range(bins) if cond[b] > 0))
+        out["kl_selectivity"][j] = max(kls)
+    return out
+
+
+def reference_selectivity(x: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    x = x.astype(np.float64)
+    result = []
+    for j in range(x.shape[1]):
+        means = [x[labels == c, j].mean() for c in np.unique(labels)]
+        top = int(np.argmax(means))
+        rest = np.mean([m for i, m in enumerate(means) if i != top])
+        result.append((means[top] - rest) / (means[top] + rest + eps))
+    return np.array(result)
+
+
+def planted(rng, tokens=600, classes=4):
+    labels = rng.integers(0, classes, tokens)
+    x = rng.random((tokens, 7)).astype(np.float32)
+    x[:, 0] = (labels == 1) * 0.8 + 0.1  # detects class 1
+    x[:, 1] = 0.5  # constant, exactly at the threshold (0.5 is "off")
+    x[:, 2] = 0.0  # dead
+    x[:, 3] = np.where(rng.random(tokens) < 0.9, x[:, 0], 1 - x[:, 0])  # noisy copy of unit 0
+    return x, labels
+
+
+def check_against_reference(info, codes, labels, classes, bins):
+    ref = reference(codes, labels, classes, bins)
+    np.testing.assert_array_equal(info.counts, ref["counts"])
+    for name in ("entropy", "mutual_information", "kl_selectivity"):
+        np.testing.assert_allclose(getattr(info, name), ref[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_threshold_matches_reference_on_random_and_planted(rng):
+    x, labels = planted(rng)
+    info = jn.neuron_information(x, labels)
+    check_against_reference(info, (x > 0.5).astype(int), labels, 4, 2)
+    np.testing.assert_allclose(info.selectivity, reference_selectivity(x, labels), rtol=1e-5, atol=1e-6)
+    assert info.unit == "bits" and info.entropy[1] == 0 and info.mutual_information[2] == 0
+    assert info.selectivity[2] == 0.0  # dead unit: eps keeps 0/0 away
+    assert set(info.dead.tolist()) == {1, 2}
+    assert info.ranking("mutual_information").order[:2].tolist() == [0, 3]
+
+
+def test_uniform_and_quantile_bins_match_reference(rng):
+    x = rng.normal(size=(500, 5)).astype(np.float32) * np.array([1, 3, 0.1, 10, 1], np.float32) + 1e3
+    labels = rng.integers(0, 3, 500)
+    low, high = x.min(axis=0).astype(np.float64), x.max(axis=0).astype(np.float64)
+    info = jn.neuron_information(x, labels, quantize="uniform", bins=4)
+    codes = np.asarray(kquant.uniform(jnp.asarray(x), jnp.asarray(low, jnp.float32),
+                                      jnp.asarray(high, jnp.float32), 4))
+    check_against_reference(info, codes, labels, 3, 4)
+    assert set(np.unique(codes)) == {0, 1, 2, 3}
+
+    given_range = jn.neuron_information(x, labels, quantize="uniform", bins=3, value_range=(999.0, 1001.0))
+    ref_codes = np.clip(np.floor((x.astype(np.float64) - 999.0) / 2.0 * 3), 0, 2).astype(int)
+    check_against_reference(given_range, ref_codes, labels, 3, 3)
+
+    quant = jn.neuron_information(x, labels, quantize="quantile", bins=4)
+    edges = np.asarray(quant.quantization["edges"])
+    codes = (x[:, :, None] > edges[None].astype(np.float32)).sum(-1)
+    check_against_reference(quant, codes, labels, 3, 4)
+    per_bin = quant.counts.sum(axis=2)
+    assert np.all(np.abs(per_bin - 125) <= 6), per_bin  # equal-count bins, up to one fine bin of the range
+    exact = np.quantile(x.astype(np.float64), [0.25, 0.5, 0.75], axis=0).T
+    assert np.all(np.abs(edges - exact) <= (high - low)[:, None] / 1024 * 2)
+
+
+def test_identities_on_planted_label_copy_and_constant(rng):
+    labels = rng.integers(0, 5, 1000)
+    x = np.stack([labels / 4, np.full(1000, 0.3), rng.random(1000)], axis=1)
+    info = jn.neuron_information(x, labels, quantize="uniform", bins=5, value_range=(0.0, 1.0))
+    h_y = -sum(p * math.log2(p) for p in np.bincount(labels) / 1000)
+    assert info.label_entropy == pytest.approx(h_y, rel=1e-12)
+    assert info.mutual_information[0] == pytest.approx(h_y, rel=1e-12)  # copies the label
+    assert info.entropy[1] == 0 and info.mutual_information[1] == 0 and info.kl_selectivity[1] == 0
+    nats = jn.neuron_information(x, labels, quantize="uniform", bins=5, value_range=(0.0, 1.0), unit="nats")
+    np.testing.assert_allclose(nats.mutual_information, info.mutual_information * math.log(2), rtol=1e-12)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(2, 6), st.integers(2, 5), st.integers(2, 60))
+def test_information_identities(seed, classes, bins, tokens):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, tokens)
+    labels[:2] = [0, 1]  # two classes at least
+    counts = np.zeros((6, bins, classes), np.int64)
+    codes = rng.integers(0, bins, (tokens, 6))
+    codes[:, 5] = codes[0, 5]  # a constant neuron
+    for j in range(6):
+        np.add.at(counts[j], (codes[:, j], labels), 1)
+    c = counts.astype(np.float64)
+    mi, h = kinfo.mutual_information(c), kinfo.entropy(c)
+    p_y = c[0].sum(axis=0) / tokens
+    kl = kinfo.kl_per_class(c)
+    np.testing.assert_allclose(mi, kl @ p_y, atol=1e-12)  # I = sum_y p(y) D(P(T|y) || P(T))
+    assert np.all(mi >= -1e-12) and np.all(mi <= np.minimum(h, kinfo.label_entropy(c)) + 1e-12)
+    assert h[5] == 0 and abs(mi[5]) < 1e-15
+    assert np.all(kinfo.kl_selectivity(c) >= mi - 1e-12)  # the max is at least the p(y)-weighted mean
+
+
+def test_chunked_equals_whole_and_iterators(rng):
+    x, labels = planted(rng, tokens=1003, classes=5)
+    whole = jn.neuron_information(x, labels, quantize="quantile", bins=3)
+    chunked = jn.neuron_information(x, labels, quantize="quantile", bins=3, chunk_tokens=97)
+    pieces = [(x[i:i + 250], labels[i:i + 250]) for i in range(0, 1003, 250)]
+    streamed = jn.neuron_information(lambda: iter(pieces), classes=5, quantize="quantile", bins=3, chunk_tokens=64)
+    once = jn.neuron_information(iter(pieces), classes=5, threshold=0.5)
+    for other in (chunked, streamed):
+        np.testing.assert_array_equal(other.counts, whole.counts)
+        np.testing.assert_allclose(other.class_means, whole.class_means, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(other.selectivity, whole.selectivity, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(once.counts, jn.neuron_information(x, labels).counts)
+
+
+def test_selectivity_with_offset_is_accurate(rng):
+    labels = rng.integers(0, 3, 4000)
+    x = (1e3 + rng.random((4000, 3)) + 0.01 * (labels[:, None] == np.arange(3))).astype(np.float32)
+    info = jn.neuron_information(x, labels, threshold=1000.5, chunk_tokens=512)
+    ref = reference_selectivity(x, labels)
+    np.testing.assert_allclose(info.selectivity, ref, atol=2e-9)
+    for c in range(3):
+        np.testing.assert_allclose(info.class_means[:, c], x[labels == c].astype(np.float64).mean(axis=0), rtol=1e-10)
+
+
+def test_layers_models_identity_and_json(rng, tmp_path):
+    labels = rng.integers(0, 3, 200)
+    acts = {"net": {"layers/0": rng.random((200, 4)), "layers/1": rng.random((200, 2))},
+            "other": {"layers/0": rng.random((200, 3))}}
+    info = jn.neuron_information(acts, labels)
+    assert len(info.neurons) == 9 and info.neurons.label(5) == "net/layers/1/1" and info.neurons.label(6) == "other/layers/0/0"
+    flat = np.hstack([acts["net"]["layers/0"], acts["net"]["layers/1"], acts["other"]["layers/0"]])
+    np.testing.assert_array_equal(info.counts, jn.neuron_information(flat, labels).counts)
+    data = json.loads(info.to_json(tmp_path / "info.json").read_text())
+    assert data["neurons"][5]["label"] == "net/layers/1/1"
+    assert data["neurons"][5]["mutual_information"] == pytest.approx(info.mutual_information[5])
+    ranking = info.ranking("selectivity")
+    assert ranking.method == "selectivity" and ranking.top(1)[0]["index"] == int(np.argmax(info.selectivity))
+    assert set(info.rankings()) == set(jn.information.MEASURES)
+
+
+def test_absent_classes_and_tiny_samples():
+    x = np.array([[0.9, 0.1], [0.2, 0.1], [0.8, 0.1]], np.float32)
+    labels = np.array([3, 0, 3])
+    info = jn.neuron_information(x, labels, classes=6)
+    check_against_reference(info, (x > 0.5).astype(int), labels, 6, 2)
+    assert np.isnan(info.class_means[0, 1]) and info.class_means[0, 3] == pytest.approx(0.85)
+    np.testing.assert_allclose(info.selectivity, reference_selectivity(x, labels), rtol=1e-6)
+
+
+def test_kernels_jit_and_psum_over_shards(rng):
+    x = jnp.asarray(rng.random((64, 5)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, 3, 64))
+    shift = jnp.zeros(5)
+
+    def tables(xs, ys):
+        codes = kquant.threshold(xs, 0.5)
+        counts, sums = kinfo.chunk_tables(xs, codes, ys, xs.shape[0], shift, bins=2, classes=3)
+        return counts, sums, kinfo.joint_counts(codes, ys, xs.shape[0], bins=2, classes=3)
+
+    def shard(xs, ys):
+        return jax.tree.map(lambda a: jax.lax.psum(a, "d"), tables(xs, ys))
+
+    whole = jax.jit(tables)(x, labels)
+    sharded = jax.jit(jax.vmap(shard, axis_name="d"))(x.reshape(4, 16, 5), labels.reshape(4, 16))
+    ref = reference(np.asarray(x > 0.5).astype(int), np.asarray(labels), 3, 2)["counts"]
+    np.testing.assert_array_equal(whole[0], ref)
+    np.testing.assert_array_equal(whole[2], ref)
+    np.testing.assert_array_equal(sharded[0][0], ref)
+    assert whole[0].dtype == jnp.int32
+    sums = np.stack([np.asarray(x, np.float64)[np.asarray(labels) == c].sum(axis=0) for c in range(3)], axis=1)
+    np.testing.assert_allclose(whole[1], sums, rtol=1e-6)
+    np.testing.assert_allclose(sharded[1][0], sums, rtol=1e-6)
+
+
+def test_bad_input_errors(rng):
+    x = rng.random((50, 3)).astype(np.float32)
+    labels = rng.integers(0, 2, 50)
+    bad = x.copy()
+    bad[17, 2] = np.nan
+    with pytest.raises(jn.JNeuronError, match="row 17, neuron model0/2"):
+        jn.neuron_information(bad, labels, chunk_tokens=8)
+    with pytest.raises(jn.JNeuronError, match="expected 50 labels"):
+        jn.neuron_information(x, labels[:49])
+    with pytest.raises(jn.JNeuronError, match="at least 2 classes"):
+        jn.neuron_information(x, np.zeros(50, int), classes=3)
+    with pytest.raises(jn.JNeuronError, match="negative class"):
+        jn.neuron_information(x, labels - 1)
+    with pytest.raises(jn.JNeuronError, match="integer classes"):
+        jn.neuron_information(x, labels.astype(float))
+    with pytest.raises(jn.JNeuronError, match="out of range"):
+        jn.neuron_information(x, np.where(np.arange(50) == 30, 5, labels), classes=3)
+    with pytest.raises(jn.JNeuronError, match="plain iterator"):
+        jn.neuron_information(iter([(x, labels)]), classes=2, quantize="quantile", bins=3)
+    with pytest.raises(jn.JNeuronError, match="labels are required"):
+        jn.neuron_information(x)
+    with pytest.raises(jn.JNeuronError, match="unknown quantize"):
+        jn.neuron_information(x, labels, quantize="kmeans")
