@@ -42,6 +42,7 @@ from jneuron.stream import default_chunk_tokens
 
 MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
+OFFSET_RATIO = 64.0  # shift sums by the first chunk's mean when some |mean| > OFFSET_RATIO * std
 _FLUSH_TOKENS = 2**31 - 1  # int32 device counts are moved to host int64 before they could overflow
 
 
@@ -380,8 +381,9 @@ def _histograms(stream: _Stream, low, high, resolution: int):
 def _tables(stream: _Stream, mode: str, params, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass: host int64 joint counts, float64 class sums of ``x - shift``, and the shift.
 
-    The shift is the first chunk's mean per neuron (rounded to the working dtype), so the summed
-    values are small even when activations carry a large offset.
+    Where the first chunk shows a neuron whose mean is large against its spread (``|mean| > OFFSET_RATIO
+    * std``), every neuron is shifted by its first-chunk mean before summing, so float32 sums keep the
+    digits that class differences live in; otherwise the raw values are summed (one memory pass fewer).
     """
     dtype = params[0].dtype
     shift = None
@@ -390,19 +392,30 @@ def _tables(stream: _Stream, mode: str, params, bins: int) -> tuple[np.ndarray, 
     row0, since_flush = 0, 0
     for x, y, rows in stream.chunks():
         if shift is None:
-            first = np.asarray(x[:rows], np.float64).mean(axis=0)
-            shift = jnp.asarray(np.where(np.isfinite(first), first, 0.0), dtype)
+            shift = _shift(x[:rows])
+            device_shift = jnp.asarray(shift, dtype) if shift.any() else None
+            shift = np.asarray(jnp.asarray(shift, dtype), np.float64)
         if since_flush + rows > _FLUSH_TOKENS:
             counts += np.asarray(tables.counts, np.int64)
             tables = tables._replace(counts=jnp.zeros_like(tables.counts))
             since_flush = 0
         tables = kinfo.update(tables, jnp.asarray(x, dtype), jnp.asarray(y), rows, jnp.asarray(row0, count_dtype()),
-                              shift, params, mode=mode, bins=bins, classes=stream.classes)
+                              device_shift, params, mode=mode, bins=bins, classes=stream.classes)
         row0, since_flush = row0 + rows, since_flush + rows
+    if shift is None:
+        raise JNeuronError("no tokens to analyse")
     if int(tables.bad_row) >= 0:
         neuron = stream.neurons.label(int(tables.bad_col))
         raise JNeuronError(f"non-finite value (NaN or Inf) at row {int(tables.bad_row)}, neuron {neuron}")
     counts += np.asarray(tables.counts, np.int64)
-    if shift is None:
-        raise JNeuronError("no tokens to analyse")
-    return counts, comp.value64(tables.sums), np.asarray(shift, np.float64)
+    return counts, comp.value64(tables.sums), shift
+
+
+def _shift(first: np.ndarray) -> np.ndarray:
+    """Per-neuron first-chunk means if some varying neuron's offset dwarfs its spread, else zeros."""
+    first = np.asarray(first, np.float64)
+    with np.errstate(invalid="ignore"):
+        mean, std = first.mean(axis=0), first.std(axis=0)
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    offset = (std > 0) & (np.abs(mean) > OFFSET_RATIO * np.where(np.isfinite(std), std, np.inf))
+    return mean if offset.any() else np.zeros_like(mean)
