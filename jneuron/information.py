@@ -43,6 +43,7 @@ from jneuron.stream import default_chunk_tokens
 MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
 OFFSET_RATIO = 64.0  # shift sums by the first chunk's mean when some |mean| > OFFSET_RATIO * std
+_SHIFT_ROWS = 1024  # rows of the first chunk that decide the shift
 _FLUSH_TOKENS = 2**31 - 1  # int32 device counts are moved to host int64 before they could overflow
 
 
@@ -261,7 +262,9 @@ class _Stream:
                 bad = int(np.flatnonzero(y >= self.classes)[0])
                 raise JNeuronError(f"label {int(y[bad])} is out of range for classes={self.classes}")
             pad = self.chunk_tokens - rows
-            yield np.pad(x, ((0, pad), (0, 0))), np.pad(y.astype(np.int32), (0, pad)), rows
+            if pad:
+                x, y = np.pad(x, ((0, pad), (0, 0))), np.pad(y, (0, pad))
+            yield x, y.astype(np.int32, copy=False), rows
 
     def require_reiterable(self, why: str) -> None:
         if not self.reiterable:
@@ -381,7 +384,7 @@ def _histograms(stream: _Stream, low, high, resolution: int):
 def _tables(stream: _Stream, mode: str, params, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass: host int64 joint counts, float64 class sums of ``x - shift``, and the shift.
 
-    Where the first chunk shows a neuron whose mean is large against its spread (``|mean| > OFFSET_RATIO
+    Where the first chunk's first rows show a neuron whose mean is large against its spread (``|mean| > OFFSET_RATIO
     * std``), every neuron is shifted by its first-chunk mean before summing, so float32 sums keep the
     digits that class differences live in; otherwise the raw values are summed (one memory pass fewer).
     """
@@ -392,7 +395,7 @@ def _tables(stream: _Stream, mode: str, params, bins: int) -> tuple[np.ndarray, 
     row0, since_flush = 0, 0
     for x, y, rows in stream.chunks():
         if shift is None:
-            shift = _shift(x[:rows])
+            shift = _shift(x[:min(rows, _SHIFT_ROWS)])
             device_shift = jnp.asarray(shift, dtype) if shift.any() else None
             shift = np.asarray(jnp.asarray(shift, dtype), np.float64)
         if since_flush + rows > _FLUSH_TOKENS:
