@@ -87,6 +87,39 @@ class CumulativeAblation:
         names = sorted({key[0] for key in self.curves} - {"random"})
         return names + (["random"] if any(key[0] == "random" for key in self.curves) else [])
 
+    def summary(self, mode: str = "zero") -> list[dict]:
+        """Per scope (``"network"`` and each layer) and measure: mean metric over the curve (a layer's curve
+        up to its width) removing the
+        highest-scored first (``descending``), the lowest first (``ascending``), their ``gap``
+        (ascending - descending: how well the measure separates the neurons that matter), and the random
+        orders' mean; for each curve also ``balancing_gain``, the bias-balanced minus zero-ablation mean
+        (when both modes were computed). Sorted by scope, then by gap (best predictor first)."""
+        rows = []
+        panels = [("network", None)] * ("network" in self.ks) + [("layer", i) for i in range(len(self.layers))] * (
+            "layer" in self.ks)
+        for scope, index in panels:
+            def area(measure, direction, which=mode):
+                key = (measure, direction, scope, which)
+                if key not in self.curves:
+                    return None
+                if index is None:
+                    return float(self.curves[key].mean())
+                return float(self.curves[key][index][self.ks["layer"] <= self.widths[index]].mean())
+
+            random = area("random", "random")
+            for measure in self.measures():
+                if measure == "random":
+                    continue
+                down, up = area(measure, "descending"), area(measure, "ascending")
+                gains = [area(measure, d, "mean") - area(measure, d, "zero") for d in DIRECTIONS
+                         if area(measure, d, "mean") is not None and area(measure, d, "zero") is not None]
+                rows.append({"scope": "network" if index is None else self.layers[index], "measure": measure,
+                             "descending": down, "ascending": up,
+                             "gap": None if down is None or up is None else up - down, "random": random,
+                             "balancing_gain": float(np.mean(gains)) if gains else None})
+        order = {name: i for i, name in enumerate(["network", *self.layers])}
+        return sorted(rows, key=lambda r: (order[r["scope"]], -(r["gap"] if r["gap"] is not None else -np.inf)))
+
     def to_dict(self) -> dict:
         """Everything, as JSON-ready plain Python."""
         return {
@@ -113,16 +146,19 @@ class CumulativeAblation:
         panels = ["whole network"] if scope == "network" else list(self.layers)
         figure = Figure(figsize=(5.2 * len(panels), 3.8))
         FigureCanvasAgg(figure)
+        colors = {name: f"C{i}" for i, name in enumerate(self.measures())}
         for index, panel in enumerate(panels):
             axes = figure.add_subplot(1, len(panels), index + 1)
+            ks = self.ks[scope]
+            shown = ks <= (sum(self.widths) if scope == "network" else self.widths[index])
             for (measure, direction, s, m), values in self.curves.items():
                 if s != scope or m != mode:
                     continue
                 row = values if scope == "network" else values[index]
                 style = {"color": "black", "linewidth": 2} if measure == "random" else {
-                    "linestyle": "-" if direction == "descending" else ":"}
-                label = "random" if measure == "random" else f"{measure} ({direction[:4]})"
-                axes.plot(self.ks[scope], row, label=label, **style)
+                    "color": colors[measure], "linestyle": "-" if direction == "descending" else ":"}
+                label = "random" if measure == "random" else f"{measure}, {'highest' if direction == 'descending' else 'lowest'} first"
+                axes.plot(ks[shown], row[shown], label=label, **style)
             axes.axhline(self.baseline, color="grey", linestyle="--", linewidth=1)
             axes.set_xlabel("neurons removed")
             axes.set_ylabel(self.metric)
