@@ -136,7 +136,8 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
       classes: number of classes (default: ``max(labels) + 1``; required for chunk iterables).
       unit: ``"bits"`` (log base 2) or ``"nats"``.
       names: model names (default: mapping keys, or ``model0, model1, ...``).
-      chunk_tokens: tokens per compiled update (default about 128 MiB of columns, at most ``2**24``).
+      chunk_tokens: tokens per compiled update (default about 128 MiB of columns, at most ``2**24``; for
+        chunk iterables at most the first chunk's length).
       resolution: fine histogram bins per neuron for quantile edge estimation.
     """
     if quantize not in QUANTIZERS:
@@ -227,7 +228,7 @@ class _Stream:
         model_names = _names(None, names, len(parts))
         widths = tuple(as_2d(p, f"chunk 0, model '{n}'").shape[1] for p, n in zip(parts, model_names))
         dtype = _float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
-        rows = chunk_tokens or default_chunk_tokens(sum(widths))
+        rows = chunk_tokens or min(default_chunk_tokens(sum(widths)), max(len(np.asarray(first[1])), 1))
         pending = [iterator]
 
         def make_iterator():

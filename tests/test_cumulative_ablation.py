@@ -10,6 +10,7 @@ from flax import nnx
 
 import jneuron as jn
 from jneuron import flax as jnf
+from jneuron.commands.study_information import render_summary
 from jneuron.datasets import load_digits
 from jneuron.models import MLP, train_classifier
 
@@ -22,10 +23,17 @@ def trained():
     train, test = digits.split(seed=0)
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes float and int32
         model = train_classifier(MLP(64, (12, 8), 10, rngs=nnx.Rngs(0), activation=jax.nn.sigmoid),
-                                 train.images, train.labels, epochs=4, weight_decay=1e-4)
+                                 train.images, train.labels, epochs=3, weight_decay=1e-4)
     hidden = {layer: np.asarray(h) for layer, h in zip(LAYERS, model.hidden(jnp.asarray(train.images)))}
     info = jn.neuron_information({"mlp": hidden}, train.labels)
     return model, train, test, info
+
+
+@pytest.fixture(scope="module")
+def ablated(trained):
+    model, train, test, info = trained
+    return jn.cumulative_ablation(model, test.images, test.labels, info, LAYERS, random=2, steps=6,
+                                  reference=train.images)
 
 
 def test_bias_balancing_equals_mean_ablation_on_a_dense_layer(trained):
@@ -45,23 +53,21 @@ def test_bias_balancing_equals_mean_ablation_on_a_dense_layer(trained):
     np.testing.assert_array_equal(model(x), jn.balance_bias(model, "layers/0", "layers/1", [], means)(x))
 
 
-def test_curves_equal_separate_ablation_curves(trained):
+def test_curves_equal_separate_ablation_curves(trained, ablated):
     model, train, test, info = trained
-    result = jn.cumulative_ablation(model, test.images, test.labels, info, LAYERS, random=2, steps=6,
-                                    reference=train.images)
+    result = ablated
     means = jnf.layer_means(model, train.images, LAYERS)
-    for measure in ("mutual_information", "selectivity"):
-        for direction in ("descending", "ascending"):
-            order = info.ranking(measure).order
-            order = order if direction == "descending" else order[::-1]
-            np.testing.assert_array_equal(result.orders[(measure, direction)], order)
-            for scope in ("network", "layer"):
-                for mode in ("zero", "mean"):
-                    expected = jnf.ablation_curve(model, test.images, test.labels, order, LAYERS, result.ks[scope],
-                                                  mode=mode, scope=scope, means=means)
-                    np.testing.assert_allclose(result.curve(measure, direction, scope, mode), expected.values,
-                                               atol=1e-6)
-                    assert result.baseline == pytest.approx(expected.baseline)
+    for measure, direction in (("mutual_information", "descending"), ("selectivity", "ascending")):
+        order = info.ranking(measure).order
+        order = order if direction == "descending" else order[::-1]
+        np.testing.assert_array_equal(result.orders[(measure, direction)], order)
+        for scope in ("network", "layer"):
+            for mode in ("zero", "mean"):
+                expected = jnf.ablation_curve(model, test.images, test.labels, order, LAYERS, result.ks[scope],
+                                              mode=mode, scope=scope, means=means)
+                np.testing.assert_allclose(result.curve(measure, direction, scope, mode), expected.values,
+                                           atol=1e-6)
+                assert result.baseline == pytest.approx(expected.baseline)
     runs = result.random_runs[("network", "zero")]
     assert runs.shape == (2, len(result.ks["network"]))
     np.testing.assert_allclose(result.curve("random", "random", "network", "zero"), runs.mean(axis=0))
@@ -83,6 +89,31 @@ def test_outputs_json_and_plots(trained, tmp_path):
     assert data["layers"] == LAYERS and len(data["curves"]) == 3
     png = result.plot(tmp_path / "layer.png", "layer", "mean")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_is_computed_from_the_curves(trained, ablated):
+    info, result = trained[3], ablated
+    rows = result.summary("zero")
+    assert [r["scope"] for r in rows][:4] == ["network"] * 4 and len(rows) == 12
+    for row in rows:
+        index = None if row["scope"] == "network" else LAYERS.index(row["scope"])
+        down = result.curve(row["measure"], "descending", "network" if index is None else "layer", "zero")
+        up = result.curve(row["measure"], "ascending", "network" if index is None else "layer", "zero")
+        if index is not None:
+            shown = result.ks["layer"] <= result.widths[index]
+            down, up = down[index][shown], up[index][shown]
+        assert row["descending"] == pytest.approx(down.mean()) and row["gap"] == pytest.approx(up.mean() - down.mean())
+    network = rows[:4]
+    assert [r["gap"] for r in network] == sorted((r["gap"] for r in network), reverse=True)
+    gain = result.area(network[0]["measure"], "descending", "network", "mean") - result.area(
+        network[0]["measure"], "descending", "network", "zero")
+    assert network[0]["balancing_gain"] == pytest.approx((gain + result.area(network[0]["measure"], "ascending",
+        "network", "mean") - result.area(network[0]["measure"], "ascending", "network", "zero")) / 2)
+    text = render_summary(result, {"hidden": [12, 8], "epochs": 3, "l2": 1e-4, "seed": 0, "train_accuracy": 0.5,
+                                   "test_accuracy": result.baseline, "label_entropy_bits": info.label_entropy,
+                                   "dead": len(info.dead)})
+    assert f"**{network[0]['measure']}** predicts best (gap {network[0]['gap']:.3f})" in text
+    assert f"**{network[-1]['measure']}** predicts worst" in text and text.count("| layers/1 |") == 4
 
 
 def test_errors(trained):

@@ -141,7 +141,7 @@ def test_chunked_equals_whole_and_iterators(rng):
     whole = jn.neuron_information(x, labels, quantize="quantile", bins=3)
     chunked = jn.neuron_information(x, labels, quantize="quantile", bins=3, chunk_tokens=97)
     pieces = [(x[i:i + 250], labels[i:i + 250]) for i in range(0, 1003, 250)]
-    streamed = jn.neuron_information(lambda: iter(pieces), classes=5, quantize="quantile", bins=3, chunk_tokens=64)
+    streamed = jn.neuron_information(lambda: iter(pieces), classes=5, quantize="quantile", bins=3, chunk_tokens=97)
     once = jn.neuron_information(iter(pieces), classes=5, threshold=0.5)
     for other in (chunked, streamed):
         np.testing.assert_array_equal(other.counts, whole.counts)
