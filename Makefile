@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Each benchmark prints its ratios and writes bench/results/<name>.json.
-BENCHES := bench/crossmodel.py bench/adapters.py
+BENCHES := bench/crossmodel.py bench/adapters.py bench/information.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done
