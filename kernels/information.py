@@ -53,21 +53,21 @@ MAX_CHUNK_TOKENS = 2**24  # float32 sums of 0/1 indicators stay exact integers u
 
 def _onehot_labels(labels: Array, n_valid: Array | int, classes: int, dtype) -> Array:
     valid = jnp.arange(labels.shape[0]) < n_valid
-    return ((labels[:, None] == jnp.arange(classes)[None, :]) & valid[:, None]).astype(dtype)
+    return ((labels[:, None] == jnp.arange(classes, dtype=labels.dtype)[None, :]) & valid[:, None]).astype(dtype)
 
 
 def _indicators(codes: Array, bins: int, dtype) -> Array:
     """``(tokens, neurons * (bins - 1))`` indicators of bins ``1 .. bins - 1``, neuron-major."""
     if bins == 2:
         return codes.astype(dtype)
-    hits = codes[:, :, None] == jnp.arange(1, bins)[None, None, :]
+    hits = codes[:, :, None] == jnp.arange(1, bins, dtype=codes.dtype)[None, None, :]
     return hits.reshape(codes.shape[0], -1).astype(dtype)
 
 
 def _complete(upper: Array, class_totals: Array, neurons: int, bins: int) -> Array:
     """Joint counts ``(neurons, bins, classes)`` from ``(classes, neurons * (bins - 1))`` counts of bins ``1 ..``."""
     upper = upper.T.reshape(neurons, bins - 1, -1)
-    first = class_totals[None, None, :] - jnp.sum(upper, axis=1, keepdims=True)
+    first = class_totals[None, None, :] - jnp.sum(upper, axis=1, keepdims=True, dtype=upper.dtype)
     return jnp.concatenate([first, upper], axis=1)
 
 
@@ -182,7 +182,8 @@ def class_selectivity(class_means, class_counts, eps: float = SELECTIVITY_EPS):
     top = xp.argmax(means, axis=1)
     mu_max = xp.take_along_axis(means, top[:, None], axis=1)[:, 0]
     others = present[None, :] & (xp.arange(class_means.shape[1])[None, :] != top[:, None])
-    mu_rest = xp.sum(xp.where(others, class_means, 0), axis=1) / xp.maximum(xp.sum(others, axis=1), 1)
+    mu_rest = xp.sum(xp.where(others, class_means, 0), axis=1) / xp.maximum(xp.sum(others, axis=1), 1).astype(
+        class_means.dtype)
     return (mu_max - mu_rest) / (mu_max + mu_rest + eps)
 
 

@@ -233,3 +233,29 @@ def test_bad_input_errors(rng):
         jn.neuron_information(x)
     with pytest.raises(jn.JNeuronError, match="unknown quantize"):
         jn.neuron_information(x, labels, quantize="kmeans")
+
+
+def test_counts_flush_to_host_and_float64_input(rng, monkeypatch):
+    x, labels = planted(rng, tokens=700)
+    whole = jn.neuron_information(x, labels, chunk_tokens=128)
+    monkeypatch.setattr(jn.information, "_FLUSH_TOKENS", 300)  # int32 device counts moved to host every 2 chunks
+    np.testing.assert_array_equal(jn.neuron_information(x, labels, chunk_tokens=128).counts, whole.counts)
+    with jax.enable_x64(True):
+        wide = jn.neuron_information(x.astype(np.float64) + 1e6, labels, threshold=1e6 + 0.5, chunk_tokens=128)
+    np.testing.assert_array_equal(wide.counts, whole.counts)
+    exact = np.stack([x.astype(np.float64)[labels == c].mean(axis=0) for c in range(4)], axis=1)
+    np.testing.assert_allclose(wide.class_means - 1e6, exact, atol=1e-9)  # float64 end to end
+    np.testing.assert_allclose(whole.class_means, exact, rtol=1e-6, atol=1e-7)  # float32 sums
+
+
+def test_measure_kernels_on_device_match_host(rng):
+    counts = rng.integers(0, 50, (6, 3, 4)).astype(np.float64)
+    counts[2] = 0
+    counts[2, 1] = 7  # one bin only
+    fns = (kinfo.entropy, kinfo.mutual_information, kinfo.kl_selectivity, kinfo.label_entropy)
+    device = jax.jit(lambda c: tuple(f(c) for f in fns))(jnp.asarray(counts, jnp.float32))
+    for fn, got in zip(fns, device):
+        np.testing.assert_allclose(got, fn(counts), rtol=1e-5, atol=1e-6)
+    means = rng.random((6, 4))
+    np.testing.assert_allclose(jax.jit(kinfo.class_selectivity)(jnp.asarray(means, jnp.float32), jnp.ones(4)),
+                               kinfo.class_selectivity(means, np.ones(4)), rtol=1e-5)
