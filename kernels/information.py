@@ -2,11 +2,13 @@
 
 Counting. For a chunk of codes ``(tokens, neurons)`` (from :mod:`jneuron.kernels.quantize`) and
 integer labels, :func:`chunk_tables` returns the joint counts ``n[j, b, c]`` (tokens of class ``c`` whose
-neuron ``j`` fell in bin ``b``) and the per-class sums of the raw activations, each from one
-contraction with the one-hot labels (``precision=HIGHEST``): ``onehot(labels)^T`` against the
-indicators of bins ``1 .. bins - 1``, and against the raw activations. Bin 0 is the class total minus
-the other bins, so 1-bit counts cost exactly one contraction. Indicator sums are exact integers in float32 up to ``2**24`` tokens per chunk; they are
-returned as integers, so per-chunk (and per-device, ``jax.lax.psum``) tables add exactly.
+neuron ``j`` fell in bin ``b``) and the per-class sums of the raw activations. With
+``method="contract"`` each is one contraction with the one-hot labels (``precision=HIGHEST``):
+``onehot(labels)^T`` against the indicators of bins ``1 .. bins - 1``, and against the raw activations
+(indicator sums are exact integers in float32 up to ``2**24`` tokens per chunk). With
+``method="segment"`` they are integer (exact) and float segment sums over the labels. Bin 0 is the class
+total minus the other bins, so 1-bit counts cost one pass. Counts are returned as integers, so
+per-chunk (and per-device, ``jax.lax.psum``) tables add exactly.
 
 Measures (all neurons at once, ``0 log 0 = 0``, in bits for ``base=2``):
 
@@ -48,6 +50,7 @@ from jneuron.kernels.moments import count_dtype
 
 HIGHEST = jax.lax.Precision.HIGHEST
 SELECTIVITY_EPS = 1e-7
+SUM_BLOCKS = 16  # segment sums of floats add this many row blocks separately (shorter rounding chains)
 MAX_CHUNK_TOKENS = 2**24  # float32 sums of 0/1 indicators stay exact integers up to here
 
 
@@ -85,8 +88,8 @@ def joint_counts(codes: Array, labels: Array, n_valid: Array | int, *, bins: int
 
 
 def chunk_tables(x: Array, codes: Array, labels: Array, n_valid: Array | int, shift: Array | None, *, bins: int,
-                 classes: int) -> tuple[Array, Array]:
-    """Joint counts and per-class sums of ``x - shift`` for one chunk: two contractions with the one-hot labels.
+                 classes: int, method: str = "contract") -> tuple[Array, Array]:
+    """Joint counts and per-class sums of ``x - shift`` for one chunk.
 
     Args:
       x: raw activations ``(tokens, neurons)``; rows from ``n_valid`` on are padding.
@@ -94,14 +97,36 @@ def chunk_tables(x: Array, codes: Array, labels: Array, n_valid: Array | int, sh
       labels: integer classes ``(tokens,)`` in ``[0, classes)``.
       shift: ``(neurons,)`` subtracted before summing (a rough mean keeps float sums accurate when the
         activations carry a large offset), or ``None`` to sum ``x`` as it is (one memory pass fewer).
+      method: ``"contract"``: two contractions with the one-hot labels (``precision=HIGHEST``; the fast
+        path on matrix units: GPU, TPU); ``"segment"``: integer and float segment sums over the labels
+        (scatter-adds, one memory pass each; the fast path on CPU). Both give the same exact counts.
 
     Returns:
       ``counts (neurons, bins, classes)`` int32 and ``sums (neurons, classes)`` in ``x``'s dtype.
     """
-    onehot = _onehot_labels(labels, n_valid, classes, x.dtype)
-    upper = jnp.rint(_contract(onehot, _indicators(codes, bins, x.dtype))).astype(jnp.int32)
-    totals = jnp.rint(jnp.sum(onehot, axis=0)).astype(jnp.int32)
-    sums = _contract(onehot, x if shift is None else x - shift[None, :])
+    values = x if shift is None else x - shift[None, :]
+    if method == "segment":
+        # padding rows go to an extra segment that is dropped
+        target = jnp.where(jnp.arange(labels.shape[0]) < n_valid, labels, classes)
+
+        def segment(data):
+            return jax.ops.segment_sum(data, target, num_segments=classes + 1)[:classes]
+
+        upper = segment(_indicators(codes, bins, jnp.int32))
+        totals = segment(jnp.ones(labels.shape, jnp.int32))
+        # float sums: SUM_BLOCKS row blocks summed separately (short sequential sums), then added
+        blocks = min(SUM_BLOCKS, labels.shape[0])
+        block = -(-labels.shape[0] // blocks)
+        slots = (jnp.arange(labels.shape[0], dtype=target.dtype) // block) * (classes + 1) + target
+        partial_sums = jax.ops.segment_sum(values, slots, num_segments=blocks * (classes + 1))
+        sums = partial_sums.reshape(blocks, classes + 1, -1)[:, :classes].sum(axis=0)
+    elif method == "contract":
+        onehot = _onehot_labels(labels, n_valid, classes, x.dtype)
+        upper = jnp.rint(_contract(onehot, _indicators(codes, bins, x.dtype))).astype(jnp.int32)
+        totals = jnp.rint(jnp.sum(onehot, axis=0)).astype(jnp.int32)
+        sums = _contract(onehot, values)
+    else:
+        raise ValueError(f"unknown counting method {method!r}; expected 'contract' or 'segment'")
     return _complete(upper, totals, x.shape[1], bins), sums.T
 
 
@@ -214,12 +239,12 @@ def _first_bad(x: Array, n_valid: Array | int, row0: Array) -> tuple[Array, Arra
     return (row0 + flat // x.shape[1]).astype(count_dtype()), (flat % x.shape[1]).astype(count_dtype())
 
 
-@partial(jax.jit, static_argnames=("mode", "bins", "classes"), donate_argnums=(0,))
+@partial(jax.jit, static_argnames=("mode", "bins", "classes", "method"), donate_argnums=(0,))
 def update(tables: Tables, x: Array, labels: Array, n_valid: Array | int, row0: Array, shift: Array | None,
-           params: tuple[Array, ...], *, mode: str, bins: int, classes: int) -> Tables:
-    """Quantize one chunk (:func:`jneuron.kernels.quantize.apply`) and add its tables."""
+           params: tuple[Array, ...], *, mode: str, bins: int, classes: int, method: str = "contract") -> Tables:
+    """Quantize one chunk (:func:`jneuron.kernels.quantize.apply`) and add its tables (:func:`chunk_tables`)."""
     codes = quantize.apply(x, mode, params, bins)
-    counts, sums = chunk_tables(x, codes, labels, n_valid, shift, bins=bins, classes=classes)
+    counts, sums = chunk_tables(x, codes, labels, n_valid, shift, bins=bins, classes=classes, method=method)
     seen = tables.bad_row >= 0
     row, col = jax.lax.cond(seen | jnp.all(jnp.isfinite(sums)), lambda: (tables.bad_row, tables.bad_col),
                             lambda: _first_bad(x, n_valid, row0))

@@ -143,7 +143,9 @@ def test_chunked_equals_whole_and_iterators(rng):
     pieces = [(x[i:i + 250], labels[i:i + 250]) for i in range(0, 1003, 250)]
     streamed = jn.neuron_information(lambda: iter(pieces), classes=5, quantize="quantile", bins=3, chunk_tokens=97)
     once = jn.neuron_information(iter(pieces), classes=5, threshold=0.5)
-    for other in (chunked, streamed):
+    contracted = jn.neuron_information(x, labels, quantize="quantile", bins=3, counting="contract")
+    np.testing.assert_array_equal(contracted.quantization["edges"], whole.quantization["edges"])
+    for other in (chunked, streamed, contracted):
         np.testing.assert_array_equal(other.counts, whole.counts)
         np.testing.assert_allclose(other.class_means, whole.class_means, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(other.selectivity, whole.selectivity, rtol=1e-5, atol=1e-6)
@@ -193,7 +195,9 @@ def test_kernels_jit_and_psum_over_shards(rng):
     def tables(xs, ys):
         codes = kquant.threshold(xs, 0.5)
         counts, sums = kinfo.chunk_tables(xs, codes, ys, xs.shape[0], shift, bins=2, classes=3)
-        return counts, sums, kinfo.joint_counts(codes, ys, xs.shape[0], bins=2, classes=3)
+        segment = kinfo.chunk_tables(xs, codes, ys, xs.shape[0] - 3, shift, bins=2, classes=3, method="segment")
+        padded = kinfo.chunk_tables(xs, codes, ys, xs.shape[0] - 3, shift, bins=2, classes=3)
+        return counts, sums, kinfo.joint_counts(codes, ys, xs.shape[0], bins=2, classes=3), segment, padded
 
     def shard(xs, ys):
         return jax.tree.map(lambda a: jax.lax.psum(a, "d"), tables(xs, ys))
@@ -204,7 +208,10 @@ def test_kernels_jit_and_psum_over_shards(rng):
     np.testing.assert_array_equal(whole[0], ref)
     np.testing.assert_array_equal(whole[2], ref)
     np.testing.assert_array_equal(sharded[0][0], ref)
-    assert whole[0].dtype == jnp.int32
+    assert whole[0].dtype == jnp.int32 and whole[3][0].dtype == jnp.int32
+    np.testing.assert_array_equal(whole[3][0], whole[4][0])  # segment sums == contraction, padding ignored
+    np.testing.assert_allclose(whole[3][1], whole[4][1], rtol=1e-6)
+    np.testing.assert_array_equal(sharded[3][0][0], sharded[4][0][0])
     sums = np.stack([np.asarray(x, np.float64)[np.asarray(labels) == c].sum(axis=0) for c in range(3)], axis=1)
     np.testing.assert_allclose(whole[1], sums, rtol=1e-6)
     np.testing.assert_allclose(sharded[1][0], sums, rtol=1e-6)
