@@ -8,7 +8,9 @@ recycled, with fresh random labels per chunk), so the run needs about 1 GiB what
 The time spent generating chunks is measured inside the generator and subtracted from every contender.
 
 - jneuron: ``jn.neuron_information`` with 1-bit quantization (``x > 0.5``): exact joint counts, entropy,
-  mutual information, KL selectivity and class selectivity (class means), rankings included.
+  mutual information, KL selectivity and class selectivity (class means), rankings included; with the
+  backend's default counting (segment sums on CPU) and, for comparison, ``counting="contract"`` (the
+  one-hot contractions used on GPU/TPU).
 - floor: one jitted contraction per chunk of the one-hot labels with the quantized activations
   (``onehot(y)^T @ (x > 0.5)``), summed over chunks: the counts alone.
 - numpy: what a user would write: per chunk ``onehot.T @ (x > 0.5)`` and ``onehot.T @ x`` with BLAS, then
@@ -59,10 +61,11 @@ class Chunks:
             yield x, y
 
 
-def run_jneuron(stream: Chunks) -> tuple[float, jn.NeuronInformation]:
+def run_jneuron(stream: Chunks, counting: str | None = None) -> tuple[float, jn.NeuronInformation]:
     stream.generating = 0.0
     start = time.perf_counter()
-    info = jn.neuron_information(stream, classes=stream.classes, threshold=0.5, chunk_tokens=stream.chunk)
+    info = jn.neuron_information(stream, classes=stream.classes, threshold=0.5, chunk_tokens=stream.chunk,
+                                 counting=counting)
     rankings = info.rankings()
     assert len(rankings) == 4
     return time.perf_counter() - start - stream.generating, info
@@ -130,17 +133,22 @@ def main() -> None:
     parser.add_argument("--skip-numpy", action="store_true", help="leave out the numpy baseline")
     args = parser.parse_args()
     stream = Chunks(args.tokens, args.neurons, args.classes, args.chunk)
-    jn.neuron_information(Chunks(2 * args.chunk, args.neurons, args.classes, args.chunk), classes=args.classes,
-                          chunk_tokens=args.chunk)  # compile on the chunk shape
+    for counting in (None, "contract"):  # compile on the chunk shape
+        jn.neuron_information(Chunks(2 * args.chunk, args.neurons, args.classes, args.chunk), classes=args.classes,
+                              chunk_tokens=args.chunk, counting=counting)
     t_floor, floor_counts = run_floor(stream)
     t_jneuron, info = run_jneuron(stream)
-    exact = bool(np.array_equal(info.counts[:, 1, :].T, floor_counts.astype(np.int64)))
+    t_contract, contracted = run_jneuron(stream, "contract")
+    exact = bool(np.array_equal(info.counts[:, 1, :].T, floor_counts.astype(np.int64))
+                 and np.array_equal(contracted.counts, info.counts))
     results = {
         "size": {"tokens": args.tokens, "neurons": args.neurons, "classes": args.classes, "chunk": args.chunk,
                  "quantization": "1 bit, x > 0.5"},
         "machine": machine(),
-        "seconds": {"jneuron": t_jneuron, "floor": t_floor},
+        "seconds": {"jneuron": t_jneuron, "jneuron_contract": t_contract, "floor": t_floor},
         "ratio_jneuron_to_floor": t_jneuron / t_floor,
+        "ratio_jneuron_contract_to_floor": t_contract / t_floor,
+        "default_counting": "segment" if jax.default_backend() == "cpu" else "contract",
         "counts_equal_floor": exact,
         "chunk_generation_seconds_excluded": stream.generating,
     }
@@ -148,6 +156,7 @@ def main() -> None:
     print(f"  floor (one-hot^T @ quantized, per chunk): {t_floor:8.2f} s")
     print(f"  jneuron (all measures + rankings):        {t_jneuron:8.2f} s   {t_jneuron / t_floor:.2f}x floor"
           f"   counts equal floor: {exact}")
+    print(f"  jneuron, counting='contract':             {t_contract:8.2f} s   {t_contract / t_floor:.2f}x floor")
     if not args.skip_numpy:
         t_numpy, numpy_counts, measures = run_numpy(stream)
         agree = bool(np.array_equal(numpy_counts.astype(np.int64), info.counts)
