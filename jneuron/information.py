@@ -203,7 +203,7 @@ class _Stream:
             classes = int(labels.max()) + 1 if classes is None else int(classes)
             dtype = _float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
             width = sum(a.shape[1] for a in arrays)
-            rows = min(chunk_tokens or default_chunk_tokens(width, tokens), tokens)
+            rows = min(chunk_tokens or default_chunk_tokens(width, tokens), tokens, kinfo.MAX_CHUNK_TOKENS)
 
             def make_iterator():
                 for start in range(0, tokens, rows):
@@ -215,6 +215,8 @@ class _Stream:
             raise JNeuronError("labels are required when activations are given as arrays")
         if classes is None:
             raise JNeuronError("classes=... is required when activations and labels come as chunks")
+        if isinstance(acts, (list, tuple)):  # a list of (x, y) chunks can be read again
+            return cls._from_chunks(lambda: iter(acts), True, names, int(classes), chunk_tokens)
         reiterable = callable(acts)
         if not reiterable and not isinstance(acts, Iterable):
             raise JNeuronError(f"cannot read activations from {type(acts).__name__}")
@@ -235,6 +237,7 @@ class _Stream:
         widths = tuple(as_2d(p, f"chunk 0, model '{n}'").shape[1] for p, n in zip(parts, model_names))
         dtype = _float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
         rows = chunk_tokens or min(default_chunk_tokens(sum(widths)), max(len(np.asarray(first[1])), 1))
+        rows = min(rows, kinfo.MAX_CHUNK_TOKENS)
         pending = [iterator]
 
         def make_iterator():
@@ -257,17 +260,20 @@ class _Stream:
     def _finish(cls, make_iterator, reiterable, neurons, width, dtype, classes, rows) -> _Stream:
         if classes < 2:
             raise JNeuronError(f"need at least 2 classes, got classes={classes}")
-        return cls(make_iterator, reiterable, neurons, width, dtype, classes, min(rows, kinfo.MAX_CHUNK_TOKENS))
+        return cls(make_iterator, reiterable, neurons, width, dtype, classes, rows)
 
     def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         """Chunks padded to ``chunk_tokens`` rows: ``(x, y, valid rows)``."""
+        offset = 0
         for x, y in self.make_iterator():
             rows = len(y)
             if rows == 0:
                 continue
             if (y >= self.classes).any():
                 bad = int(np.flatnonzero(y >= self.classes)[0])
-                raise JNeuronError(f"label {int(y[bad])} is out of range for classes={self.classes}")
+                raise JNeuronError(f"label {int(y[bad])} at row {offset + bad} is out of range for "
+                                   f"classes={self.classes} (labels must lie in 0..{self.classes - 1})")
+            offset += rows
             pad = self.chunk_tokens - rows
             if pad:
                 x, y = np.pad(x, ((0, pad), (0, 0))), np.pad(y, (0, pad))

@@ -143,6 +143,8 @@ def test_chunked_equals_whole_and_iterators(rng):
     pieces = [(x[i:i + 250], labels[i:i + 250]) for i in range(0, 1003, 250)]
     streamed = jn.neuron_information(lambda: iter(pieces), classes=5, quantize="quantile", bins=3, chunk_tokens=97)
     once = jn.neuron_information(iter(pieces), classes=5, threshold=0.5)
+    listed = jn.neuron_information(pieces, classes=5, quantize="quantile", bins=3, chunk_tokens=97)
+    np.testing.assert_array_equal(listed.counts, whole.counts)
     contracted = jn.neuron_information(x, labels, quantize="quantile", bins=3, counting="contract")
     np.testing.assert_array_equal(contracted.quantization["edges"], whole.quantization["edges"])
     for other in (chunked, streamed, contracted):
@@ -232,7 +234,7 @@ def test_bad_input_errors(rng):
         jn.neuron_information(x, labels - 1)
     with pytest.raises(jn.JNeuronError, match="integer classes"):
         jn.neuron_information(x, labels.astype(float))
-    with pytest.raises(jn.JNeuronError, match="out of range"):
+    with pytest.raises(jn.JNeuronError, match="label 5 at row 30 is out of range"):
         jn.neuron_information(x, np.where(np.arange(50) == 30, 5, labels), classes=3)
     with pytest.raises(jn.JNeuronError, match="plain iterator"):
         jn.neuron_information(iter([(x, labels)]), classes=2, quantize="quantile", bins=3)
