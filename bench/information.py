@@ -152,7 +152,8 @@ def main() -> None:
         "counts_equal_floor": exact,
         "chunk_generation_seconds_excluded": stream.generating,
     }
-    print(f"{args.tokens:,} tokens x {args.neurons:,} neurons x {args.classes} classes, 1 bit, chunks of {args.chunk:,}")
+    print(f"{args.tokens:,} tokens x {args.neurons:,} neurons x {args.classes} classes, 1 bit, "
+          f"chunks of {args.chunk:,}")
     print(f"  floor (one-hot^T @ quantized, per chunk): {t_floor:8.2f} s")
     print(f"  jneuron (all measures + rankings):        {t_jneuron:8.2f} s   {t_jneuron / t_floor:.2f}x floor"
           f"   counts equal floor: {exact}")

@@ -157,7 +157,8 @@ class CumulativeAblation:
                 row = values if scope == "network" else values[index]
                 style = {"color": "black", "linewidth": 2} if measure == "random" else {
                     "color": colors[measure], "linestyle": "-" if direction == "descending" else ":"}
-                label = "random" if measure == "random" else f"{measure}, {'highest' if direction == 'descending' else 'lowest'} first"
+                first = "highest" if direction == "descending" else "lowest"
+                label = "random" if measure == "random" else f"{measure}, {first} first"
                 axes.plot(ks[shown], row[shown], label=label, **style)
             axes.axhline(self.baseline, color="grey", linestyle="--", linewidth=1)
             axes.set_xlabel("neurons removed")

@@ -169,7 +169,8 @@ def test_layers_models_identity_and_json(rng, tmp_path):
     acts = {"net": {"layers/0": rng.random((200, 4)), "layers/1": rng.random((200, 2))},
             "other": {"layers/0": rng.random((200, 3))}}
     info = jn.neuron_information(acts, labels)
-    assert len(info.neurons) == 9 and info.neurons.label(5) == "net/layers/1/1" and info.neurons.label(6) == "other/layers/0/0"
+    assert len(info.neurons) == 9 and info.neurons.label(5) == "net/layers/1/1"
+    assert info.neurons.label(6) == "other/layers/0/0"
     flat = np.hstack([acts["net"]["layers/0"], acts["net"]["layers/1"], acts["other"]["layers/0"]])
     np.testing.assert_array_equal(info.counts, jn.neuron_information(flat, labels).counts)
     data = json.loads(info.to_json(tmp_path / "info.json").read_text())

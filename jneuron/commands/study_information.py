@@ -121,7 +121,8 @@ def render_summary(result: CumulativeAblation, facts: dict) -> str:
     for r in zero:
         b = balanced.get((r["scope"], r["measure"]), {})
         lines.append(f"| {r['scope']} | {r['measure']} | {_fmt(r['descending'])} | {_fmt(r['ascending'])} | "
-                     f"{_fmt(r['gap'])} | {_fmt(r['random'])} | {_fmt(b.get('descending'))} | {_fmt(b.get('ascending'))} |")
+                     f"{_fmt(r['gap'])} | {_fmt(r['random'])} | {_fmt(b.get('descending'))} | "
+                     f"{_fmt(b.get('ascending'))} |")
     lines += ["", "Plots: `network_zero.png`, `network_mean.png`, `layer_zero.png`, `layer_mean.png`; "
               "numbers: `curves.json`, `summary.json`, `information.json`.", ""]
     return "\n".join(lines)
