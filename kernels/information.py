@@ -55,12 +55,14 @@ MAX_CHUNK_TOKENS = 2**24  # float32 sums of 0/1 indicators stay exact integers u
 
 
 def _onehot_labels(labels: Array, n_valid: Array | int, classes: int, dtype) -> Array:
+    labels = jnp.asarray(labels)
     valid = jnp.arange(labels.shape[0]) < n_valid
     return ((labels[:, None] == jnp.arange(classes, dtype=labels.dtype)[None, :]) & valid[:, None]).astype(dtype)
 
 
 def _indicators(codes: Array, bins: int, dtype) -> Array:
     """``(tokens, neurons * (bins - 1))`` indicators of bins ``1 .. bins - 1``, neuron-major."""
+    codes = jnp.asarray(codes)
     if bins == 2:
         return codes.astype(dtype)
     hits = codes[:, :, None] == jnp.arange(1, bins, dtype=codes.dtype)[None, None, :]
@@ -107,7 +109,8 @@ def chunk_tables(x: Array, codes: Array, labels: Array, n_valid: Array | int, sh
     values = x if shift is None else x - shift[None, :]
     if method == "segment":
         # padding rows go to an extra segment that is dropped
-        target = jnp.where(jnp.arange(labels.shape[0]) < n_valid, labels, classes)
+        labels = jnp.asarray(labels)
+        target = jnp.where(jnp.arange(labels.shape[0]) < n_valid, labels, jnp.asarray(classes, labels.dtype))
 
         def segment(data):
             return jax.ops.segment_sum(data, target, num_segments=classes + 1)[:classes]
