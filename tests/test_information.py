@@ -134,6 +134,9 @@ def test_information_identities(seed, classes, bins, tokens):
     assert np.all(mi >= -1e-12) and np.all(mi <= np.minimum(h, kinfo.label_entropy(c)) + 1e-12)
     assert h[5] == 0 and abs(mi[5]) < 1e-15
     assert np.all(kinfo.kl_selectivity(c) >= mi - 1e-12)  # the max is at least the p(y)-weighted mean
+    relabelled = c[:, rng.permutation(bins)][:, :, rng.permutation(classes)]  # renaming bins or classes
+    for fn in (kinfo.mutual_information, kinfo.entropy, kinfo.kl_selectivity):
+        np.testing.assert_allclose(fn(relabelled), fn(c), atol=1e-12)
 
 
 def test_chunked_equals_whole_and_iterators(rng):
@@ -227,6 +230,9 @@ def test_bad_input_errors(rng):
     bad[17, 2] = np.nan
     with pytest.raises(jn.JNeuronError, match="row 17, neuron model0/2"):
         jn.neuron_information(bad, labels, chunk_tokens=8)
+    bad[17, 2] = np.inf
+    with pytest.raises(jn.JNeuronError, match="row 17, neuron model0/2"):
+        jn.neuron_information(bad, labels, quantize="quantile", bins=3)
     with pytest.raises(jn.JNeuronError, match="expected 50 labels"):
         jn.neuron_information(x, labels[:49])
     with pytest.raises(jn.JNeuronError, match="at least 2 classes"):
