@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -275,3 +278,35 @@ def test_measure_kernels_on_device_match_host(rng):
     means = rng.random((6, 4))
     np.testing.assert_allclose(jax.jit(kinfo.class_selectivity)(jnp.asarray(means, jnp.float32), jnp.ones(4)),
                                kinfo.class_selectivity(means, np.ones(4)), rtol=1e-5)
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jneuron.kernels import information as kinfo, quantize as kquant
+assert len(jax.devices()) == 4
+mesh = jax.make_mesh((4,), ("tokens",))
+rng = np.random.default_rng(0)
+x = rng.random((64, 5)).astype(np.float32)
+y = rng.integers(0, 3, 64).astype(np.int32)
+for method in ("segment", "contract"):
+    def tables(xs, ys):
+        counts, sums = kinfo.chunk_tables(xs, kquant.threshold(xs, 0.5), ys, xs.shape[0] - 2, None, bins=2,
+                                          classes=3, method=method)
+        return jax.lax.psum(counts, "tokens"), jax.lax.psum(sums, "tokens")
+    spec = NamedSharding(mesh, P("tokens"))
+    run = jax.jit(jax.shard_map(tables, mesh=mesh, in_specs=(P("tokens"), P("tokens")), out_specs=(P(), P())))
+    sharded = run(jax.device_put(x, spec), jax.device_put(y, spec))
+    valid = (np.arange(64) % 16) < 14  # each shard's last 2 rows are its padding
+    single = kinfo.chunk_tables(jnp.asarray(x[valid]), kquant.threshold(jnp.asarray(x[valid]), 0.5),
+                                jnp.asarray(y[valid]), 56, None, bins=2, classes=3, method=method)
+    assert np.array_equal(sharded[0], single[0]), method
+    assert np.allclose(sharded[1], single[1], rtol=1e-6), method
+print("ok")
+"""
+
+
+def test_sharded_over_four_devices_equals_single_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
