@@ -33,11 +33,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jneuron.errors import JNeuronError
-from jneuron.flax import paths
-from jneuron.flax.curves import _engine, curve_masks, metric_function
 from jneuron.information import NeuronInformation
 from jneuron.io_utils import atomic_write_bytes, atomic_write_text
 from jneuron.ranking import Ranking, _plain
@@ -185,7 +182,7 @@ def _steps(limit: int, steps: int) -> np.ndarray:
     return np.unique(np.linspace(0, limit, min(steps, limit) + 1).round().astype(np.int64))
 
 
-def cumulative_ablation(model: nnx.Module, inputs, labels, rankings, layers: Sequence[str], *,
+def cumulative_ablation(model, inputs, labels, rankings, layers: Sequence[str], *,
                         directions: Sequence[str] = DIRECTIONS, random: int = 3, seed: int = 0,
                         scopes: Sequence[str] = SCOPES, modes: Sequence[str] = MODES, steps: int = 32,
                         metric="accuracy", reference=None, batch_size: int | None = None) -> CumulativeAblation:
@@ -209,6 +206,8 @@ def cumulative_ablation(model: nnx.Module, inputs, labels, rankings, layers: Seq
         the training data).
       batch_size: masks evaluated at a time, to bound memory (default all at once).
     """
+    from jneuron.flax.curves import _engine, curve_masks, metric_function  # Flax is imported on first use
+
     for name, given, allowed in (("directions", directions, DIRECTIONS), ("scopes", scopes, SCOPES),
                                  ("modes", modes, MODES)):
         if not given or any(g not in allowed for g in given):
@@ -267,13 +266,17 @@ def cumulative_ablation(model: nnx.Module, inputs, labels, rankings, layers: Seq
                               orders, name)
 
 
-def balance_bias(model: nnx.Module, layer: str, next_layer: str, removed: Sequence[int], means) -> nnx.Module:
+def balance_bias(model, layer: str, next_layer: str, removed: Sequence[int], means):
     """A copy of ``model`` with units ``removed`` of ``layer`` cut and their mean contribution in ``next_layer``.
 
     ``next_layer`` must be a dense layer (``kernel (inputs, outputs)``, ``bias``) reading ``layer``'s output
     directly: the fold is ``b_k += sum_{j removed} w_jk * E[t_j]`` and ``w_jk = 0``. On such a layer it
     equals mean ablation (``jneuron.flax.ablate(..., mode="mean")``) exactly up to float rounding.
     """
+    from flax import nnx
+
+    from jneuron.flax import paths
+
     variant = nnx.clone(model)
     dense = paths.find(variant, next_layer)
     if not (hasattr(dense, "kernel") and hasattr(dense, "bias") and dense.bias is not None):
