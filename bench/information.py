@@ -136,16 +136,19 @@ def main() -> None:
     for counting in (None, "contract"):  # compile on the chunk shape
         jn.neuron_information(Chunks(2 * args.chunk, args.neurons, args.classes, args.chunk), classes=args.classes,
                               chunk_tokens=args.chunk, counting=counting)
-    t_floor, floor_counts = run_floor(stream)
+    t_floor_first, floor_counts = run_floor(stream)
     t_jneuron, info = run_jneuron(stream)
     t_contract, contracted = run_jneuron(stream, "contract")
+    t_floor_again, _ = run_floor(stream)  # the floor before and after: the ratio uses the faster (stricter)
+    t_floor = min(t_floor_first, t_floor_again)
     exact = bool(np.array_equal(info.counts[:, 1, :].T, floor_counts.astype(np.int64))
                  and np.array_equal(contracted.counts, info.counts))
     results = {
         "size": {"tokens": args.tokens, "neurons": args.neurons, "classes": args.classes, "chunk": args.chunk,
                  "quantization": "1 bit, x > 0.5"},
         "machine": machine(),
-        "seconds": {"jneuron": t_jneuron, "jneuron_contract": t_contract, "floor": t_floor},
+        "seconds": {"jneuron": t_jneuron, "jneuron_contract": t_contract, "floor": t_floor,
+                    "floor_runs": [t_floor_first, t_floor_again]},
         "ratio_jneuron_to_floor": t_jneuron / t_floor,
         "ratio_jneuron_contract_to_floor": t_contract / t_floor,
         "default_counting": "segment" if jax.default_backend() == "cpu" else "contract",
@@ -154,7 +157,8 @@ def main() -> None:
     }
     print(f"{args.tokens:,} tokens x {args.neurons:,} neurons x {args.classes} classes, 1 bit, "
           f"chunks of {args.chunk:,}")
-    print(f"  floor (one-hot^T @ quantized, per chunk): {t_floor:8.2f} s")
+    print(f"  floor (one-hot^T @ quantized, per chunk): {t_floor:8.2f} s   (runs {t_floor_first:.2f}, "
+          f"{t_floor_again:.2f}; the faster is used)")
     print(f"  jneuron (all measures + rankings):        {t_jneuron:8.2f} s   {t_jneuron / t_floor:.2f}x floor"
           f"   counts equal floor: {exact}")
     print(f"  jneuron, counting='contract':             {t_contract:8.2f} s   {t_contract / t_floor:.2f}x floor")
