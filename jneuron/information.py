@@ -1,8 +1,8 @@
 """Information-theoretic neuron importance and class selectivity (Amjad et al., 2018; Morcos et al., 2018).
 
 Every neuron's output is quantized (1 bit by default: ``x > 0.5`` for sigmoid units; ``threshold=0`` for
-ReLU units), and the exact joint counts of (bin, class) are accumulated over streamed chunks with one
-contraction per chunk. From them: entropy ``H(T_j)``, mutual information ``I(T_j; Y)`` and KL
+ReLU units), and the exact integer joint counts of (bin, class) are accumulated over streamed chunks
+(one-hot contractions on GPU/TPU, integer segment sums on CPU; identical counts). From them: entropy ``H(T_j)``, mutual information ``I(T_j; Y)`` and KL
 selectivity ``max_y D(P(T_j | y) || P(T_j))`` (bits by default, ``0 log 0 = 0``), plus Morcos et al.'s
 class selectivity index on the raw activations' class means. See :mod:`jneuron.kernels.information`.
 
