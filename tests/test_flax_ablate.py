@@ -6,10 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from flax_models import CNN, Encoder
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jneuron import JNeuronError
 from jneuron import flax as jnf
 from jneuron.models import MLP
+
+LAYERS = ["layers/0", "layers/1"]
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +101,16 @@ def test_vmapped_masks_equal_separate_calls(mlp, data, rng):
     x, _ = data
     masks = (rng.random((7, 10)) > 0.4).astype(np.float32)
     variant = jnf.ablate(mlp, {"layers/0": np.ones(10)})
-    swept = jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks})
+    swept = jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks}, batch_size=None)
     assert swept.shape == (7, 64)
     for k in range(7):
         single = jnf.ablate(mlp, {"layers/0": masks[k]})
         np.testing.assert_allclose(swept[k], _sum_logits(single, jnp.asarray(x)), atol=1e-5)
-    mapped = jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks}, batch_size=3)
-    np.testing.assert_allclose(mapped, swept, atol=1e-6)
+    for batch_size in (3, "auto"):
+        mapped = jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks}, batch_size=batch_size)
+        np.testing.assert_allclose(mapped, swept, atol=1e-6)
+    with pytest.raises(JNeuronError, match="batch_size must be a positive integer"):
+        jnf.sweep(variant, _sum_logits, jnp.asarray(x), masks={"layers/0": masks}, batch_size=0)
 
 
 def test_sweep_values_and_masks_over_two_layers(mlp, data, rng):
@@ -153,3 +161,54 @@ def test_mode_errors(mlp, data):
         jnf.ablate(mlp, {"layers/0": np.zeros(10)}, mode="mean")
     with pytest.raises(JNeuronError, match="missing"):
         jnf.ablate(mlp, {"layers/0": np.zeros(10)}, mode="value")
+
+
+def _logits(model, x):
+    return model(x)
+
+
+@settings(max_examples=15)
+@given(bits=st.lists(st.booleans(), min_size=4 * 16, max_size=4 * 16), mode=st.sampled_from(["zero", "mean"]))
+def test_property_sweep_equals_weight_surgery(mlp, data, bits, mode):
+    """Any K=4 masks over both hidden layers, zero or mean: the sweep equals a float64 numpy forward pass
+    in which the removed neurons output 0 or their mean."""
+    x, _ = data
+    masks = np.asarray(bits, np.float32).reshape(4, 16)
+    means = jnf.layer_means(mlp, x, ["layers/0", "layers/1"]) if mode == "mean" else None
+    ones = {"layers/0": np.ones(10, np.float32), "layers/1": np.ones(6, np.float32)}
+    variant = jnf.ablate(mlp, ones, mode="value",
+                         values=means or {"layers/0": np.zeros(10, np.float32), "layers/1": np.zeros(6, np.float32)})
+    swept = jnf.sweep(variant, _logits, jnp.asarray(x),
+                      masks={"layers/0": masks[:, :10], "layers/1": masks[:, 10:]})
+    for k in range(4):
+        keep = (masks[k, :10], masks[k, 10:])
+
+        def replace(i, h, keep=keep):
+            fill = np.zeros_like(h) if means is None else np.broadcast_to(means[LAYERS[i]], h.shape)
+            return np.where(keep[i] > 0, h, fill)
+
+        np.testing.assert_allclose(swept[k], _forward_with_hidden(mlp, x, replace), atol=2e-5)
+
+
+def test_cnn_channel_ablation_equals_zeroed_filter(rng):
+    model = CNN(3, rngs=nnx.Rngs(1))
+    model.convs[0].bias[...] = jnp.linspace(-0.3, 0.3, 4)
+    images = jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+    mask = np.array([1, 0, 1, 0], np.float32)
+    surgery = nnx.clone(model)
+    surgery.convs[0].kernel[...] = surgery.convs[0].kernel[...] * jnp.asarray(mask)[None, None, None, :]
+    surgery.convs[0].bias[...] = surgery.convs[0].bias[...] * jnp.asarray(mask)
+    np.testing.assert_allclose(jnf.ablate(model, {"convs/0": mask})(images), surgery(images), atol=1e-6)
+
+
+def test_transformer_sweep_over_positions_equals_separate_calls(rng):
+    model = Encoder(vocab=9, d=8, blocks=2, classes=3, rngs=nnx.Rngs(2))
+    tokens = jnp.asarray(rng.integers(0, 9, size=(3, 5)))
+    layer = "encoder/layers/1/mlp/hidden"
+    masks = (rng.random((4, 5, 16)) > 0.3).astype(np.float32)  # per position and neuron
+    variant = jnf.ablate(model, {layer: np.ones(16)}, mode="mean", inputs=tokens)
+    swept = jnf.sweep(variant, _logits, tokens, masks={layer: masks})
+    means = jnf.layer_means(model, tokens, [layer])
+    for k in range(4):
+        single = jnf.ablate(model, {layer: masks[k]}, mode="mean", values=means)
+        np.testing.assert_allclose(swept[k], single(tokens), atol=1e-5)

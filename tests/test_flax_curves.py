@@ -19,7 +19,7 @@ LAYERS = ["layers/0", "layers/1"]
 def trained():
     digits = load_digits()
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes float and int32
-        model = train_classifier(MLP(64, (16, 8), 10, rngs=nnx.Rngs(0)), digits.images, digits.labels, epochs=5)
+        model = train_classifier(MLP(64, (16, 8), 10, rngs=nnx.Rngs(0)), digits.images, digits.labels, epochs=2)
     return model, digits.images[:400], digits.labels[:400]
 
 

@@ -4,6 +4,6 @@ Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args
 here to make it a subcommand.
 """
 
-from jneuron.commands import demo, information, maxcorr, study_information
+from jneuron.commands import ablate, demo, information, maxcorr, study_information
 
-COMMANDS = (demo, maxcorr, information, study_information)
+COMMANDS = (demo, maxcorr, ablate, information, study_information)

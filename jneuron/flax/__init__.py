@@ -26,6 +26,7 @@ from jneuron.flax.capturing import Capture as Capture
 from jneuron.flax.capturing import capture as capture
 from jneuron.flax.capturing import capture_batches as capture_batches
 from jneuron.flax.capturing import capture_source as capture_source
+from jneuron.flax.capturing import output_shapes as output_shapes
 from jneuron.flax.controls import ControlSweep as ControlSweep
 from jneuron.flax.controls import NeuronStats as NeuronStats
 from jneuron.flax.controls import control as control

@@ -35,6 +35,17 @@ from jneuron.flax import paths
 from jneuron.flax.capturing import capture
 
 MODES = ("zero", "mean", "value")
+CPU_MASKS_PER_STEP = 10  # variants per lax.map step on CPU: measured fastest (vs 4, 25, all) in bench/adapters.py
+
+
+def variants_per_step(batch_size: int | str | None) -> int | None:
+    """Resolve ``batch_size`` for a sweep: ``"auto"`` is all variants in one vmap on GPU/TPU and
+    ``CPU_MASKS_PER_STEP`` per ``lax.map`` step on CPU (cache-sized steps); ``None`` is one vmap."""
+    if batch_size == "auto":
+        return CPU_MASKS_PER_STEP if jax.default_backend() == "cpu" else None
+    if batch_size is not None and (isinstance(batch_size, str) or batch_size < 1):
+        raise JNeuronError(f"batch_size must be a positive integer, None or 'auto', got {batch_size!r}")
+    return batch_size
 
 
 class AblationMask(nnx.Variable):
@@ -147,7 +158,7 @@ def _sweep(graphdef, fn, batch_size, masks, values, rest, args):
 
 
 def sweep(variant: nnx.Module, fn: Callable, *args, masks: Mapping[str, object] | None = None,
-          values: Mapping[str, object] | None = None, batch_size: int | None = None):
+          values: Mapping[str, object] | None = None, batch_size: int | str | None = "auto"):
     """Evaluate ``fn(variant_k, *args)`` for K masks and/or values in one compiled call.
 
     Args:
@@ -157,7 +168,8 @@ def sweep(variant: nnx.Module, fn: Callable, *args, masks: Mapping[str, object] 
       *args: arrays passed to ``fn`` (data, labels): arguments, not constants, so they do not recompile.
       masks: layer path to ``(K, ...)`` masks; layers left out keep the variant's mask.
       values: layer path to ``(K, ...)`` replacement values; layers left out keep the variant's values.
-      batch_size: evaluate this many variants at a time (``lax.map``) to bound memory; default all at once.
+      batch_size: variants per ``lax.map`` step (bounds memory); ``None``: all in one ``jax.vmap``;
+        ``"auto"`` (default): one vmap on GPU/TPU, steps of ``CPU_MASKS_PER_STEP`` on CPU.
 
     Returns:
       ``fn``'s outputs stacked over the K variants.
@@ -178,8 +190,7 @@ def sweep(variant: nnx.Module, fn: Callable, *args, masks: Mapping[str, object] 
             given[layer] = array
     if len(set(counts.values())) != 1:
         raise JNeuronError(f"sweep: every mask and value needs the same number of variants, got {counts}")
-    if batch_size is not None and batch_size < 1:
-        raise JNeuronError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = variants_per_step(batch_size)
     count = next(iter(counts.values()))
     stacked = nnx.clone(variant)
     for layer, wrapper in masked_layers(stacked).items():

@@ -55,7 +55,8 @@ def tapped(model: nnx.Module, layers: Sequence[str]) -> nnx.Module:
 def run_tapped(model: nnx.Module, layers: Sequence[str], *inputs) -> tuple[object, dict[str, jax.Array]]:
     """Call a :func:`tapped` model on ``inputs``: its output and the recorded output of each layer."""
     output, recorded = nnx.capture(lambda module, *args: module(*args), nnx.Intermediate)(model, *inputs)
-    found = {"/".join(str(p) for p in path[:-1]): variable.get_value() for path, variable in nnx.to_flat_state(recorded)}
+    found = {"/".join(str(p) for p in path[:-1]): variable.get_value()
+             for path, variable in nnx.to_flat_state(recorded)}
     outputs = {}
     for layer in layers:
         values = found.get(layer, ())
@@ -75,7 +76,17 @@ def _forward(graphdef, layers, state, inputs):
     return run_tapped(nnx.merge(graphdef, state), layers, *inputs)[1]
 
 
+def output_shapes(model: nnx.Module, inputs, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """One sample's output shape per layer, traced abstractly (nothing is computed or compiled)."""
+    layers = paths.check_layers(model, layers)
+    graphdef, state = nnx.split(tapped(model, layers))
+    sample = tuple(jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), np.asarray(x[:1]).dtype) for x in as_inputs(inputs))
+    shapes = jax.eval_shape(functools.partial(_forward, graphdef, layers), state, sample)
+    return {layer: tuple(shapes[layer].shape[1:]) for layer in layers}
+
+
 def as_inputs(inputs) -> tuple:
+    """The model's positional inputs as a tuple of arrays sharing their first (batch) axis."""
     inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in inputs}
     if len(sizes) != 1 or None in sizes:

@@ -77,7 +77,8 @@ def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=Non
         labels = np.asarray(labels)
         classes = np.unique(labels)
         if np.shape(labels)[0] != np.shape(as_inputs(inputs)[0])[0]:
-            raise JNeuronError(f"labels cover {np.shape(labels)[0]} samples, inputs {np.shape(as_inputs(inputs)[0])[0]}")
+            samples = np.shape(as_inputs(inputs)[0])[0]
+            raise JNeuronError(f"labels cover {np.shape(labels)[0]} samples, the inputs {samples}")
     for acts, where in capture_batches(model, inputs, layers, batch_size=batch_size):
         for layer in layers:
             rows = acts[layer].astype(np.float64)

@@ -37,7 +37,7 @@ from flax import nnx
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, layer_means, sweep
-from jneuron.flax.capturing import as_inputs, capture
+from jneuron.flax.capturing import as_inputs, output_shapes
 from jneuron.io_utils import atomic_write_bytes, atomic_write_text
 from jneuron.ranking import Ranking, _plain
 
@@ -184,7 +184,7 @@ def curve_masks(order: np.ndarray, ks: np.ndarray, widths: Sequence[int], scope:
 def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequence[int], *,
                    mode: str = "zero", metric: str | Callable = "accuracy", scope: str = "network",
                    means: Mapping[str, np.ndarray] | None = None, reference=None,
-                   batch_size: int | None = None) -> AblationCurve:
+                   batch_size: int | str | None = "auto") -> AblationCurve:
     """The model's metric as the first ``k`` neurons of ``order`` are removed, for every ``k`` in ``ks``.
 
     Args:
@@ -203,7 +203,8 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
         removing that layer's first k neurons in the order; k is capped at the layer's count).
       means: precomputed per-layer means for ``mode="mean"`` (default: computed on ``reference``).
       reference: inputs for the means (default: ``inputs``).
-      batch_size: masks evaluated at a time (``lax.map``) to bound memory; default all in one vmap.
+      batch_size: masks per ``lax.map`` step (bounds memory); ``None``: all in one ``jax.vmap``;
+        ``"auto"`` (default): one vmap on GPU/TPU, small steps on CPU (see :func:`jneuron.flax.sweep`).
     """
     if scope not in SCOPES:
         raise JNeuronError(f"scope must be one of {SCOPES}, got '{scope}'")
@@ -266,8 +267,7 @@ class _NNXEngine:
         return paths.check_layers(self.model, layers)
 
     def widths(self, inputs, layers):
-        first = tuple(np.asarray(x[:1]) for x in as_inputs(inputs))
-        return tuple(int(w) for w in capture(self.model, first, layers).widths)
+        return tuple(shape[-1] for shape in output_shapes(self.model, inputs, layers).values())
 
     def means(self, inputs, layers):
         return layer_means(self.model, inputs, layers)

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jneuron.errors import JNeuronError
-from jneuron.flax.ablation import MODES, mask_output
+from jneuron.flax.ablation import MODES, mask_output, variants_per_step
 from jneuron.flax.capturing import Capture, as_inputs, batches, flatten
 
 
@@ -75,6 +75,13 @@ class Linen:
                 listed = ", ".join(f"'{p}'" for p in known)
                 raise JNeuronError(f"no layer '{layer}' in the Linen model; the layers are: {listed}")
         return layers
+
+    def output_shapes(self, inputs, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
+        """One sample's output shape per layer, traced abstractly (nothing is computed or compiled)."""
+        layers = self.check_layers(layers, inputs)
+        sample = tuple(jax.ShapeDtypeStruct((1, *np.shape(x)[1:]), np.asarray(x[:1]).dtype) for x in as_inputs(inputs))
+        shapes = jax.eval_shape(functools.partial(_forward, self.module, layers), self.variables, sample)
+        return {layer: tuple(shapes[layer].shape[1:]) for layer in layers}
 
     def curve_engine(self):
         return _LinenEngine(self)
@@ -188,9 +195,9 @@ def _sweep(module, layers, fn, batch_size, variables, masks, values, args):
 
 
 def sweep(model: Linen, fn: Callable, inputs, *args, masks: Mapping[str, object],
-          values: Mapping[str, object] | None = None, batch_size: int | None = None):
+          values: Mapping[str, object] | None = None, batch_size: int | str | None = "auto"):
     """``fn(outputs_k, *args)`` for K masks ``{layer: (K, d)}`` (replacement ``values``: ``{layer: (d,)}``,
-    default 0) in one compiled call: ``jax.vmap``, or ``lax.map`` over ``batch_size`` masks at a time."""
+    default 0) in one compiled call; ``batch_size`` as in :func:`jneuron.flax.sweep`."""
     inputs = tuple(jnp.asarray(x) for x in as_inputs(inputs))
     layers = model.check_layers(list(masks), inputs)
     masks = {layer: jnp.asarray(masks[layer]) for layer in layers}
@@ -202,7 +209,8 @@ def sweep(model: Linen, fn: Callable, inputs, *args, masks: Mapping[str, object]
     stacked = {layer: jnp.broadcast_to(jnp.asarray(values.get(layer, np.zeros((), np.float32))),
                                        (count, *np.shape(values.get(layer, np.zeros(())))))
                for layer in layers}
-    return _sweep(model.module, layers, fn, batch_size, model.variables, masks, stacked, (inputs, *args))
+    return _sweep(model.module, layers, fn, variants_per_step(batch_size), model.variables, masks, stacked,
+                  (inputs, *args))
 
 
 @dataclass
@@ -215,8 +223,7 @@ class _LinenEngine:
         return self.model.check_layers(layers, inputs)
 
     def widths(self, inputs, layers):
-        first = tuple(np.asarray(x[:1]) for x in as_inputs(inputs))
-        return tuple(int(w) for w in capture(self.model, first, layers).widths)
+        return tuple(shape[-1] for shape in self.model.output_shapes(inputs, layers).values())
 
     def means(self, inputs, layers):
         return layer_means(self.model, inputs, layers)
