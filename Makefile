@@ -26,6 +26,7 @@ BENCHES += bench/probe.py
 BENCHES += bench/adapters.py
 BENCHES += bench/conductance.py
 BENCHES += bench/scaling.py
+BENCHES += bench/information.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done

@@ -3,6 +3,6 @@
 No I/O, no Flax, no printing, no Python loops over data.
 """
 
-from jneuron.kernels import compensated, maxcorr, moments
+from jneuron.kernels import compensated, information, maxcorr, moments, quantize
 
-__all__ = ["compensated", "maxcorr", "moments"]
+__all__ = ["compensated", "information", "maxcorr", "moments", "quantize"]

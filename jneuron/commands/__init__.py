@@ -4,6 +4,6 @@ Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args
 here to make it a subcommand.
 """
 
-from jneuron.commands import ablate, demo, maxcorr, probe, study_rejuvenation
+from jneuron.commands import ablate, demo, information, maxcorr, probe, study_information, study_rejuvenation
 
-COMMANDS = (demo, maxcorr, probe, ablate, study_rejuvenation)
+COMMANDS = (demo, maxcorr, probe, ablate, information, study_information, study_rejuvenation)

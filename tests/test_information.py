@@ -1,0 +1,312 @@
+"""Information measures and class selectivity against per-neuron float64 numpy loops, plus their identities."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jneuron as jn
+from jneuron.kernels import information as kinfo
+from jneuron.kernels import quantize as kquant
+
+
+def reference(codes: np.ndarray, labels: np.ndarray, classes: int, bins: int) -> dict:
+    """Per-neuron loops in float64: counts, H, I, KL selectivity (bits)."""
+    tokens, neurons = codes.shape
+    out = {k: np.zeros(neurons) for k in ("entropy", "mutual_information", "kl_selectivity")}
+    out["counts"] = np.zeros((neurons, bins, classes), np.int64)
+    p_y = np.array([np.sum(labels == c) for c in range(classes)], float) / tokens
+    for j in range(neurons):
+        n = np.zeros((bins, classes))
+        for t in range(tokens):
+            n[codes[t, j], labels[t]] += 1
+        out["counts"][j] = n
+        p = n / tokens
+        p_t = p.sum(axis=1)
+        out["entropy"][j] = -sum(q * math.log2(q) for q in p_t if q > 0)
+        out["mutual_information"][j] = sum(p[b, c] * math.log2(p[b, c] / (p_t[b] * p_y[c]))
+                                           for b in range(bins) for c in range(classes) if p[b, c] > 0)
+        kls = []
+        for c in range(classes):
+            if p_y[c] == 0:
+                continue
+            cond = n[:, c] / n[:, c].sum()
+            kls.append(sum(cond[b] * math.log2(cond[b] / p_t[b]) for b in range(bins) if cond[b] > 0))
+        out["kl_selectivity"][j] = max(kls)
+    return out
+
+
+def reference_selectivity(x: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    x = x.astype(np.float64)
+    result = []
+    for j in range(x.shape[1]):
+        means = [x[labels == c, j].mean() for c in np.unique(labels)]
+        top = int(np.argmax(means))
+        rest = np.mean([m for i, m in enumerate(means) if i != top])
+        result.append((means[top] - rest) / (means[top] + rest + eps))
+    return np.array(result)
+
+
+def planted(rng, tokens=600, classes=4):
+    labels = rng.integers(0, classes, tokens)
+    x = rng.random((tokens, 7)).astype(np.float32)
+    x[:, 0] = (labels == 1) * 0.8 + 0.1  # detects class 1
+    x[:, 1] = 0.5  # constant, exactly at the threshold (0.5 is "off")
+    x[:, 2] = 0.0  # dead
+    x[:, 3] = np.where(rng.random(tokens) < 0.9, x[:, 0], 1 - x[:, 0])  # noisy copy of unit 0
+    return x, labels
+
+
+def check_against_reference(info, codes, labels, classes, bins):
+    ref = reference(codes, labels, classes, bins)
+    np.testing.assert_array_equal(info.counts, ref["counts"])
+    for name in ("entropy", "mutual_information", "kl_selectivity"):
+        np.testing.assert_allclose(getattr(info, name), ref[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_threshold_matches_reference_on_random_and_planted(rng):
+    x, labels = planted(rng)
+    info = jn.neuron_information(x, labels)
+    check_against_reference(info, (x > 0.5).astype(int), labels, 4, 2)
+    np.testing.assert_allclose(info.selectivity, reference_selectivity(x, labels), rtol=1e-5, atol=1e-6)
+    assert info.unit == "bits" and info.entropy[1] == 0 and info.mutual_information[2] == 0
+    assert info.selectivity[2] == 0.0  # dead unit: eps keeps 0/0 away
+    assert set(info.dead.tolist()) == {1, 2}
+    assert info.ranking("mutual_information").order[:2].tolist() == [0, 3]
+
+
+def test_uniform_and_quantile_bins_match_reference(rng):
+    x = rng.normal(size=(500, 5)).astype(np.float32) * np.array([1, 3, 0.1, 10, 1], np.float32) + 1e3
+    labels = rng.integers(0, 3, 500)
+    low, high = x.min(axis=0).astype(np.float64), x.max(axis=0).astype(np.float64)
+    info = jn.neuron_information(x, labels, quantize="uniform", bins=4)
+    codes = np.asarray(kquant.uniform(jnp.asarray(x), jnp.asarray(low, jnp.float32),
+                                      jnp.asarray(high, jnp.float32), 4))
+    check_against_reference(info, codes, labels, 3, 4)
+    assert set(np.unique(codes)) == {0, 1, 2, 3}
+
+    given_range = jn.neuron_information(x, labels, quantize="uniform", bins=3, value_range=(999.0, 1001.0))
+    ref_codes = np.clip(np.floor((x.astype(np.float64) - 999.0) / 2.0 * 3), 0, 2).astype(int)
+    check_against_reference(given_range, ref_codes, labels, 3, 3)
+
+    quant = jn.neuron_information(x, labels, quantize="quantile", bins=4)
+    edges = np.asarray(quant.quantization["edges"])
+    codes = (x[:, :, None] > edges[None].astype(np.float32)).sum(-1)
+    check_against_reference(quant, codes, labels, 3, 4)
+    per_bin = quant.counts.sum(axis=2)
+    assert np.all(np.abs(per_bin - 125) <= 6), per_bin  # equal-count bins, up to one fine bin of the range
+    exact = np.quantile(x.astype(np.float64), [0.25, 0.5, 0.75], axis=0).T
+    assert np.all(np.abs(edges - exact) <= (high - low)[:, None] / 1024 * 2)
+
+
+def test_identities_on_planted_label_copy_and_constant(rng):
+    labels = rng.integers(0, 5, 1000)
+    x = np.stack([labels / 4, np.full(1000, 0.3), rng.random(1000)], axis=1)
+    info = jn.neuron_information(x, labels, quantize="uniform", bins=5, value_range=(0.0, 1.0))
+    h_y = -sum(p * math.log2(p) for p in np.bincount(labels) / 1000)
+    assert info.label_entropy == pytest.approx(h_y, rel=1e-12)
+    assert info.mutual_information[0] == pytest.approx(h_y, rel=1e-12)  # copies the label
+    assert info.entropy[1] == 0 and info.mutual_information[1] == 0 and info.kl_selectivity[1] == 0
+    nats = jn.neuron_information(x, labels, quantize="uniform", bins=5, value_range=(0.0, 1.0), unit="nats")
+    np.testing.assert_allclose(nats.mutual_information, info.mutual_information * math.log(2), rtol=1e-12)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(2, 6), st.integers(2, 5), st.integers(2, 60))
+def test_information_identities(seed, classes, bins, tokens):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, tokens)
+    labels[:2] = [0, 1]  # two classes at least
+    counts = np.zeros((6, bins, classes), np.int64)
+    codes = rng.integers(0, bins, (tokens, 6))
+    codes[:, 5] = codes[0, 5]  # a constant neuron
+    for j in range(6):
+        np.add.at(counts[j], (codes[:, j], labels), 1)
+    c = counts.astype(np.float64)
+    mi, h = kinfo.mutual_information(c), kinfo.entropy(c)
+    p_y = c[0].sum(axis=0) / tokens
+    kl = kinfo.kl_per_class(c)
+    np.testing.assert_allclose(mi, kl @ p_y, atol=1e-12)  # I = sum_y p(y) D(P(T|y) || P(T))
+    assert np.all(mi >= -1e-12) and np.all(mi <= np.minimum(h, kinfo.label_entropy(c)) + 1e-12)
+    assert h[5] == 0 and abs(mi[5]) < 1e-15
+    assert np.all(kinfo.kl_selectivity(c) >= mi - 1e-12)  # the max is at least the p(y)-weighted mean
+    relabelled = c[:, rng.permutation(bins)][:, :, rng.permutation(classes)]  # renaming bins or classes
+    for fn in (kinfo.mutual_information, kinfo.entropy, kinfo.kl_selectivity):
+        np.testing.assert_allclose(fn(relabelled), fn(c), atol=1e-12)
+
+
+def test_chunked_equals_whole_and_iterators(rng):
+    x, labels = planted(rng, tokens=1003, classes=5)
+    whole = jn.neuron_information(x, labels, quantize="quantile", bins=3)
+    chunked = jn.neuron_information(x, labels, quantize="quantile", bins=3, chunk_tokens=97)
+    pieces = [(x[i:i + 250], labels[i:i + 250]) for i in range(0, 1003, 250)]
+    streamed = jn.neuron_information(lambda: iter(pieces), classes=5, quantize="quantile", bins=3, chunk_tokens=97)
+    once = jn.neuron_information(iter(pieces), classes=5, threshold=0.5)
+    listed = jn.neuron_information(pieces, classes=5, quantize="quantile", bins=3, chunk_tokens=97)
+    np.testing.assert_array_equal(listed.counts, whole.counts)
+    contracted = jn.neuron_information(x, labels, quantize="quantile", bins=3, counting="contract")
+    np.testing.assert_array_equal(contracted.quantization["edges"], whole.quantization["edges"])
+    for other in (chunked, streamed, contracted):
+        np.testing.assert_array_equal(other.counts, whole.counts)
+        np.testing.assert_allclose(other.class_means, whole.class_means, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(other.selectivity, whole.selectivity, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(once.counts, jn.neuron_information(x, labels).counts)
+
+
+def test_selectivity_with_offset_is_accurate(rng):
+    labels = rng.integers(0, 3, 4000)
+    x = (1e3 + rng.random((4000, 3)) + 0.01 * (labels[:, None] == np.arange(3))).astype(np.float32)
+    info = jn.neuron_information(x, labels, threshold=1000.5, chunk_tokens=512)
+    ref = reference_selectivity(x, labels)
+    np.testing.assert_allclose(info.selectivity, ref, atol=2e-9)
+    for c in range(3):
+        np.testing.assert_allclose(info.class_means[:, c], x[labels == c].astype(np.float64).mean(axis=0), rtol=1e-10)
+
+
+def test_layers_models_identity_and_json(rng, tmp_path):
+    labels = rng.integers(0, 3, 200)
+    acts = {"net": {"layers/0": rng.random((200, 4)), "layers/1": rng.random((200, 2))},
+            "other": {"layers/0": rng.random((200, 3))}}
+    info = jn.neuron_information(acts, labels)
+    assert len(info.neurons) == 9 and info.neurons.label(5) == "net/layers/1/1"
+    assert info.neurons.label(6) == "other/layers/0/0"
+    flat = np.hstack([acts["net"]["layers/0"], acts["net"]["layers/1"], acts["other"]["layers/0"]])
+    np.testing.assert_array_equal(info.counts, jn.neuron_information(flat, labels).counts)
+    data = json.loads(info.to_json(tmp_path / "info.json").read_text())
+    assert data["neurons"][5]["label"] == "net/layers/1/1"
+    assert data["neurons"][5]["mutual_information"] == pytest.approx(info.mutual_information[5])
+    ranking = info.ranking("selectivity")
+    assert ranking.method == "selectivity" and ranking.top(1)[0]["index"] == int(np.argmax(info.selectivity))
+    assert set(info.rankings()) == set(jn.information.MEASURES)
+
+
+def test_absent_classes_and_tiny_samples():
+    x = np.array([[0.9, 0.1], [0.2, 0.1], [0.8, 0.1]], np.float32)
+    labels = np.array([3, 0, 3])
+    info = jn.neuron_information(x, labels, classes=6)
+    check_against_reference(info, (x > 0.5).astype(int), labels, 6, 2)
+    assert np.isnan(info.class_means[0, 1]) and info.class_means[0, 3] == pytest.approx(0.85)
+    np.testing.assert_allclose(info.selectivity, reference_selectivity(x, labels), rtol=1e-6)
+
+
+def test_kernels_jit_and_psum_over_shards(rng):
+    x = jnp.asarray(rng.random((64, 5)).astype(np.float32))
+    labels = jnp.asarray(rng.integers(0, 3, 64))
+    shift = jnp.zeros(5)
+
+    def tables(xs, ys):
+        codes = kquant.threshold(xs, 0.5)
+        counts, sums = kinfo.chunk_tables(xs, codes, ys, xs.shape[0], shift, bins=2, classes=3)
+        segment = kinfo.chunk_tables(xs, codes, ys, xs.shape[0] - 3, shift, bins=2, classes=3, method="segment")
+        padded = kinfo.chunk_tables(xs, codes, ys, xs.shape[0] - 3, shift, bins=2, classes=3)
+        return counts, sums, kinfo.joint_counts(codes, ys, xs.shape[0], bins=2, classes=3), segment, padded
+
+    def shard(xs, ys):
+        return jax.tree.map(lambda a: jax.lax.psum(a, "d"), tables(xs, ys))
+
+    whole = jax.jit(tables)(x, labels)
+    sharded = jax.jit(jax.vmap(shard, axis_name="d"))(x.reshape(4, 16, 5), labels.reshape(4, 16))
+    ref = reference(np.asarray(x > 0.5).astype(int), np.asarray(labels), 3, 2)["counts"]
+    np.testing.assert_array_equal(whole[0], ref)
+    np.testing.assert_array_equal(whole[2], ref)
+    np.testing.assert_array_equal(sharded[0][0], ref)
+    assert whole[0].dtype == jnp.int32 and whole[3][0].dtype == jnp.int32
+    np.testing.assert_array_equal(whole[3][0], whole[4][0])  # segment sums == contraction, padding ignored
+    np.testing.assert_allclose(whole[3][1], whole[4][1], rtol=1e-6)
+    np.testing.assert_array_equal(sharded[3][0][0], sharded[4][0][0])
+    sums = np.stack([np.asarray(x, np.float64)[np.asarray(labels) == c].sum(axis=0) for c in range(3)], axis=1)
+    np.testing.assert_allclose(whole[1], sums, rtol=1e-6)
+    np.testing.assert_allclose(sharded[1][0], sums, rtol=1e-6)
+
+
+def test_bad_input_errors(rng):
+    x = rng.random((50, 3)).astype(np.float32)
+    labels = rng.integers(0, 2, 50)
+    bad = x.copy()
+    bad[17, 2] = np.nan
+    with pytest.raises(jn.JNeuronError, match="row 17, neuron model0/2"):
+        jn.neuron_information(bad, labels, chunk_tokens=8)
+    bad[17, 2] = np.inf
+    with pytest.raises(jn.JNeuronError, match="row 17, neuron model0/2"):
+        jn.neuron_information(bad, labels, quantize="quantile", bins=3)
+    with pytest.raises(jn.JNeuronError, match="expected 50 labels"):
+        jn.neuron_information(x, labels[:49])
+    with pytest.raises(jn.JNeuronError, match="at least 2 classes"):
+        jn.neuron_information(x, np.zeros(50, int), classes=3)
+    with pytest.raises(jn.JNeuronError, match="negative class"):
+        jn.neuron_information(x, labels - 1)
+    with pytest.raises(jn.JNeuronError, match="integer classes"):
+        jn.neuron_information(x, labels.astype(float))
+    with pytest.raises(jn.JNeuronError, match="label 5 at row 30 is out of range"):
+        jn.neuron_information(x, np.where(np.arange(50) == 30, 5, labels), classes=3)
+    with pytest.raises(jn.JNeuronError, match="plain iterator"):
+        jn.neuron_information(iter([(x, labels)]), classes=2, quantize="quantile", bins=3)
+    with pytest.raises(jn.JNeuronError, match="labels are required"):
+        jn.neuron_information(x)
+    with pytest.raises(jn.JNeuronError, match="unknown quantize"):
+        jn.neuron_information(x, labels, quantize="kmeans")
+
+
+def test_counts_flush_to_host_and_float64_input(rng, monkeypatch):
+    x, labels = planted(rng, tokens=700)
+    whole = jn.neuron_information(x, labels, chunk_tokens=128)
+    monkeypatch.setattr(jn.information, "_FLUSH_TOKENS", 300)  # int32 device counts moved to host every 2 chunks
+    np.testing.assert_array_equal(jn.neuron_information(x, labels, chunk_tokens=128).counts, whole.counts)
+    with jax.enable_x64(True):
+        wide = jn.neuron_information(x.astype(np.float64) + 1e6, labels, threshold=1e6 + 0.5, chunk_tokens=128)
+    np.testing.assert_array_equal(wide.counts, whole.counts)
+    exact = np.stack([x.astype(np.float64)[labels == c].mean(axis=0) for c in range(4)], axis=1)
+    np.testing.assert_allclose(wide.class_means - 1e6, exact, atol=1e-9)  # float64 end to end
+    np.testing.assert_allclose(whole.class_means, exact, rtol=1e-6, atol=1e-7)  # float32 sums
+
+
+def test_measure_kernels_on_device_match_host(rng):
+    counts = rng.integers(0, 50, (6, 3, 4)).astype(np.float64)
+    counts[2] = 0
+    counts[2, 1] = 7  # one bin only
+    fns = (kinfo.entropy, kinfo.mutual_information, kinfo.kl_selectivity, kinfo.label_entropy)
+    device = jax.jit(lambda c: tuple(f(c) for f in fns))(jnp.asarray(counts, jnp.float32))
+    for fn, got in zip(fns, device):
+        np.testing.assert_allclose(got, fn(counts), rtol=1e-5, atol=1e-6)
+    means = rng.random((6, 4))
+    np.testing.assert_allclose(jax.jit(kinfo.class_selectivity)(jnp.asarray(means, jnp.float32), jnp.ones(4)),
+                               kinfo.class_selectivity(means, np.ones(4)), rtol=1e-5)
+
+
+SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jneuron.kernels import information as kinfo, quantize as kquant
+assert len(jax.devices()) == 4
+mesh = jax.make_mesh((4,), ("tokens",))
+rng = np.random.default_rng(0)
+x = rng.random((64, 5)).astype(np.float32)
+y = rng.integers(0, 3, 64).astype(np.int32)
+for method in ("segment", "contract"):
+    def tables(xs, ys):
+        counts, sums = kinfo.chunk_tables(xs, kquant.threshold(xs, 0.5), ys, xs.shape[0] - 2, None, bins=2,
+                                          classes=3, method=method)
+        return jax.lax.psum(counts, "tokens"), jax.lax.psum(sums, "tokens")
+    spec = NamedSharding(mesh, P("tokens"))
+    run = jax.jit(jax.shard_map(tables, mesh=mesh, in_specs=(P("tokens"), P("tokens")), out_specs=(P(), P())))
+    sharded = run(jax.device_put(x, spec), jax.device_put(y, spec))
+    valid = (np.arange(64) % 16) < 14  # each shard's last 2 rows are its padding
+    single = kinfo.chunk_tables(jnp.asarray(x[valid]), kquant.threshold(jnp.asarray(x[valid]), 0.5),
+                                jnp.asarray(y[valid]), 56, None, bins=2, classes=3, method=method)
+    assert np.array_equal(sharded[0], single[0]), method
+    assert np.allclose(sharded[1], single[1], rtol=1e-6), method
+print("ok")
+"""
+
+
+def test_sharded_over_four_devices_equals_single_device():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
