@@ -59,7 +59,8 @@ def train_classifier(model: nnx.Module, inputs: np.ndarray, labels: np.ndarray, 
                      seed: int = 0) -> nnx.Module:
     """Train with Adam on cross-entropy (+ optional L2), shuffled minibatches; each epoch is one ``lax.scan``.
 
-    Returns the trained model (a new object; the argument is left as it was).
+    Non-parameter state (e.g. BatchNorm running statistics) is carried through training. Returns the
+    trained model (a new object; the argument is left as it was).
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     optimizer = optax.adam(learning_rate)
@@ -67,29 +68,30 @@ def train_classifier(model: nnx.Module, inputs: np.ndarray, labels: np.ndarray, 
     x = jnp.asarray(inputs, jnp.float32)
     y = jnp.asarray(labels, jnp.int32)
 
-    def loss_fn(params, xb, yb):
-        logits = nnx.merge(graphdef, params, rest)(xb)
+    def loss_fn(params, rest, xb, yb):
+        step_model = nnx.merge(graphdef, params, rest, copy=True)
+        logits = step_model(xb)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
         l2 = sum(jnp.sum(p * p) for p in jax.tree.leaves(params))
-        return loss + weight_decay * l2
+        return loss + weight_decay * l2, nnx.state(step_model, nnx.Not(nnx.Param))
 
     @jax.jit
     def epoch(carry, key):
         order = jax.random.permutation(key, len(labels))[: batches * batch_size].reshape(batches, batch_size)
 
         def step(carry, index):
-            params, opt_state = carry
-            grads = jax.grad(loss_fn)(params, x[index], y[index])
+            params, rest, opt_state = carry
+            grads, rest = jax.grad(loss_fn, has_aux=True)(params, rest, x[index], y[index])
             with jax.numpy_dtype_promotion("standard"):  # optax's bias correction is float ** int
                 updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), None
+            return (optax.apply_updates(params, updates), rest, opt_state), None
 
         return jax.lax.scan(step, carry, order)[0]
 
-    carry = (params, optimizer.init(params))
+    carry = (params, rest, optimizer.init(params))
     for key in jax.random.split(jax.random.key(seed), epochs):
         carry = epoch(carry, key)
-    return nnx.merge(graphdef, carry[0], rest)
+    return nnx.merge(graphdef, carry[0], carry[1], copy=True)
 
 
 def accuracy(model: nnx.Module, inputs: np.ndarray, labels: np.ndarray) -> float:

@@ -52,3 +52,4 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     maxcorr = json.loads((tmp_path / "maxcorr.json").read_text())
     assert maxcorr["models"] == ["mlp0", "mlp1", "mlp2"] and len(maxcorr["neurons"]) == 3 * (64 + 32)
     assert all(len(n["partners"]) == 2 for n in maxcorr["neurons"])
+
