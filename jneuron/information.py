@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 import jax
@@ -35,10 +35,13 @@ from jneuron.io_utils import atomic_write_text
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import quantize as kquant
+from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
+from jneuron.kernels.sharded import NEURONS
 from jneuron.ranking import NeuronIndex, Ranking, _plain
 from jneuron.sources import _chunk_parts, _float_dtype, _names
-from jneuron.stream import default_chunk_tokens
+from jneuron.sharding import resolve_mesh
+from jneuron.stream import default_chunk_tokens, fold_sharded
 
 MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
@@ -118,7 +121,8 @@ class NeuronInformation:
 def neuron_information(acts, labels=None, *, quantize: str = "threshold", threshold: float = 0.5,
                        bins: int = 2, value_range: tuple | None = None, classes: int | None = None,
                        unit: str = "bits", names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-                       resolution: int = 1024, counting: str | None = None) -> NeuronInformation:
+                       resolution: int = 1024, counting: str | None = None, devices=None,
+                       mesh=None) -> NeuronInformation:
     """Entropy, mutual information with the labels, KL selectivity and class selectivity of every neuron.
 
     Args:
@@ -142,6 +146,10 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
       resolution: fine histogram bins per neuron for quantile edge estimation.
       counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU) or ``"segment"`` (segment
         sums, the default on CPU, where they are faster than a matrix product); the counts are identical.
+      devices: shard the tokens of the counting pass over this many devices (or these devices);
+        see :mod:`jneuron.sharding`. Counts are int32 per device (up to 2**31 tokens in all).
+      mesh: or a ``("tokens"[, "neurons"])`` mesh (tokens only are split here; with several processes
+        each passes its own tokens).
     """
     if quantize not in QUANTIZERS:
         raise JNeuronError(f"unknown quantize={quantize!r}; expected one of {QUANTIZERS}")
@@ -155,7 +163,9 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
         raise JNeuronError(f"need at least 2 bins, got {bins}")
     stream = _Stream.build(acts, labels, names, classes, chunk_tokens)
     mode, params, description = _quantizer(stream, quantize, threshold, bins, value_range, resolution)
-    counts, sums, shift = _tables(stream, mode, params, bins, counting)
+    mesh = resolve_mesh(devices, mesh)
+    tables = _tables if mesh is None else partial(_tables_sharded, mesh=mesh)
+    counts, sums, shift = tables(stream, mode, params, bins, counting)
     class_counts = counts[0].sum(axis=0) if len(counts) else np.zeros(stream.classes, np.int64)
     if np.count_nonzero(class_counts) < 2:
         raise JNeuronError(f"need at least 2 classes among the labels, got {np.count_nonzero(class_counts)} "
@@ -425,6 +435,60 @@ def _tables(stream: _Stream, mode: str, params, bins: int, counting: str) -> tup
         raise JNeuronError(f"non-finite value (NaN or Inf) at row {int(tables.bad_row)}, neuron {neuron}")
     counts += np.asarray(tables.counts, np.int64)
     return counts, comp.value64(tables.sums), shift
+
+
+def _tables_sharded(stream: _Stream, mode: str, params, bins: int, counting: str, *, mesh):
+    """:func:`_tables` with the tokens sharded over ``mesh`` (labels travel as one more column)."""
+    dtype = params[0].dtype
+    first, _, rows = next(stream.chunks())
+    shift = np.asarray(jnp.asarray(_shift(first[: min(rows, _SHIFT_ROWS)]), dtype), np.float64)
+    reduction = _sharded_reduction(stream.width, bins, stream.classes, jnp.dtype(dtype), mode, counting)
+    total = fold_sharded(_LabelledColumns(stream), reduction, stream.chunk_tokens, mesh,
+                         args=(jnp.asarray(shift, dtype), *params))
+    total = jax.tree.map(np.asarray, total)
+    if NEURONS in mesh.axis_names:  # every neuron shard counted the same tokens: keep one copy
+        total = jax.tree.map(lambda a: a[0], total)
+    if int(total.bad_row) >= 0:
+        neuron = stream.neurons.label(int(total.bad_col))
+        raise JNeuronError(f"non-finite value (NaN or Inf) at row {int(total.bad_row)}, neuron {neuron}")
+    return np.asarray(total.counts, np.int64), comp.value64(total.sums), shift
+
+
+@lru_cache(maxsize=16)
+def _sharded_reduction(width: int, bins: int, classes: int, dtype, mode: str, counting: str) -> ksharded.Reduction:
+    def chunk(columns, n_valid, row0, shift, *params):
+        x, labels = columns[:, :width], columns[:, width].astype(jnp.int32)
+        return kinfo.chunk_statistics(x, labels, n_valid, row0, shift, params, mode=mode, bins=bins,
+                                      classes=classes, method=counting)
+
+    return ksharded.Reduction(lambda: kinfo.init(width, bins, classes, dtype), chunk, kinfo.merge)
+
+
+@dataclass(frozen=True)
+class _LabelledColumns:
+    """A labelled stream as a plain chunk source: the labels as one more (float) column, for sharding."""
+
+    stream: _Stream
+    reiterable = True
+    tokens = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return ("activations+labels",)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return (self.stream.width + 1,)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.stream.dtype
+
+    def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
+        for x, y, rows in self.stream.chunks():
+            columns = np.concatenate([x[:rows], y[:rows, None].astype(x.dtype)], axis=1)
+            for start in range(0, rows, chunk_tokens):
+                yield columns[start : start + chunk_tokens]
 
 
 def _shift(first: np.ndarray) -> np.ndarray:

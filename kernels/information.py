@@ -242,13 +242,29 @@ def _first_bad(x: Array, n_valid: Array | int, row0: Array) -> tuple[Array, Arra
     return (row0 + flat // x.shape[1]).astype(count_dtype()), (flat % x.shape[1]).astype(count_dtype())
 
 
+def chunk_statistics(x: Array, labels: Array, n_valid: Array | int, row0: Array, shift: Array | None,
+                     params: tuple[Array, ...], *, mode: str, bins: int, classes: int,
+                     method: str = "contract") -> Tables:
+    """The tables of one chunk alone: quantized joint counts, class sums, and its first bad value."""
+    codes = quantize.apply(x, mode, params, bins)
+    counts, sums = chunk_tables(x, codes, labels, n_valid, shift, bins=bins, classes=classes, method=method)
+    none = jnp.full_like(jnp.asarray(row0, count_dtype()), -1)  # varies over the same mesh axes as row0
+    row, col = jax.lax.cond(jnp.all(jnp.isfinite(sums)), lambda: (none, none),
+                            lambda: _first_bad(x, n_valid, row0))
+    return Tables(counts, Pair(sums, jnp.zeros_like(sums)), row, col)
+
+
+def merge(a: Tables, b: Tables) -> Tables:
+    """Tables of two disjoint token sets combined; the first bad value is the one with the lower row."""
+    take_a = (a.bad_row >= 0) & ((b.bad_row < 0) | (a.bad_row <= b.bad_row))
+    return Tables(a.counts + b.counts, comp.add_pairs(a.sums, b.sums),
+                  jnp.where(take_a, a.bad_row, b.bad_row), jnp.where(take_a, a.bad_col, b.bad_col))
+
+
 @partial(jax.jit, static_argnames=("mode", "bins", "classes", "method"), donate_argnums=(0,))
 def update(tables: Tables, x: Array, labels: Array, n_valid: Array | int, row0: Array, shift: Array | None,
            params: tuple[Array, ...], *, mode: str, bins: int, classes: int, method: str = "contract") -> Tables:
     """Quantize one chunk (:func:`jneuron.kernels.quantize.apply`) and add its tables (:func:`chunk_tables`)."""
-    codes = quantize.apply(x, mode, params, bins)
-    counts, sums = chunk_tables(x, codes, labels, n_valid, shift, bins=bins, classes=classes, method=method)
-    seen = tables.bad_row >= 0
-    row, col = jax.lax.cond(seen | jnp.all(jnp.isfinite(sums)), lambda: (tables.bad_row, tables.bad_col),
-                            lambda: _first_bad(x, n_valid, row0))
-    return Tables(tables.counts + counts, comp.add(tables.sums, sums), row, col)
+    chunk = chunk_statistics(x, labels, n_valid, row0, shift, params, mode=mode, bins=bins, classes=classes,
+                             method=method)
+    return merge(tables, chunk)

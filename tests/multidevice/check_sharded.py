@@ -164,3 +164,25 @@ def test_float64_when_x64_is_on():
         got = jn.comoments(x, chunk_tokens=64, mesh=jn.device_mesh(8, neuron_shards=2))
     assert np.abs(got.cross - centred.T @ centred).max() < 1e-12 * np.abs(centred.T @ centred).max()
     assert np.abs(got.mean - x.mean(0)).max() < 1e-8
+
+
+@pytest.mark.parametrize("name", ["tokens3", "tokens4_neurons2"])
+@pytest.mark.parametrize("quantize", ["threshold", "uniform"])
+def test_information_sharded_equal_unsharded(name, quantize):
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 4, 1003)
+    x = (rng.normal(size=(1003, 6)) + labels[:, None] * [1, 0, 2, 0, 0, 1] + 1e3).astype(np.float32)
+    options = dict(quantize=quantize, threshold=1e3, bins=3, value_range=(997.0, 1006.0), chunk_tokens=128)
+    one = jn.neuron_information(x, labels, **options)
+    sharded = jn.neuron_information(x, labels, mesh=MESHES[name](), **options)
+    np.testing.assert_array_equal(sharded.counts, one.counts)
+    np.testing.assert_allclose(sharded.class_means, one.class_means, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(sharded.mutual_information, one.mutual_information, atol=1e-12)
+
+
+def test_information_sharded_bad_value_names_the_global_row():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(500, 3)).astype(np.float32)
+    x[321, 2] = np.nan
+    with pytest.raises(JNeuronError, match="row 321, neuron"):
+        jn.neuron_information(x, rng.integers(0, 2, 500), threshold=0.0, devices=4, chunk_tokens=64)
