@@ -100,6 +100,10 @@ def memory_case(models: int, width: int, tokens: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="small sizes, for a quick check")
+    parser.add_argument("--speed", nargs=3, type=int, metavar=("MODELS", "WIDTH", "TOKENS"),
+                        help="speed case size (default 4 1024 200000)")
+    parser.add_argument("--memory", nargs=3, type=int, metavar=("MODELS", "WIDTH", "TOKENS"),
+                        help="peak-memory case size (default 8 4096 50000)")
     parser.add_argument("--memory-case", nargs=3, type=int, metavar=("MODELS", "WIDTH", "TOKENS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -108,6 +112,7 @@ def main() -> None:
         return
     speed_size, memory_size = ((4, 256, 20_000), (8, 512, 10_000)) if args.small else (
         (4, 1024, 200_000), (8, 4096, 50_000))
+    speed_size, memory_size = tuple(args.speed or speed_size), tuple(args.memory or memory_size)
     results = {"machine": machine(), "speed": speed(*speed_size)}
     results["memory"] = run_child([__file__, "--memory-case", *map(str, memory_size)])
     s, m = results["speed"], results["memory"]
