@@ -16,5 +16,9 @@ from jneuron.moments import comoments as comoments
 from jneuron.ranking import NeuronIndex as NeuronIndex
 from jneuron.ranking import Ranking as Ranking
 from jneuron.sources import as_source as as_source
+from jneuron.formats import open_activations as open
+from jneuron.store import StoreWriter as StoreWriter
+from jneuron.store import open_store as open_store
+from jneuron.store import write_store as write_store
 
 __version__ = "0.1.0"
