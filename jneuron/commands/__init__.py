@@ -4,6 +4,7 @@ Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args
 here to make it a subcommand.
 """
 
-from jneuron.commands import demo, maxcorr
+from jneuron.commands import convert, demo, maxcorr, mincorr, report
 
 COMMANDS = (demo, maxcorr)
+COMMANDS += (mincorr, convert, report)

@@ -134,17 +134,25 @@ class Report:
                 return
         raise JNeuronError(f"result '{name}': no report section knows this shape (keys {sorted(data)[:8]})")
 
-    def add_results(self, paths: Sequence[str | Path]) -> None:
-        """Add every result JSON file given (a folder adds its ``*.json`` files, sorted)."""
+    def add_results(self, paths: Sequence[str | Path]) -> list[Path]:
+        """Add every result JSON file given; a folder adds its ``*.json`` files (sorted), skipping shapes
+        no section knows. Returns the skipped files."""
+        skipped = []
         for path in paths:
             path = Path(path)
+            if not path.exists():
+                raise JNeuronError(f"no such file or folder: {path}")
             files = sorted(path.glob("*.json")) if path.is_dir() else [path]
             for file in files:
                 try:
                     data = json.loads(file.read_text(encoding="utf-8"))
                 except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
                     raise JNeuronError(f"{file}: not a readable result JSON file: {error}") from None
+                if path.is_dir() and not any(accepts(data) for accepts, _ in _HANDLERS if isinstance(data, Mapping)):
+                    skipped.append(file)
+                    continue
                 self.add_result(data, file.stem)
+        return skipped
 
     def html(self, image_names: list[list[str]]) -> str:
         """The page, with each section's images at the given relative paths."""
