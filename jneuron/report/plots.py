@@ -41,7 +41,7 @@ def bars(labels: Sequence[str], values: Sequence[float], *, title: str = "", xla
     count = len(labels)
     figure, axes = plt.subplots(figsize=(7, 0.28 * count + 1.2))
     palette = plt.get_cmap("tab10")
-    keys = list(dict.fromkeys(groups)) if groups is not None else []
+    keys = sorted(set(groups)) if groups is not None else []  # stable colours per group across charts
     colours = [palette(keys.index(g) % 10) for g in groups] if groups is not None else [palette(0)] * count
     axes.barh(np.arange(count), np.asarray(values, float), color=colours)
     axes.set_yticks(np.arange(count), labels=list(labels), fontsize=8)
