@@ -38,9 +38,9 @@ def open_npz(path: str | Path) -> FileSource:
     """An ``.npz`` archive: one column group per key (``model/layer`` or ``model``), read on first use."""
     path = Path(path)
     try:
-        archive = np.load(path)
-        keys = list(archive.files)
-        shapes = {k: _shape(archive, k) for k in keys}
+        with open(path, "rb") as stream, np.load(stream) as archive:
+            keys = list(archive.files)
+            shapes = {k: _shape(archive, k) for k in keys}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise JNeuronError(f"{path}: not a readable .npz file (corrupt or truncated?): {error}") from None
     if not keys:
@@ -50,7 +50,8 @@ def open_npz(path: str | Path) -> FileSource:
     def reader(key: str):
         def read(i: int, j: int) -> np.ndarray:
             if key not in cache:
-                cache[key] = np.load(path)[key]
+                with np.load(path) as archive:
+                    cache[key] = archive[key]
             return cache[key][i:j]
 
         return read
