@@ -77,7 +77,7 @@ def select_device(spec: str | None):
     if spec is None:
         return jax.devices()[0]
     platform, _, index = spec.partition(":")
-    if "," in index or platform.isdigit():
+    if "," in spec or platform.isdigit():
         raise JNeuronError(
             f"--devices {spec}: one device per run for now (sharded multi-device streaming is not built yet); "
             "give a platform and optional index such as 'gpu' or 'gpu:1'"
@@ -140,7 +140,7 @@ def load_models(paths: Sequence[Path | str], *, dtype=None) -> dict[str, np.ndar
     whole = None
     for name, lo, hi in zip(source.names, edges[:-1], edges[1:]):
         columns = [c for c in source.columns if c.model == name]
-        if len(columns) == 1 and dtype is None and isinstance(columns[0].read(0, 0), np.memmap):
+        if len(columns) == 1 and dtype is None and isinstance(columns[0].read(0, min(1, source.tokens)), np.memmap):
             models[name] = columns[0].read(0, source.tokens)  # keep .npy memory-mapped
             continue
         whole = source.read(0, source.tokens) if whole is None else whole

@@ -99,10 +99,11 @@ class FileSource:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of every column, side by side, as :attr:`dtype`."""
-        parts = []
+        out = np.empty((stop - start, sum(c.width for c in self.columns)), self.dtype)
+        edge = 0
         for column in self.columns:
             try:
-                part = np.asarray(column.read(start, stop), dtype=self.dtype)
+                part = column.read(start, stop)
             except JNeuronError:
                 raise
             except Exception as error:  # a corrupt or truncated file surfaces here, in any reader
@@ -110,13 +111,14 @@ class FileSource:
                     f"{self.path}: cannot read tokens {start}:{stop} of '{column.label}' "
                     f"(corrupt or truncated file?): {type(error).__name__}: {error}"
                 ) from None
-            if part.shape != (stop - start, column.width):
+            if np.shape(part) != (stop - start, column.width):
                 raise JNeuronError(
-                    f"{self.path}: '{column.label}' gave shape {part.shape} for tokens {start}:{stop}, "
+                    f"{self.path}: '{column.label}' gave shape {np.shape(part)} for tokens {start}:{stop}, "
                     f"expected {(stop - start, column.width)} (corrupt or truncated file?)"
                 )
-            parts.append(part)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            out[:, edge : edge + column.width] = part  # filled in place: no second copy of the chunk
+            edge += column.width
+        return out
 
     def chunks(self, chunk_tokens: int, start: int = 0) -> Iterator[np.ndarray]:
         """Chunks of ``chunk_tokens`` rows (the last may be shorter), from token ``start`` on."""
