@@ -157,3 +157,18 @@ def test_progress_line_reports_rate_and_time_left():
     quiet = io.StringIO()
     Progress(10, stream=quiet)(5)  # not a terminal and not asked for: silent
     assert quiet.getvalue() == ""
+
+
+@pytest.mark.slow
+def test_demo_writes_store_results_and_report(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "demo", "--models", 2, "--epochs", 1, "--out", tmp_path / "demo", "--top", 2)
+    assert code == 0 and f"report: {(tmp_path / 'demo' / 'report' / 'index.html').resolve()}" in out
+    store = jn.open(tmp_path / "demo" / "activations.zarr")
+    assert store.layers == {f"mlp{i}": (("layers/0", 64), ("layers/1", 32)) for i in range(2)}
+    assert store.tokens == 1797 and store.text().labels[:3] == ("0", "1", "2")
+    page = (tmp_path / "demo" / "report" / "index.html").read_text()
+    for title in ("maxcorr: top 20 neurons", "mincorr: top 20 neurons", "Mean best |correlation| between models",
+                  "Top tokens of mlp"):
+        assert title in page
+    assert page.count('class="tokimg"') >= 12
+    assert json.loads((tmp_path / "demo" / "maxcorr.json").read_text())["method"] == "maxcorr"

@@ -8,11 +8,11 @@ order and their words concatenated, so row ``k`` is the ``k``-th word; each laye
 group of a model named by the file's stem. Token and label files hold one sentence per line, items
 separated by spaces, as NeuroX's ``load_data`` reads them.
 
->>> import json, os, tempfile
->>> path = os.path.join(tempfile.mkdtemp(), "acts.json")
+>>> import json, pathlib, tempfile
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "acts.json"
 >>> line = {"linex_index": 0, "features": [
 ...     {"token": w, "layers": [{"index": 0, "values": [float(i), 1.0]}]} for i, w in enumerate(["a", "b"])]}
->>> _ = open(path, "w").write(json.dumps(line) + "\\n")
+>>> _ = path.write_text(json.dumps(line) + "\\n")
 >>> src = open_neurox_json(path)
 >>> src.layers, src.read(0, 2).tolist(), src.text().tokens
 ({'acts': (('0', 2),)}, [[0.0, 1.0], [1.0, 1.0]], ('a', 'b'))

@@ -18,7 +18,7 @@ Every shape may carry ``"title"`` and ``"caption"``. Further shapes plug in with
 >>> report = Report("demo")
 >>> report.add_heatmap("similarity", np.eye(2), ["a", "b"], ["a", "b"])
 >>> path = report.write(os.path.join(tempfile.mkdtemp(), "report"))
->>> path.name, sorted(os.listdir(path / "img"))
+>>> path.name, sorted(os.listdir(path.parent / "img"))
 ('index.html', ['01-similarity.png'])
 """
 
