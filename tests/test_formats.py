@@ -205,3 +205,30 @@ def test_interrupted_store_write_is_detected(tmp_path, rng):
         w.append("b", "", rng.normal(size=(20, 2)))
     with pytest.raises(JNeuronError, match="mismatched token counts between arrays"):
         jn.open(tmp_path / "s.zarr")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=15)
+@given(tokens=st.integers(1, 300), widths=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+       cuts=st.lists(st.integers(0, 300), max_size=4), store_chunk=st.integers(1, 64), read_chunk=st.integers(1, 100),
+       dtype=st.sampled_from(["float32", "float16", "float64"]))
+def test_store_round_trip_any_appends_and_chunking(tmp_path_factory, tokens, widths, cuts, store_chunk, read_chunk,
+                                                   dtype):
+    rng = np.random.default_rng(tokens)
+    layers = [rng.normal(size=(tokens, w)).astype(dtype) for w in widths]
+    path = tmp_path_factory.mktemp("s") / "s.zarr"
+    edges = sorted({0, tokens, *[c for c in cuts if c < tokens]})
+    with jn.StoreWriter(path, chunk_tokens=store_chunk) as w:
+        for lo, hi in zip(edges[:-1], edges[1:]):  # appended in arbitrary pieces
+            for k, x in enumerate(layers):
+                w.append("m", f"l{k}", x[lo:hi])
+    src = jn.open(path)
+    assert src.tokens == tokens and src.layers == {"m": tuple((f"l{k}", w) for k, w in enumerate(widths))}
+    assert src.dtype == (np.float64 if dtype == "float64" else np.float32)
+    expected = np.hstack([x.astype(src.dtype) for x in layers])
+    np.testing.assert_array_equal(np.concatenate(list(src.chunks(read_chunk))), expected)
+    np.testing.assert_array_equal(np.concatenate(list(src.chunks(read_chunk, start=tokens // 2))),
+                                  expected[tokens // 2:])

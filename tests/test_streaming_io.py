@@ -164,3 +164,29 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, models):
     file.write_bytes(b"nonsense")
     with pytest.raises(JNeuronError, match="unreadable checkpoint"):
         accumulate(source, tiles, 64, checkpoint=tmp_path / "ck")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=10)
+@given(stop_at=st.integers(1, 10), every=st.integers(1, 4), seed=st.integers(0, 3))
+def test_resume_after_any_interruption_is_identical(tmp_path_factory, stop_at, every, seed):
+    x = np.random.default_rng(seed).normal(size=(700, 17)).astype(np.float32) + 100
+    source = jn.as_source([x])
+    tiles = (Tile(0, 17, 0, 17),)
+    whole = accumulate(source, tiles, 64)
+    folder = tmp_path_factory.mktemp("ck")
+    seen = []
+
+    def stop(rows):
+        seen.append(rows)
+        if len(seen) == stop_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        accumulate(source, tiles, 64, checkpoint=folder, checkpoint_every=every, on_chunk=stop)
+    resumed = accumulate(source, tiles, 64, checkpoint=folder, checkpoint_every=every)
+    for got, want in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
