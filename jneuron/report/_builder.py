@@ -76,8 +76,11 @@ class Report:
         self.sections.append(_Section(title, body + html_body, images, kind))
 
     def add_ranking(self, ranking, *, title: str | None = None, top: int = 20, caption: str | None = None) -> None:
-        """Bar chart of the ``top`` neurons of a ranking (object or its ``to_dict()``), coloured by model."""
-        data = ranking.to_dict() if hasattr(ranking, "to_dict") else ranking
+        """Bar chart of the ``top`` neurons of a ranking (a Ranking or its ``to_dict()``), coloured by model."""
+        if hasattr(ranking, "top"):  # a Ranking object: only its top records are built
+            data = {"method": ranking.method, "neurons": ranking.top(top)}
+        else:
+            data = ranking
         records = list(data["neurons"])[:top]
         if not records:
             raise JNeuronError("cannot plot an empty ranking")
