@@ -233,6 +233,7 @@ table.ranking {{ border-collapse: collapse; font-size: 0.85em; }}
 table.ranking td, table.ranking th {{ border-bottom: 1px solid #eee; padding: 2px 8px; text-align: left; }}
 .caption {{ color: #555; }}
 ol.contexts li {{ margin: 0.4em 0; }}
+.neuron-view.images ol.contexts {{ display: flex; flex-wrap: wrap; gap: 0.3em 2.5em; padding-left: 2em; }}
 .line {{ font-family: ui-monospace, monospace; line-height: 2.2; }}
 .tok {{ padding: 2px 3px; border-radius: 3px; }}
 .tok.peak {{ font-weight: bold; outline: 1px solid #333; }}

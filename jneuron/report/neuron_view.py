@@ -56,7 +56,8 @@ def neuron_view_html(neuron: str, tokens: Sequence[str], values, *, sentence=Non
             f'<span class="where">#{rank + 1}, row {row}</span>{label}<div class="line">{spans}</div></li>'
         )
     return (
-        f'<div class="neuron-view" data-neuron="{_html.escape(neuron)}"><p>Neuron <b>{_html.escape(neuron)}</b>: '
+        f'<div class="neuron-view{" images" if images is not None else ""}" data-neuron="{_html.escape(neuron)}">'
+        f'<p>Neuron <b>{_html.escape(neuron)}</b>: '
         f"its top {len(rows)} tokens in context (red: positive, blue: negative; peak in bold).</p>"
         f'<ol class="contexts">{"".join(rows)}</ol></div>'
     )
