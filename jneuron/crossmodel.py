@@ -86,7 +86,7 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
         arrays, widths may differ; or an iterator of chunks (tuples of per-model arrays); or a
         callable returning such an iterator.
       names: model names (default: the mapping's keys, or ``model0, model1, ...``).
-      chunk_tokens: tokens per streamed chunk (default: about 128 MiB of columns).
+      chunk_tokens: tokens per streamed chunk (default: about 64 MiB of columns).
       memory_budget: bytes of correlation blocks held at once; larger problems take several passes.
       checkpoint: a folder to save the running statistics in every few chunks; a rerun with the same
         inputs resumes from it (see :func:`jneuron.stream.accumulate`).

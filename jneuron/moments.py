@@ -59,7 +59,7 @@ def comoments(data, *, chunk_tokens: int | None = None) -> CoMoments:
     Args:
       data: a ``(tokens, neurons)`` array (numpy, memory-mapped or JAX), or any iterable of such chunks
         (a list of arrays, a generator reading from disk, ...), all with the same number of neurons.
-      chunk_tokens: tokens per compiled update (default: about 128 MiB of columns).
+      chunk_tokens: tokens per compiled update (default: about 64 MiB of columns).
     """
     if hasattr(data, "shape"):
         source = as_source([as_2d(data, "data")], names=["data"])

@@ -21,7 +21,7 @@ from jneuron.kernels.moments import Stats, Tile
 from jneuron.prefetch import prefetch
 from jneuron.sources import Source
 
-CHUNK_BYTES = 128 * 2**20  # default size of one chunk of all models' columns, in bytes
+CHUNK_BYTES = 64 * 2**20  # default size of one chunk of all models' columns (several are in flight with the prefetch)
 
 
 def default_chunk_tokens(width: int, tokens: int | None = None) -> int:

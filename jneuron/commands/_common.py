@@ -41,7 +41,7 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="compute dtype (default float32; float64 turns on JAX's 64-bit mode for this run)")
     parser.add_argument("--chunk-tokens", type=_positive_int, default=None, metavar="N",
-                        help="tokens per streamed chunk (default: about 128 MiB of activations)")
+                        help="tokens per streamed chunk (default: about 64 MiB of activations)")
     parser.add_argument("--devices", default=None, metavar="SPEC",
                         help="device to run on: 'cpu', 'gpu', 'tpu', optionally with an index ('gpu:1')")
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
