@@ -74,6 +74,9 @@ def accumulate(
             return stats
     for rows, chunk in prefetch(_skip(source, chunk_tokens, done), prefetch_depth, _padder(chunk_tokens)):
         stats = kmoments.update(stats, chunk, rows, tiles)
+        # Wait for this update before taking the next chunk: the read-ahead thread keeps I/O overlapped,
+        # and without the wait JAX's asynchronous dispatch would queue every chunk read so far in memory.
+        stats = jax.block_until_ready(stats)
         done += 1
         if on_chunk is not None:
             on_chunk(rows)
