@@ -48,9 +48,10 @@ class ArraySource:
     reiterable = True
 
     def chunks(self, chunk_tokens: int, start: int = 0) -> Iterator[np.ndarray]:
-        for start in range(start, self.tokens, chunk_tokens):
-            stop = min(start + chunk_tokens, self.tokens)
-            parts = [np.asarray(a[start:stop], dtype=self.dtype) for a in self.arrays]
+        """Chunks of ``chunk_tokens`` rows (the last may be shorter), from token ``start`` on."""
+        for begin in range(start, self.tokens, chunk_tokens):
+            stop = min(begin + chunk_tokens, self.tokens)
+            parts = [np.asarray(a[begin:stop], dtype=self.dtype) for a in self.arrays]
             yield parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
