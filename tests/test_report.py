@@ -28,7 +28,8 @@ def report():
     sentences = [["the", "cat", "sat", "on", "the", "mat"], ["a", "dog", "barked", "loudly"]]
     tokens = [w for s in sentences for w in s]
     values = np.array([0.1, 2.5, 0.3, -0.2, 0.1, 1.9, 0.0, 2.2, 0.4, -1.0])
-    report.add_neuron_view("m0/3", tokens, values, sentence=[0] * 6 + [1] * 4, top=3, window=2)
+    report.add_result({"neuron_view": {"neuron": "m0/3", "tokens": tokens, "values": values.tolist(),
+                                       "sentence": [0] * 6 + [1] * 4, "top": 3, "window": 2}})
     return report
 
 

@@ -10,6 +10,8 @@ result JSON files with :meth:`Report.add_result`, which recognises these shapes:
 - ``{"curves": {name: {"x": [...], "y": [...]}}, "xlabel": ..., "ylabel": ...}``: line plots
   (e.g. ablation curves);
 - ``{"class_counts": {class: count or {group: count}}}``: per-class neuron counts;
+- ``{"neuron_view": {"neuron": label, "tokens": [...], "values": [...], "sentence": [...]}}``: a
+  neuron's top tokens in context (optional ``labels``, ``top``, ``window``);
 - anything with a ``to_dict()`` method giving one of these.
 
 Every shape may carry ``"title"`` and ``"caption"``. Further shapes plug in with :func:`register`.
@@ -222,6 +224,11 @@ register(lambda d: "matrix" in d,
          lambda r, d, n: r.add_heatmap(d.get("title", n or "matrix"), d["matrix"], d["rows"], d["columns"],
                                        caption=d.get("caption"), vmin=d.get("vmin"), vmax=d.get("vmax")))
 register(_is_ranking, lambda r, d, n: r.add_ranking(d))
+register(lambda d: "neuron_view" in d,
+         lambda r, d, n: r.add_neuron_view(
+             d["neuron_view"]["neuron"], d["neuron_view"]["tokens"], d["neuron_view"]["values"],
+             title=d.get("title"), caption=d.get("caption"),
+             **{k: d["neuron_view"][k] for k in ("sentence", "labels", "top", "window") if k in d["neuron_view"]}))
 
 _PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
