@@ -9,9 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
 
-T = TypeVar("T")
 _DONE = object()
 
 

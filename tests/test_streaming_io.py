@@ -1,7 +1,6 @@
 """Streaming from files: equals in-memory, overlaps reading with a prefetch thread, checkpoints and resumes."""
 
 import threading
-import time
 
 import jax
 import numpy as np
