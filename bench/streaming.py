@@ -86,7 +86,7 @@ def memory(args) -> dict:
     rng = np.random.default_rng(1)
     pool = [tuple(rng.standard_normal((args.chunk_tokens, args.width), dtype=np.float32) for _ in range(args.models))
             for _ in range(3)]
-    count = -(-args.tokens_compute // args.chunk_tokens)
+    count = -(-(args.memory_tokens or args.tokens_compute) // args.chunk_tokens)
 
     def chunks():
         return (pool[i % len(pool)] for i in range(count))
@@ -118,7 +118,7 @@ PHASES = {"generate": generate, "read": read, "memory": memory, "stream": stream
 def _child(phase: str, args) -> dict:
     command = [sys.executable, __file__, "--phase", phase, "--store", str(args.store), "--tokens", str(args.tokens),
                "--tokens-compute", str(args.tokens_compute), "--models", str(args.models), "--width", str(args.width),
-               "--chunk-tokens", str(args.chunk_tokens)]
+               "--chunk-tokens", str(args.chunk_tokens), "--memory-tokens", str(args.memory_tokens or 0)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"phase {phase} failed:\n{done.stderr[-3000:]}")
@@ -135,6 +135,8 @@ def main() -> None:
                         help="tokens in the store (default 200,000 = 3.3 GB; the issue's full size is 3,000,000 = 48 GB)")
     parser.add_argument("--tokens-compute", type=int, default=None,
                         help="tokens MaxCorr runs over, in both the stream and memory phases (default: all)")
+    parser.add_argument("--memory-tokens", type=int, default=None,
+                        help="tokens for the in-memory phase (a throughput, so it may be shorter; default: the same)")
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--chunk-tokens", type=int, default=4096, help="tokens per chunk (64 MiB of 4 x 1,024 float32)")
