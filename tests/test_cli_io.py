@@ -159,7 +159,6 @@ def test_progress_line_reports_rate_and_time_left():
     assert quiet.getvalue() == ""
 
 
-@pytest.mark.slow
 def test_demo_writes_store_results_and_report(tmp_path, capsys):
     import jax
 
