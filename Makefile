@@ -27,6 +27,7 @@ BENCHES += bench/adapters.py
 BENCHES += bench/conductance.py
 BENCHES += bench/scaling.py
 BENCHES += bench/information.py
+BENCHES += bench/streaming.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done

@@ -42,5 +42,9 @@ from jneuron.probe_rankings import threshold_neurons as threshold_neurons
 from jneuron.probe_rankings import top_neurons as top_neurons
 from jneuron.probeless import Probeless as Probeless
 from jneuron.probeless import probeless as probeless
+from jneuron.formats import open_activations as open
+from jneuron.store import StoreWriter as StoreWriter
+from jneuron.store import open_store as open_store
+from jneuron.store import write_store as write_store
 
 __version__ = "0.1.0"

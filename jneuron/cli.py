@@ -30,9 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (JNeuronError, FileNotFoundError, IsADirectoryError, PermissionError) as error:
+    except (JNeuronError, OSError) as error:
         print(f"jneuron {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"jneuron {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ class CrossModelRanking(Ranking):
 
 
 def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-            memory_budget: int = MEMORY_BUDGET, devices=None, mesh=None) -> CrossModelRanking:
+            memory_budget: int = MEMORY_BUDGET, devices=None, mesh=None, checkpoint=None,
+            on_chunk=None) -> CrossModelRanking:
     """Rank every neuron of every model by MaxCorr: its best ``|rho|`` with any other model's neuron.
 
     Args:
@@ -92,27 +93,35 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
       mesh: or a ``("tokens"[, "neurons"])`` mesh: tokens split over the first axis, the rows of every
         correlation block (and their reduction) over the second; with several processes each passes
         its own tokens.
+      checkpoint: a folder to save the running statistics in every few chunks; a rerun with the same
+        inputs resumes from it (see :func:`jneuron.stream.accumulate`).
+      on_chunk: called with the rows of each chunk read (progress reporting).
 
     Returns:
       A :class:`CrossModelRanking`. Constant neurons score 0, are listed in ``dead`` and warned about.
     """
-    return _rank(models, names, chunk_tokens, memory_budget, "maxcorr", resolve_mesh(devices, mesh))
+    return _rank(models, names, chunk_tokens, memory_budget, "maxcorr", resolve_mesh(devices, mesh), checkpoint,
+                 on_chunk)
 
 
 def mincorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-            memory_budget: int = MEMORY_BUDGET, devices=None, mesh=None) -> CrossModelRanking:
+            memory_budget: int = MEMORY_BUDGET, devices=None, mesh=None, checkpoint=None,
+            on_chunk=None) -> CrossModelRanking:
     """Rank every neuron by MinCorr: the min over other models of its best ``|rho|`` in that model.
 
     Arguments and result as :func:`maxcorr`.
     """
-    return _rank(models, names, chunk_tokens, memory_budget, "mincorr", resolve_mesh(devices, mesh))
+    return _rank(models, names, chunk_tokens, memory_budget, "mincorr", resolve_mesh(devices, mesh), checkpoint,
+                 on_chunk)
 
 
-def _rank(models, names, chunk_tokens, memory_budget, method: str, mesh) -> CrossModelRanking:
+def _rank(models, names, chunk_tokens, memory_budget, method: str, mesh, checkpoint,
+          on_chunk) -> CrossModelRanking:
     source, neurons, model_widths = _prepare(models, names)
     tokens = getattr(source, "tokens", None)
     chunk_tokens = chunk_tokens or default_chunk_tokens(sum(model_widths), tokens)
-    best, unit, rho, dead = _best_partners(source, model_widths, chunk_tokens, memory_budget, mesh)
+    best, unit, rho, dead = _best_partners(source, model_widths, chunk_tokens, memory_budget, mesh, checkpoint,
+                                           on_chunk)
     if len(dead):
         shown = ", ".join(neurons.label(int(i)) for i in dead[:10])
         more = f" and {len(dead) - 10} more" if len(dead) > 10 else ""
@@ -142,8 +151,14 @@ def _prepare(models, names) -> tuple[Source, NeuronIndex, tuple[int, ...]]:
         widths = tuple(sum(w for _, w in layers) for _, layers in spec)
     else:
         source = as_source(models, names)
-        neurons = NeuronIndex.from_widths(source.names, source.widths)
         widths = source.widths
+        if hasattr(source, "layers"):  # a file source knows each model's layers
+            model_names = tuple(names) if names is not None else source.names
+            if len(model_names) != len(source.names):
+                raise JNeuronError(f"got {len(model_names)} names for {len(source.names)} models")
+            neurons = NeuronIndex.from_layers([(n, list(source.layers[m])) for n, m in zip(model_names, source.names)])
+        else:
+            neurons = NeuronIndex.from_widths(source.names, source.widths)
     if len(widths) < 2:
         raise JNeuronError(f"cross-model rankings need at least 2 models, got {len(widths)}")
     return source, neurons, widths
@@ -206,7 +221,13 @@ class _PartnerTable:
         self.unit[cols, model] = np.where(better, unit, self.unit[cols, model])
 
 
-def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int, mesh=None):
+def passes_needed(widths: Sequence[int], memory_budget: int = MEMORY_BUDGET) -> int:
+    """How many passes over the data a cross-model ranking of these model widths takes."""
+    return len(plan_passes(widths, memory_budget))
+
+
+def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int, mesh=None, checkpoint=None,
+                   on_chunk=None):
     passes = plan_passes(widths, memory_budget)
     if len(passes) > 1 and not source.reiterable:
         raise JNeuronError(
@@ -218,7 +239,7 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
     owner = np.repeat(np.arange(len(widths)), widths)
     dead = None
     for tiles in passes:
-        stats = accumulate(source, tiles, chunk_tokens, mesh=mesh)
+        stats = accumulate(source, tiles, chunk_tokens, mesh=mesh, checkpoint=checkpoint, on_chunk=on_chunk)
         count = int(stats.count)
         check_min_tokens(count, "cross-model correlation")
         if dead is None:

@@ -47,10 +47,11 @@ class ArraySource:
 
     reiterable = True
 
-    def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
-        for start in range(0, self.tokens, chunk_tokens):
-            stop = min(start + chunk_tokens, self.tokens)
-            parts = [np.asarray(a[start:stop], dtype=self.dtype) for a in self.arrays]
+    def chunks(self, chunk_tokens: int, start: int = 0) -> Iterator[np.ndarray]:
+        """Chunks of ``chunk_tokens`` rows (the last may be shorter), from token ``start`` on."""
+        for begin in range(start, self.tokens, chunk_tokens):
+            stop = min(begin + chunk_tokens, self.tokens)
+            parts = [np.asarray(a[begin:stop], dtype=self.dtype) for a in self.arrays]
             yield parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
@@ -119,7 +120,7 @@ def as_source(models, names: Sequence[str] | None = None) -> Source:
         iterator (re-iterable, so multi-pass analyses can use it).
       names: model names (defaults to the mapping's keys or ``model0, model1, ...``).
     """
-    if isinstance(models, (ArraySource, IteratorSource)):
+    if isinstance(models, (ArraySource, IteratorSource)) or _is_source(models):
         return models
     if isinstance(models, Mapping) or (isinstance(models, Sequence) and not isinstance(models, str)):
         values = list(models.values()) if isinstance(models, Mapping) else list(models)
@@ -137,6 +138,11 @@ def as_source(models, names: Sequence[str] | None = None) -> Source:
         iterator = iter(models)
         return _iterator_source(lambda: iterator, names, reiterable=False)
     raise JNeuronError(f"cannot read activations from {type(models).__name__}")
+
+
+def _is_source(value) -> bool:
+    """Any object with the source interface (e.g. a file source from ``jn.open``) is a source."""
+    return all(hasattr(value, a) for a in ("names", "widths", "dtype", "reiterable", "chunks"))
 
 
 def _iterator_source(make_iterator, names, reiterable: bool) -> IteratorSource:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import io
+import itertools
+import json
 from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,13 +19,15 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jneuron.errors import JNeuronError
+from jneuron.io_utils import atomic_write_bytes
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import Stats, Tile
 from jneuron.kernels.sharded import NEURONS, TOKENS
+from jneuron.prefetch import prefetch
 from jneuron.sources import Source
 
-CHUNK_BYTES = 64 * 2**20  # default size of one chunk of all models' columns, in bytes
+CHUNK_BYTES = 64 * 2**20  # default size of one chunk of all models' columns (several are in flight with the prefetch)
 
 
 def default_chunk_tokens(width: int, tokens: int | None = None) -> int:
@@ -45,29 +53,116 @@ def accumulate(
     source: Source,
     tiles: tuple[Tile, ...],
     chunk_tokens: int,
-    column_names: Sequence[str] | Callable[[int], str] | None = None,
+    *,
     mesh: Mesh | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 8,
+    on_chunk: Callable[[int], None] | None = None,
+    prefetch_depth: int = 2,
 ) -> Stats:
     """One pass over ``source``: co-moments with the cross-product blocks named by ``tiles``.
 
     Every chunk is padded to ``chunk_tokens`` rows (padding is masked), so the update compiles once.
-    With a ``mesh`` (see :mod:`jneuron.sharding`) each chunk's tokens are split over its ``"tokens"``
-    axis and the cross-products' rows over its ``"neurons"`` axis; with several processes each reads
-    its own ``source``. Raises :class:`JNeuronError` naming the model, row and neuron of the first NaN or Inf.
+    Chunks are read (and moved to the device) ``prefetch_depth`` ahead on a background thread while the
+    device folds in the current one. With a ``mesh`` (see :mod:`jneuron.sharding`) each chunk's tokens
+    are split over its ``"tokens"`` axis and the cross-products' rows over its ``"neurons"`` axis; with
+    several processes each reads its own ``source``. Raises :class:`JNeuronError` naming the model, row
+    and neuron of the first NaN or Inf.
+
+    Args:
+      mesh: shard the pass over this mesh (no checkpoints then).
+      checkpoint: a folder; the running statistics are saved there (atomically) every
+        ``checkpoint_every`` chunks and at the end, one file per pass configuration. A later call with
+        the same source layout, tiles and ``chunk_tokens`` resumes from the saved position and gives
+        the same result as an uninterrupted run. Delete the folder to start over.
+      on_chunk: called with the number of real rows after each chunk (progress reporting).
     """
     if mesh is not None:
-        stats = _accumulate_sharded(source, tiles, chunk_tokens, mesh)
+        if checkpoint is not None:
+            raise JNeuronError("checkpoints are not supported for sharded runs yet: pass mesh/devices or checkpoint")
+        stats = _accumulate_sharded(source, tiles, chunk_tokens, mesh, on_chunk)
         _raise_on_bad_value(stats, source)
         return stats
     width = sum(source.widths)
     stats = kmoments.init(width, tiles, accumulation_dtype(source))
-    for chunk in source.chunks(chunk_tokens):
+    done = 0
+    file = None
+    if checkpoint is not None:
+        file = _checkpoint_file(checkpoint, source, tiles, chunk_tokens, stats)
+        stats, done, finished = _load_checkpoint(file, stats)
+        if finished:
+            _raise_on_bad_value(stats, source)
+            return stats
+    for rows, chunk in prefetch(_skip(source, chunk_tokens, done), prefetch_depth, _padder(chunk_tokens)):
+        stats = kmoments.update(stats, chunk, rows, tiles)
+        # Wait for this update before taking the next chunk: the read-ahead thread keeps I/O overlapped,
+        # and without the wait JAX's asynchronous dispatch would queue every chunk read so far in memory.
+        stats = jax.block_until_ready(stats)
+        done += 1
+        if on_chunk is not None:
+            on_chunk(rows)
+        if file is not None and done % max(1, checkpoint_every) == 0:
+            _save_checkpoint(file, stats, done, finished=False)
+    if file is not None:
+        _save_checkpoint(file, stats, done, finished=True)
+    _raise_on_bad_value(stats, source)
+    return stats
+
+
+def _padder(chunk_tokens: int) -> Callable[[np.ndarray], tuple[int, np.ndarray]]:
+    """Pad a chunk to ``chunk_tokens`` rows on the read-ahead thread.
+
+    The chunk stays a host array: JAX's configuration (``jax.enable_x64`` contexts) is thread-local, so
+    moving it to the device here would silently cast float64 to float32; the caller's thread does that.
+    """
+
+    def pad(chunk: np.ndarray) -> tuple[int, np.ndarray]:
         rows = chunk.shape[0]
         if rows < chunk_tokens:
             chunk = np.pad(chunk, ((0, chunk_tokens - rows), (0, 0)))
-        stats = kmoments.update(stats, chunk, rows, tiles)
-    _raise_on_bad_value(stats, source)
-    return stats
+        return rows, chunk
+
+    return pad
+
+
+def _skip(source: Source, chunk_tokens: int, done: int) -> Iterator[np.ndarray]:
+    """The chunks after the first ``done``: seek where the source can, else read and drop them."""
+    if done and "start" in inspect.signature(source.chunks).parameters:
+        return source.chunks(chunk_tokens, start=done * chunk_tokens)
+    return itertools.islice(source.chunks(chunk_tokens), done, None)
+
+
+def _checkpoint_file(folder, source: Source, tiles, chunk_tokens: int, stats: Stats) -> Path:
+    layout = {
+        "names": list(source.names), "widths": [int(w) for w in source.widths],
+        "tokens": getattr(source, "tokens", None), "tiles": [list(t) for t in tiles],
+        "chunk_tokens": int(chunk_tokens), "dtype": str(stats.mean.hi.dtype),
+    }
+    digest = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(folder) / f"stats-{digest}.npz"
+
+
+def _load_checkpoint(file: Path, empty: Stats) -> tuple[Stats, int, bool]:
+    if not file.is_file():
+        return empty, 0, False
+    leaves, treedef = jax.tree.flatten(empty)
+    try:
+        with np.load(file) as saved:
+            loaded = [saved[f"leaf{i}"] for i in range(len(leaves))]
+            done, finished = int(saved["chunks_done"]), bool(saved["finished"])
+    except Exception as error:
+        raise JNeuronError(f"{file}: unreadable checkpoint (delete it to start over): {error}") from None
+    for i, (old, new) in enumerate(zip(leaves, loaded)):
+        if old.shape != new.shape or old.dtype != new.dtype:
+            raise JNeuronError(f"{file}: checkpoint leaf {i} does not match this run (delete it to start over)")
+    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in loaded]), done, finished
+
+
+def _save_checkpoint(file: Path, stats: Stats, done: int, finished: bool) -> None:
+    buffer = io.BytesIO()
+    leaves = {f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(stats))}
+    np.savez(buffer, chunks_done=done, finished=finished, **leaves)
+    atomic_write_bytes(file, buffer.getvalue())
 
 
 def constant_columns(count: int, mean: np.ndarray, m2: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -97,9 +192,11 @@ def _comoment_reduction(mesh: Mesh, dim: int, tiles: tuple[Tile, ...], dtype):
     return reduction, to_stats
 
 
-def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: int, mesh: Mesh) -> Stats:
+def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: int, mesh: Mesh,
+                        on_chunk: Callable[[int], None] | None) -> Stats:
     reduction, to_stats = _comoment_reduction(mesh, sum(source.widths), tiles, accumulation_dtype(source))
-    return to_stats(jax.device_put(fold_sharded(source, reduction, chunk_tokens, mesh), NamedSharding(mesh, P())))
+    total = fold_sharded(source, reduction, chunk_tokens, mesh, on_chunk=on_chunk)
+    return to_stats(jax.device_put(total, NamedSharding(mesh, P())))
 
 
 @lru_cache(maxsize=64)
@@ -116,7 +213,8 @@ def local_token_shards(mesh: Mesh) -> int:
     return sum(any(d.process_index == here for d in row) for row in devices)
 
 
-def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, mesh: Mesh, args: tuple = ()):
+def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, mesh: Mesh, args: tuple = (),
+                 on_chunk: Callable[[int], None] | None = None):
     """One pass over ``source`` folding every chunk into ``reduction`` on ``mesh``; the combined statistic.
 
     Each chunk (about ``chunk_tokens`` rows of this process's tokens, padded so the update compiles once)
@@ -124,7 +222,8 @@ def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: in
     combined once at the end (:func:`jneuron.kernels.sharded.make_finalize`). With several processes
     (``jax.distributed``) each reads its own ``source`` and all take the same number of steps. Keep the
     same ``reduction`` object between calls: the compiled functions are cached on it. ``args`` (a tuple
-    of arrays, replicated) are passed on to ``reduction.chunk`` after ``(x, n_valid, row0)``.
+    of arrays, replicated) are passed on to ``reduction.chunk`` after ``(x, n_valid, row0)``;
+    ``on_chunk`` is called with the real rows of each chunk (progress reporting).
     """
     init, update, finalize = _compiled(reduction, mesh)
     dim = sum(source.widths)
@@ -145,8 +244,10 @@ def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: in
             jax.make_array_from_process_local_data(rows_sharding, a, (a.shape[0] * shards // local,) + a.shape[1:])
             for a in (padded, n_valid, row0)
         )
-        state = update(state, x, n_valid, row0, *args)
+        state = jax.block_until_ready(update(state, x, n_valid, row0, *args))  # bound the chunks in flight
         position += rows
+        if on_chunk is not None and rows:
+            on_chunk(rows)
     return finalize(state)
 
 

@@ -27,7 +27,7 @@ def test_maxcorr_command_writes_ranking(tmp_path, rng, capsys):
     np.save(tmp_path / "b.npy", np.hstack([rng.normal(size=(200, 1)), 3 * shared]).astype(np.float32))
     code = main(["maxcorr", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--out", str(tmp_path / "out")])
     assert code == 0
-    data = json.loads((tmp_path / "out" / "ranking.json").read_text())
+    data = json.loads((tmp_path / "out" / "maxcorr.json").read_text())
     assert {data["neurons"][0]["label"], data["neurons"][1]["label"]} == {"a/0", "b/1"}
     assert "a/0" in capsys.readouterr().out
 

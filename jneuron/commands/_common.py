@@ -1,13 +1,28 @@
-"""Argument and input helpers shared by the subcommands, so every command reads inputs the same way."""
+"""Argument, input and output helpers shared by the subcommands, so every command behaves the same way.
+
+Inputs are paths to activation files or stores of any format :func:`jneuron.open` reads (zarr store
+folder, ``.npy``, ``.npz``, NeuroX ``.hdf5``/``.json``), each optionally ending in ``#selector`` to keep
+some models or layers (``acts.zarr#mlp0/layers/0,mlp1``). Outputs go to ``--out``, written atomically.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import io
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from jneuron.errors import JNeuronError
+from jneuron.formats import FileSource, combine, open_activations
+from jneuron.io_utils import atomic_write_text
+from jneuron.progress import Progress
+
+DTYPES = ("float32", "float64")
 
 
 def add_out_argument(parser: argparse.ArgumentParser, default: str = "jneuron-output") -> None:
@@ -15,22 +30,141 @@ def add_out_argument(parser: argparse.ArgumentParser, default: str = "jneuron-ou
     parser.add_argument("--out", type=Path, default=Path(default), help=f"folder for the results (default {default})")
 
 
-def load_activations(path: Path) -> np.ndarray:
-    """A ``(tokens, neurons)`` activation array from a ``.npy`` file (memory-mapped, not read into memory)."""
-    if not path.is_file():
-        raise JNeuronError(f"no such file: {path}")
+def add_text_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tokens`` and ``--labels``: NeuroX-style text files (one sentence per line) for NeuroX inputs."""
+    parser.add_argument("--tokens", type=Path, help="token file for NeuroX .hdf5/.json inputs (one sentence per line)")
+    parser.add_argument("--labels", type=Path, help="label file for NeuroX .hdf5/.json inputs (one sentence per line)")
+
+
+def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dtype``, ``--chunk-tokens``, ``--devices`` and ``--progress``, for commands that stream inputs."""
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="compute dtype (default float32; float64 turns on JAX's 64-bit mode for this run)")
+    parser.add_argument("--chunk-tokens", type=_positive_int, default=None, metavar="N",
+                        help="tokens per streamed chunk (default: about 64 MiB of activations)")
+    parser.add_argument("--devices", default=None, metavar="SPEC",
+                        help="a number N shards the tokens over N devices; or one device to run on: 'cpu', "
+                             "'gpu', 'tpu', optionally with an index ('gpu:1')")
+    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="progress line on stderr: 'auto' shows it when stderr is a terminal")
+
+
+def _positive_int(text: str) -> int:
     try:
-        array = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as error:
-        raise JNeuronError(f"{path}: not a readable .npy file ({error})") from None
-    if array.ndim != 2:
-        raise JNeuronError(f"{path}: expected a 2-D (tokens, neurons) array, got shape {array.shape}")
-    return array
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
-def load_models(paths: list[Path]) -> dict[str, np.ndarray]:
-    """One activation array per file, named by the file's stem."""
-    models = {path.stem: load_activations(path) for path in paths}
-    if len(models) != len(paths):
-        raise JNeuronError("two input files have the same name; rename one so results can tell them apart")
+def compute_dtype(args: argparse.Namespace) -> np.dtype | None:
+    """The ``--dtype`` asked for; float64 enables JAX's 64-bit mode for this (command line) process."""
+    name = getattr(args, "dtype", None)
+    if name is None:
+        return None
+    if name == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    return np.dtype(name)
+
+
+def select_device(spec: str | None):
+    """The JAX device named by ``--devices`` (``cpu``, ``gpu``, ``tpu``, ``gpu:1``; default: JAX's first)."""
+    import jax
+
+    if spec is None or shard_count(spec) is not None:
+        return jax.devices()[0]
+    platform, _, index = spec.partition(":")
+    if "," in spec:
+        raise JNeuronError(f"--devices {spec}: give a device count (e.g. 8) or one device such as 'gpu' or 'gpu:1'")
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError:
+        raise JNeuronError(f"--devices {spec}: no '{platform}' devices available here") from None
+    position = int(index) if index.isdigit() else 0 if not index else -1
+    if not 0 <= position < len(devices):
+        raise JNeuronError(f"--devices {spec}: there are {len(devices)} '{platform}' device(s) (indices from 0)")
+    return devices[position]
+
+
+def shard_count(spec: str | None) -> int | None:
+    """``--devices N`` (a number): shard the tokens over N devices; None for a single named device."""
+    return int(spec) if spec is not None and spec.isdigit() else None
+
+
+@contextlib.contextmanager
+def device_scope(args: argparse.Namespace) -> Iterator[None]:
+    """Run the enclosed computation on the ``--devices`` device."""
+    import jax
+
+    with jax.default_device(select_device(getattr(args, "devices", None))):
+        yield
+
+
+def progress_for(args: argparse.Namespace, total: int | None) -> Progress:
+    """A progress line as ``--progress`` asks (``auto``: only when stderr is a terminal)."""
+    choice = getattr(args, "progress", "auto")
+    return Progress(total, enabled={"auto": None, "always": True, "never": False}[choice])
+
+
+def open_inputs(paths: Sequence[Path | str], *, dtype=None, tokens=None, labels=None) -> FileSource:
+    """All input files side by side as one streaming source (their models in order)."""
+    sources = [open_activations(p, tokens=tokens, labels=labels) for p in paths]
+    return combine(sources, dtype=dtype)
+
+
+def load_source(paths: Sequence[Path | str], args: argparse.Namespace | None = None) -> FileSource:
+    """:func:`open_inputs` with ``--dtype``, ``--tokens`` and ``--labels`` taken from ``args`` when present."""
+    return open_inputs(paths, dtype=compute_dtype(args) if args is not None else None,
+                       tokens=getattr(args, "tokens", None), labels=getattr(args, "labels", None))
+
+
+def load_activations(path: Path | str, *, dtype=None) -> np.ndarray:
+    """One ``(tokens, neurons)`` array: a ``.npy`` stays memory-mapped; other formats are read into memory.
+
+    The path (or its ``#selector``) must pick exactly one model; its layers come side by side.
+    """
+    source = open_activations(path)
+    if len(source.names) != 1:
+        raise JNeuronError(f"{path}: holds models {list(source.names)}; pick one with '{path}#<model>'")
+    if str(path).endswith(".npy") and dtype is None:
+        return source.columns[0].read(0, source.tokens)
+    return source.with_dtype(dtype).read(0, source.tokens) if dtype is not None else source.read(0, source.tokens)
+
+
+def load_models(paths: Sequence[Path | str], *, dtype=None) -> dict[str, np.ndarray]:
+    """One ``(tokens, neurons)`` array per model in the inputs (``.npy``: named by the file's stem)."""
+    source = open_inputs(paths, dtype=dtype)
+    models: dict[str, np.ndarray] = {}
+    edges = np.cumsum((0,) + source.widths)
+    whole = None
+    for name, lo, hi in zip(source.names, edges[:-1], edges[1:]):
+        columns = [c for c in source.columns if c.model == name]
+        if len(columns) == 1 and dtype is None and isinstance(columns[0].read(0, min(1, source.tokens)), np.memmap):
+            models[name] = columns[0].read(0, source.tokens)  # keep .npy memory-mapped
+            continue
+        whole = source.read(0, source.tokens) if whole is None else whole
+        models[name] = whole[:, lo:hi]
     return models
+
+
+def layer_spec(source: FileSource) -> list[tuple[str, list[tuple[str, int]]]]:
+    """``[(model, [(layer, width), ...]), ...]`` for :meth:`jneuron.NeuronIndex.from_layers`."""
+    return [(m, list(layers)) for m, layers in source.layers.items()]
+
+
+def write_json(path: Path, data) -> Path:
+    """JSON, atomically."""
+    return atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
+
+
+def write_csv(path: Path, header: Sequence[str], rows) -> Path:
+    """CSV with a header row, atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())

@@ -1,0 +1,80 @@
+"""NumPy files: ``.npy`` (memory-mapped, one model) and ``.npz`` (one model or layer per key).
+
+An ``.npz`` key ``"model/layer"`` names a layer of a model; a key without ``/`` is a one-layer model.
+
+>>> import numpy as np, tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "a.npz")
+>>> np.savez(path, **{"m/l0": np.ones((4, 2)), "m/l1": np.zeros((4, 3))})
+>>> src = open_npz(path)
+>>> src.names, src.layers["m"], src.read(0, 1).tolist()
+(('m',), (('l0', 2), ('l1', 3)), [[1.0, 1.0, 0.0, 0.0, 0.0]])
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from jneuron.errors import JNeuronError
+from jneuron.formats._source import Column, FileSource
+
+
+def open_npy(path: str | Path) -> FileSource:
+    """A ``(tokens, neurons)`` ``.npy`` file as a one-model source named by the file's stem (memory-mapped)."""
+    path = Path(path)
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as error:
+        raise JNeuronError(f"{path}: not a readable .npy file (corrupt or truncated?): {error}") from None
+    if array.ndim != 2:
+        raise JNeuronError(f"{path}: expected a 2-D (tokens, neurons) array, got shape {array.shape}")
+    column = Column(path.stem, "", array.shape[1], array.dtype, lambda i, j: array[i:j])
+    return FileSource(str(path), (column,), array.shape[0])
+
+
+def open_npz(path: str | Path) -> FileSource:
+    """An ``.npz`` archive: one column group per key (``model/layer`` or ``model``), read on first use."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as stream, np.load(stream) as archive:
+            keys = list(archive.files)
+            shapes = {k: _shape(archive, k) for k in keys}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise JNeuronError(f"{path}: not a readable .npz file (corrupt or truncated?): {error}") from None
+    if not keys:
+        raise JNeuronError(f"{path}: the archive holds no arrays")
+    cache: dict[str, np.ndarray] = {}
+
+    def reader(key: str):
+        def read(i: int, j: int) -> np.ndarray:
+            if key not in cache:
+                with np.load(path) as archive:
+                    cache[key] = archive[key]
+            return cache[key][i:j]
+
+        return read
+
+    columns = []
+    for key in keys:
+        shape, dtype = shapes[key]
+        if len(shape) != 2:
+            raise JNeuronError(f"{path}: array '{key}' has shape {shape}; expected 2-D (tokens, neurons)")
+        model, _, layer = key.partition("/")
+        columns.append(Column(model, layer, shape[1], dtype, reader(key)))
+    order = {m: i for i, m in enumerate(dict.fromkeys(c.model for c in columns))}
+    columns.sort(key=lambda c: order[c.model])
+    tokens = {c.label: shapes[c.label if c.layer else c.model][0][0] for c in columns}
+    if len(set(tokens.values())) != 1:
+        raise JNeuronError(f"{path}: arrays have mismatched token counts: {tokens}")
+    return FileSource(str(path), tuple(columns), next(iter(tokens.values())))
+
+
+def _shape(archive, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of one archive member from its header, without reading the data."""
+    with archive.zip.open(f"{key}.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+    return shape, dtype

@@ -1,0 +1,81 @@
+"""A progress line for long streamed runs: tokens processed, throughput and time left, on stderr.
+
+>>> import io
+>>> out = io.StringIO()
+>>> bar = Progress(1000, stream=out, enabled=True, interval=0.0)
+>>> bar(400); bar(600); bar.close()
+>>> out.getvalue().splitlines()[-1].startswith("1,000/1,000 tokens (100%)")
+True
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Call with the rows of each chunk; redraws at most every ``interval`` seconds.
+
+    Args:
+      total: tokens expected in all (``None`` when unknown: no percentage or time left).
+      stream: where to draw (default ``sys.stderr``).
+      enabled: ``None`` draws only when ``stream`` is a terminal; ``True``/``False`` force it.
+      interval: least seconds between redraws (the final line is always drawn).
+    """
+
+    def __init__(self, total: int | None, *, stream: TextIO | None = None, enabled: bool | None = None,
+                 interval: float = 0.25, unit: str = "tokens"):
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.enabled = tty if enabled is None else enabled
+        self.tty = tty
+        self.interval = interval
+        self.unit = unit
+        self.done = 0
+        self.start = time.perf_counter()
+        self.last = -float("inf")
+        self.drawn = False
+
+    def __call__(self, rows: int) -> None:
+        self.done += int(rows)
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= self.interval:
+            self.last = now
+            self._draw(now)
+
+    def line(self, now: float | None = None) -> str:
+        """The current progress text."""
+        elapsed = max((now or time.perf_counter()) - self.start, 1e-9)
+        rate = self.done / elapsed
+        text = f"{self.done:,}"
+        if self.total:
+            text += f"/{self.total:,} {self.unit} ({100 * self.done / self.total:.0f}%)"
+        else:
+            text += f" {self.unit}"
+        text += f" | {rate:,.0f} {self.unit}/s | {_clock(elapsed)} elapsed"
+        if self.total and rate > 0 and self.done < self.total:
+            text += f" | {_clock((self.total - self.done) / rate)} left"
+        return text
+
+    def _draw(self, now: float) -> None:
+        end = "" if self.tty else "\n"
+        prefix = "\r\033[K" if self.tty else ""
+        self.stream.write(prefix + self.line(now) + end)
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        """Draw the final line (when enabled) and end it."""
+        if self.enabled:
+            self._draw(time.perf_counter())
+            if self.tty:
+                self.stream.write("\n")
+                self.stream.flush()

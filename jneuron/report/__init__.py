@@ -1,0 +1,10 @@
+"""Reports: rankings, heatmaps, curves, class counts and neuron views in one ``report/index.html``.
+
+>>> import jneuron.report as jr
+>>> sorted(n for n in dir(jr) if not n.startswith("_"))
+['Report', 'neuron_view', 'neuron_view_html', 'plots', 'register']
+"""
+
+from jneuron.report._builder import Report as Report
+from jneuron.report._builder import register as register
+from jneuron.report.neuron_view import neuron_view_html as neuron_view_html
