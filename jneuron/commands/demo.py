@@ -2,7 +2,8 @@
 
 Steps: train ``--models`` MLPs; write every hidden layer to a zarr v3 activation store
 (``OUT/activations.zarr``, the digit label of each image as its "token"); stream MaxCorr/MinCorr from the
-store; gather the results in ``OUT/report/index.html``. Each analysis is one ``_section_*`` function
+store; probe, information measures, cumulative and MaxCorr-guided ablation, and conductance on the first
+model; gather the results in ``OUT/report/index.html``. Each analysis is one ``_section_*`` function
 called from :func:`run` with the shared :class:`DemoContext` and the :class:`~jneuron.report.Report`.
 """
 
@@ -18,11 +19,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jneuron.commands._common import write_json
 from jneuron.crossmodel import CrossModelRanking, maxcorr
+from jneuron.cumulative_ablation import cumulative_ablation
 from jneuron.datasets import Dataset, load_digits
 from jneuron.errors import DeadNeuronWarning
+from jneuron.flax import ablation_curve, conductance
 from jneuron.formats import open_activations
+from jneuron.information import neuron_information
 from jneuron.models import MLP, accuracy, train_classifier
+from jneuron.probe import train_probe
+from jneuron.probe_ablation import retrain_ablation, zero_out_ablation
+from jneuron.probe_rankings import neuron_ordering, top_neurons
+from jneuron.ranking import NeuronIndex
 from jneuron.report import Report
 from jneuron.store import StoreWriter
 
@@ -64,10 +73,11 @@ def run(args: argparse.Namespace) -> int:
     report = Report("jneuron demo: digits MLPs",
                     f"{args.models} MLPs (64-64-32-10) trained on the UCI 8x8 digits; activations on all "
                     f"{len(context.digits.labels)} images.")
-    _section_crossmodel(context, report)
-    # Further analyses add their section here, one call each, e.g. _section_similarity(context, report),
-    # _section_probes(context, report), _section_information(context, report), _section_ablation(context,
-    # report), _section_conductance(context, report).
+    ranking = _section_crossmodel(context, report)
+    _section_probes(context, report)
+    _section_information(context, report)
+    _section_ablation(context, report, ranking)
+    _section_conductance(context, report)
     path = report.write(args.out / "report")
     print(f"\ndemo finished in {time.perf_counter() - start:.1f} s; results in {args.out}/")
     print(f"report: {path.resolve()}")
@@ -97,7 +107,7 @@ def _train(args: argparse.Namespace) -> DemoContext:
     return DemoContext(args, digits, train, test, models, activations, store)
 
 
-def _section_crossmodel(context: DemoContext, report: Report) -> None:
+def _section_crossmodel(context: DemoContext, report: Report) -> CrossModelRanking:
     """MaxCorr and MinCorr streamed from the store; bar charts, a model-by-model heatmap, a neuron view."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DeadNeuronWarning)
@@ -125,6 +135,87 @@ def _section_crossmodel(context: DemoContext, report: Report) -> None:
                            images=context.digits.images.reshape(-1, 8, 8), sentence=text.sentence, top=12,
                            window=0, caption="The images (digit label as the token) that excite the top MaxCorr "
                                              "neuron most.")
+    return ranking
+
+
+def _first_model(context: DemoContext) -> tuple[str, MLP, np.ndarray, list[str]]:
+    """The first model, its hidden layers side by side ``(images, neurons)``, and their paths."""
+    name = next(iter(context.models))
+    layers = list(context.activations[name])
+    return name, context.models[name], np.concatenate([context.activations[name][l] for l in layers], 1), layers
+
+
+def _section_probes(context: DemoContext, report: Report) -> None:
+    """Linguistic-correlation-style probe on one model's neurons: ordering, per-class counts, ablation table."""
+    name, _, x, layers = _first_model(context)
+    labels = context.digits.labels
+    order = np.random.default_rng(0).permutation(len(labels))
+    train, test = order[: len(order) * 3 // 4], order[len(order) * 3 // 4 :]
+    neurons = NeuronIndex.from_layers([(name, [(l, context.activations[name][l].shape[1]) for l in layers])])
+    probe = train_probe(x[train], labels[train], l1=1e-3, l2=1e-3, epochs=10, neurons=neurons)
+    ordering = neuron_ordering(probe)
+    accuracy_all = probe.evaluate(x[test], labels[test])["accuracy"]
+    print(f"\nprobe on {name}'s {x.shape[1]} neurons: test accuracy {accuracy_all:.3f}")
+    report.add_ranking(ordering, title=f"Probe neuron ordering ({name})",
+                       caption="Elastic-net probe (Dalvi et al., 2019): neurons in the order they join the top sets.")
+    report.add_class_counts("Neurons per digit (20% of each class's weight mass)",
+                            top_neurons(probe, 0.2).counts, caption="How focused or distributed each class is.")
+    shares = (0.1, 0.2, 0.5)
+    zeroed = zero_out_ablation(probe, x[test], labels[test], shares, ordering=ordering)
+    retrained = retrain_ablation(x[train], labels[train], x[test], labels[test], ordering, shares,
+                                 l1=1e-3, l2=1e-3, epochs=10)
+    series = {f"{table.mode}: {kind}": (100 * table.percentages, getattr(table, kind))
+              for table in (zeroed, retrained) for kind in ("top", "bottom", "random")}
+    report.add_curves("Probe accuracy keeping a share of neurons", series, xlabel="% of neurons kept",
+                      ylabel="test accuracy", caption=f"All neurons: {accuracy_all:.3f}. Zeroed out in the trained "
+                                                      "probe (keep) or a fresh probe on the selection (retrain).")
+    write_json(context.out / "probe.json", {"accuracy": accuracy_all, "keep": zeroed.to_dict(),
+                                            "retrain": retrained.to_dict()})
+
+
+def _section_information(context: DemoContext, report: Report) -> None:
+    """Information measures of one model's ReLU neurons (1 bit: active or not) and cumulative ablation."""
+    name, model, x, layers = _first_model(context)
+    info = neuron_information({name: context.activations[name]}, context.digits.labels, threshold=0.0)
+    info.to_json(context.out / "information.json")
+    report.add_ranking(info.ranking("mutual_information"), title=f"Mutual information with the digit ({name})",
+                       caption="I(T; Y) of each neuron's 1-bit output (Amjad et al., 2018), in bits.")
+    ablation = cumulative_ablation(model, context.test.images, context.test.labels, info, layers,
+                                   random=2, scopes=("network",), steps=12, reference=context.train.images)
+    fraction = ablation.ks["network"] / ablation.ks["network"][-1]
+    series = {f"{measure} {direction} ({mode})": (fraction, ablation.curve(measure, direction, "network", mode))
+              for measure, direction in (("mutual_information", "descending"), ("selectivity", "descending"),
+                                         ("random", "random")) for mode in ("zero", "mean")}
+    report.add_curves("Cumulative ablation over the whole network", series, xlabel="fraction of neurons removed",
+                      ylabel="test accuracy", caption="Zero ablation vs bias balancing (mean).")
+    ablation.to_json(context.out / "cumulative_ablation.json")
+    print(f"information measures of {len(info.neurons)} neurons; cumulative ablation curves written")
+
+
+def _section_ablation(context: DemoContext, report: Report, ranking: CrossModelRanking) -> None:
+    """Bau et al.'s experiment: remove the top or the bottom MaxCorr neurons of one model."""
+    name, model, _, layers = _first_model(context)
+    own = np.flatnonzero(ranking.neurons.model == ranking.neurons.models.index(name))
+    top_first = own[np.argsort(-ranking.scores[own], kind="stable")] - own[0]
+    ks = np.linspace(0, len(own), 9).astype(int)
+    series = {}
+    for label, order in (("top MaxCorr first", top_first), ("bottom MaxCorr first", top_first[::-1])):
+        curve = ablation_curve(model, context.test.images, context.test.labels, order, layers, ks)
+        series[label] = (ks, curve.values)
+    report.add_curves(f"Ablating {name}'s neurons by MaxCorr", series, xlabel="neurons removed (zeroed)",
+                      ylabel="test accuracy", caption="Removing the most shared neurons first hurts faster.")
+
+
+def _section_conductance(context: DemoContext, report: Report, digit: int = 3) -> None:
+    """Conductance of one model's first hidden layer for one digit's logit, on test images of that digit."""
+    name, model, _, _ = _first_model(context)
+    images = context.test.images[context.test.labels == digit]
+    result = conductance(model, images, "layers/0", target=digit, steps=32)
+    gap = float(np.abs(result.gap).max() / max(np.abs(result.delta).max(), 1e-12))
+    report.add_ranking(result.ranking(name), title=f"Conductance of {name}/layers/0 for the digit-{digit} logit",
+                       caption=f"Dhamdhere et al., 2019, on the {len(images)} test images of a {digit}; largest "
+                               f"completeness gap {gap:.1e} of the largest output change.")
+    print(f"conductance of {name}/layers/0 on {len(images)} test images: relative completeness gap {gap:.1e}")
 
 
 _DISPLAY = {"maxcorr": "MaxCorr", "mincorr": "MinCorr"}
