@@ -29,6 +29,7 @@ import numpy as np
 
 from jneuron._checks import check_min_tokens
 from jneuron.errors import DeadNeuronWarning, JNeuronError
+from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.ranking import NeuronIndex, Ranking, _plain
@@ -253,4 +254,7 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
             rows, cols = reduce(cross, inv_sd[tile.r0 : tile.r1], inv_sd[tile.c0 : tile.c1])
             table.set_rows(tile, model, rows)
             table.improve_columns(tile, model, cols)
+        if len(passes) > 1:  # every pass compiles for its own tile shapes: drop them, or memory grows per pass
+            kmoments.update.clear_cache()
+            kmax.reduce_tile.clear_cache()
     return table.best, table.unit, table.rho, np.flatnonzero(dead)
