@@ -34,10 +34,13 @@ def accumulate(
     tiles: tuple[Tile, ...],
     chunk_tokens: int,
     column_names: Sequence[str] | Callable[[int], str] | None = None,
+    observe: Callable[[np.ndarray, int], None] | None = None,
 ) -> Stats:
     """One pass over ``source``: co-moments with the cross-product blocks named by ``tiles``.
 
     Every chunk is padded to ``chunk_tokens`` rows (padding is masked), so the update compiles once.
+    ``observe(chunk, rows)``, if given, also sees every padded chunk (``rows`` real), for analyses that
+    need statistics beyond co-moments in the same pass.
     Raises :class:`JNeuronError` naming the model, row and neuron of the first NaN or Inf.
     """
     width = sum(source.widths)
@@ -47,6 +50,8 @@ def accumulate(
         if rows < chunk_tokens:
             chunk = np.pad(chunk, ((0, chunk_tokens - rows), (0, 0)))
         stats = kmoments.update(stats, chunk, rows, tiles)
+        if observe is not None:
+            observe(chunk, rows)
     _raise_on_bad_value(stats, source)
     return stats
 
