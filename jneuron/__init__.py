@@ -16,5 +16,13 @@ from jneuron.moments import comoments as comoments
 from jneuron.ranking import NeuronIndex as NeuronIndex
 from jneuron.ranking import Ranking as Ranking
 from jneuron.sources import as_source as as_source
+from jneuron.errors import FewTokensWarning as FewTokensWarning
+from jneuron.similarity import CCAResult as CCAResult
+from jneuron.similarity import CKAResult as CKAResult
+from jneuron.similarity import PWCCAResult as PWCCAResult
+from jneuron.similarity import cca as cca
+from jneuron.similarity import cka as cka
+from jneuron.similarity import pwcca as pwcca
+from jneuron.similarity import svcca as svcca
 
 __version__ = "0.1.0"

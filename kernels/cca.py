@@ -110,39 +110,68 @@ def _inv_scale(cov, xp):
     return xp.where(d > 0, 1 / xp.sqrt(xp.where(d > 0, d, 1)), 0)
 
 
-def cca(cxx, cyy, cxy, rtol: float, keep_x=None, keep_y=None, rescale: bool = True) -> CCA:
-    """CCA from covariance blocks.
+class Side(NamedTuple):
+    """One side of a CCA, prepared once and reusable against many other sides.
+
+    Attributes:
+      whitening: the :class:`Whitening` of the (rescaled) covariance.
+      scale: per-neuron factor applied before whitening (``1 / sd``, 0 for dead neurons; or all 1).
+    """
+
+    whitening: Whitening
+    scale: jax.Array
+
+
+def prepare(cov, rtol: float, keep=None, rescale: bool = True) -> Side:
+    """Rescale by the diagonal (optional) and whiten one side's covariance.
 
     Args:
-      cxx, cyy, cxy: covariance blocks (a zero diagonal entry marks a dead neuron; it gets weight 0).
+      cov: the side's covariance (a zero diagonal entry marks a dead neuron; it gets weight 0).
       rtol: relative eigenvalue floor of the whitening.
-      keep_x, keep_y: SVCCA's kept share of variance (float) or count (int) per side; ``None`` keeps all.
-      rescale: whiten the correlation matrix (each neuron scaled to unit variance) rather than the
-        covariance. CCA is scale-invariant, so this only improves conditioning; SVCCA's PCA step needs
-        the raw covariance (``rescale=False``).
+      keep: SVCCA's kept share of variance (float) or count (int); ``None`` keeps all.
+      rescale: whiten the correlation matrix rather than the covariance. CCA is scale-invariant, so this
+        only improves conditioning; SVCCA's PCA step needs the raw covariance (``rescale=False``).
     """
-    xp = _xp(cxx, cyy, cxy)
-    dx, dy = cxy.shape
-    m = min(dx, dy)
-    if rescale:
-        sx, sy = _inv_scale(cxx, xp), _inv_scale(cyy, xp)
-    else:
-        sx, sy = xp.ones(dx, cxx.dtype), xp.ones(dy, cyy.dtype)
-    wx = whiten(cxx * sx[:, None] * sx[None, :], rtol, keep_x)
-    wy = whiten(cyy * sy[:, None] * sy[None, :], rtol, keep_y)
-    t = _mm(xp, _mm(xp, wx.basis.T, cxy * sx[:, None] * sy[None, :]), wy.basis)
-    u, s, vt = xp.linalg.svd(t, full_matrices=False)
-    valid = xp.minimum(wx.kept, wy.kept)
+    xp = _xp(cov)
+    scale = _inv_scale(cov, xp) if rescale else xp.ones(cov.shape[0], cov.dtype)
+    return Side(whiten(cov * scale[:, None] * scale[None, :], rtol, keep), scale)
+
+
+def _whitened_cross(sx: Side, sy: Side, cxy, xp):
+    scaled = cxy * sx.scale[:, None] * sy.scale[None, :]
+    return _mm(xp, _mm(xp, sx.whitening.basis.T, scaled), sy.whitening.basis)
+
+
+def correlations(sx: Side, sy: Side, cxy):
+    """Only the canonical correlations (cheaper than :func:`correlate`); invalid entries are 0."""
+    xp = _xp(cxy, sx.scale, sy.scale)
+    m = min(cxy.shape)
+    s = xp.linalg.svd(_whitened_cross(sx, sy, cxy, xp), compute_uv=False)
+    live = xp.arange(m) < xp.minimum(sx.whitening.kept, sy.whitening.kept)
+    return xp.where(live, xp.clip(s[:m], 0, 1), 0)
+
+
+def correlate(sx: Side, sy: Side, cxy) -> CCA:
+    """CCA of two prepared sides with cross-covariance ``cxy``: correlations and directions."""
+    xp = _xp(cxy, sx.scale, sy.scale)
+    m = min(cxy.shape)
+    u, s, vt = xp.linalg.svd(_whitened_cross(sx, sy, cxy, xp), full_matrices=False)
+    valid = xp.minimum(sx.whitening.kept, sy.whitening.kept)
     live = xp.arange(m) < valid
     rho = xp.where(live, xp.clip(s[:m], 0, 1), 0)
-    a = sx[:, None] * _mm(xp, wx.basis, u[:, :m])
-    b = sy[:, None] * _mm(xp, wy.basis, vt.T[:, :m])
+    a = sx.scale[:, None] * _mm(xp, sx.whitening.basis, u[:, :m])
+    b = sy.scale[:, None] * _mm(xp, sy.whitening.basis, vt.T[:, :m])
     # deterministic signs: the largest-magnitude weight of each x direction is positive
     pick = xp.argmax(xp.abs(a), axis=0)
     sign = xp.where(xp.take_along_axis(a, pick[None, :], axis=0)[0] < 0, -1.0, 1.0).astype(a.dtype)
     a = xp.where(live[None, :], a * sign[None, :], 0)
     b = xp.where(live[None, :], b * sign[None, :], 0)
-    return CCA(rho, a, b, wx.kept, wy.kept, valid)
+    return CCA(rho, a, b, sx.whitening.kept, sy.whitening.kept, valid)
+
+
+def cca(cxx, cyy, cxy, rtol: float, keep_x=None, keep_y=None, rescale: bool = True) -> CCA:
+    """CCA from covariance blocks (see :func:`prepare` for the arguments)."""
+    return correlate(prepare(cxx, rtol, keep_x, rescale), prepare(cyy, rtol, keep_y, rescale), cxy)
 
 
 def svcca(cxx, cyy, cxy, rtol: float, keep=0.99) -> CCA:
