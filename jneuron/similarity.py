@@ -160,8 +160,8 @@ def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
     >>> rng = np.random.default_rng(0)
     >>> z = rng.normal(size=(1000, 3)) * [10.0, 5.0, 0.1]
     >>> r = jn.svcca(z @ rng.normal(size=(3, 8)), z @ rng.normal(size=(3, 8)), keep=0.99)
-    >>> r.kept_x, r.kept_y, np.round(r.rho, 4).tolist()
-    (2, 2, [1.0, 0.9999])
+    >>> r.kept_x, r.kept_y, np.round(r.rho, 3).tolist()
+    (2, 2, [1.0, 1.0])
     """
     _check_keep(keep)
     blocks = _pair(x, y, chunk_tokens, "svcca")
