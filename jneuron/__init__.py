@@ -24,5 +24,8 @@ from jneuron.similarity import cca as cca
 from jneuron.similarity import cka as cka
 from jneuron.similarity import pwcca as pwcca
 from jneuron.similarity import svcca as svcca
+from jneuron.simmatrix import SimilarityMatrix as SimilarityMatrix
+from jneuron.simmatrix import similarity_matrix as similarity_matrix
+from jneuron.heatmap import plot_similarity as plot_similarity
 
 __version__ = "0.1.0"
