@@ -24,7 +24,7 @@ import numpy as np
 
 from jneuron._checks import as_2d, check_min_tokens
 from jneuron.crossmodel import _dead_mask
-from jneuron.errors import FewTokensWarning, JNeuronError
+from jneuron.errors import DeadNeuronWarning, FewTokensWarning, JNeuronError
 from jneuron.kernels import hsic as khsic
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
@@ -116,6 +116,12 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
             f"{what}: {count} tokens for up to {max(widths)} neurons per group; the covariance is rank "
             "deficient, so correlations overfit (CCA approaches 1)", FewTokensWarning, stacklevel=3)
     dead = _dead_mask(stats)
+    if dead.any():
+        owner = np.searchsorted(starts, np.flatnonzero(dead), side="right") - 1
+        shown = ", ".join(f"'{names[g]}' unit {c - starts[g]}" for g, c in zip(owner[:10], np.flatnonzero(dead)))
+        more = f" and {int(dead.sum()) - 10} more" if dead.sum() > 10 else ""
+        warnings.warn(f"{what}: {int(dead.sum())} constant neuron(s) get weight 0: {shown}{more}",
+                      DeadNeuronWarning, stacklevel=3)
     live = (~dead).astype(np.float64)
     cross = {}
     for (i, j), (tile, offset) in where.items():
