@@ -27,5 +27,8 @@ from jneuron.similarity import svcca as svcca
 from jneuron.simmatrix import SimilarityMatrix as SimilarityMatrix
 from jneuron.simmatrix import similarity_matrix as similarity_matrix
 from jneuron.heatmap import plot_similarity as plot_similarity
+from jneuron.linreg import DirectionRanking as DirectionRanking
+from jneuron.linreg import direction_ranking as direction_ranking
+from jneuron.linreg import linreg_ranking as linreg_ranking
 
 __version__ = "0.1.0"

@@ -70,6 +70,10 @@ class Blocks:
         """The covariance block (``ddof=1``) between groups ``i`` and ``j``."""
         return self.cross(i, j) / (self.count - 1)
 
+    def cov_of(self, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+        """The covariance between the concatenations of groups ``rows`` and of groups ``cols``."""
+        return np.block([[self.cov(i, j) for j in cols] for i in rows])
+
     def dead_in(self, i: int) -> np.ndarray:
         """Units of group ``i`` that are constant."""
         return np.flatnonzero(self.dead[self.columns(i)])
@@ -89,7 +93,7 @@ def joint_source(groups: Sequence[tuple[str, object]]) -> Source:
 
 def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[int, int]], *,
                   chunk_tokens: int | None = None, row_norms: bool = False, what: str = "similarity",
-                  ) -> Blocks:
+                  widest: int | None = None) -> Blocks:
     """Stream the groups once and return the asked-for covariance blocks.
 
     Args:
@@ -98,6 +102,7 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
       chunk_tokens: tokens per compiled update.
       row_norms: also accumulate the fourth moments of the debiased CKA.
       what: the analysis, for messages.
+      widest: the widest set of neurons whose covariance is inverted (default: the widest group).
 
     Warns :class:`FewTokensWarning` when there are fewer tokens than neurons in some group.
     """
@@ -111,10 +116,11 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     stats = accumulate(source, tiles, chunk_tokens, observe=norms)
     count = int(stats.count)
     check_min_tokens(count, what, 4 if row_norms else 2)
-    if count <= max(widths):
+    widest = widest or max(widths)
+    if count <= widest:
         warnings.warn(
-            f"{what}: {count} tokens for up to {max(widths)} neurons per group; the covariance is rank "
-            "deficient, so correlations overfit (CCA approaches 1)", FewTokensWarning, stacklevel=3)
+            f"{what}: {count} tokens for up to {widest} neurons; the covariance is rank deficient, so "
+            "correlations overfit (CCA and R^2 approach 1)", FewTokensWarning, stacklevel=3)
     dead = _dead_mask(stats)
     if dead.any():
         owner = np.searchsorted(starts, np.flatnonzero(dead), side="right") - 1

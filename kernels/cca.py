@@ -199,3 +199,15 @@ def linear_cka(cxx, cyy, cxy):
     num = xp.sum(cxy * cxy)
     den = xp.sqrt(xp.sum(cxx * cxx)) * xp.sqrt(xp.sum(cyy * cyy))
     return xp.where(den > 0, num / xp.where(den > 0, den, 1), 0)
+
+
+def explained_variance(side: Side, cxy, var_y):
+    """R^2 of predicting each ``y`` neuron linearly from the prepared ``x`` side (OLS with intercept).
+
+    ``R^2_j = |W^T cxy[:, j]|^2 / var_j`` with ``W`` the (floored) whitening of ``x``: the
+    pseudo-inverse solution, so rank-deficient predictors are fine. Constant targets get 0.
+    """
+    xp = _xp(cxy, side.scale, var_y)
+    t = _mm(xp, side.whitening.basis.T, cxy * side.scale[:, None])
+    live = var_y > 0
+    return xp.where(live, xp.clip(xp.sum(t * t, axis=0) / xp.where(live, var_y, 1), 0, 1), 0)
