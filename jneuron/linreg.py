@@ -19,7 +19,7 @@ and erased from activations.
 (['a/0', 'a/1', 'b/0', 'b/1', 'b/2'], [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
 >>> d = jn.direction_ranking(a, b, method="cca")
 >>> np.round(d.rho, 2).tolist()
-[1.0, 1.0, 0.05, 0.01]
+[1.0, 1.0, 0.04]
 """
 
 from __future__ import annotations
