@@ -30,5 +30,9 @@ from jneuron.heatmap import plot_similarity as plot_similarity
 from jneuron.linreg import DirectionRanking as DirectionRanking
 from jneuron.linreg import direction_ranking as direction_ranking
 from jneuron.linreg import linreg_ranking as linreg_ranking
+from jneuron.matching import Matching as Matching
+from jneuron.matching import SparsePrediction as SparsePrediction
+from jneuron.matching import match_neurons as match_neurons
+from jneuron.matching import sparse_prediction as sparse_prediction
 
 __version__ = "0.1.0"
