@@ -146,3 +146,16 @@ def test_direction_ranking_svcca_against_several_models(rng):
 @pytest.mark.slow
 def test_docstring_examples_run():
     assert doctest.testmod(linreg).failed == 0
+
+
+def test_linreg_command(rng, tmp_path, capsys):
+    from jneuron.cli import main
+
+    for name, model in zip("abc", _models(rng)):
+        np.save(tmp_path / f"{name}.npy", model)
+    files = [str(tmp_path / f"{n}.npy") for n in "abc"]
+    assert main(["linreg", *files, "--top", "3", "--out", str(tmp_path / "out")]) == 0
+    data = json.loads((tmp_path / "out" / "linreg.json").read_text())
+    assert data["method"] == "linreg_min" and len(data["neurons"]) == 15
+    assert capsys.readouterr().out.count("R^2") == 3
+    assert main(["linreg", files[0], "--out", str(tmp_path / "out")]) == 2  # one model: a clear error

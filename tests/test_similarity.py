@@ -1,6 +1,7 @@
 """CCA, SVCCA, PWCCA, CKA and similarity matrices against independent float64 references."""
 
 import doctest
+import json
 import warnings
 
 import jax
@@ -342,3 +343,19 @@ def test_kernel_docstring_examples_run(module):
 @pytest.mark.parametrize("module", [similarity, simmatrix, heatmap, blocks])
 def test_docstring_examples_run(module):
     assert doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+
+
+def test_similarity_command_writes_json_and_heatmap(rng, tmp_path, capsys):
+    from jneuron.cli import main
+
+    x, y = _pair(rng)
+    np.save(tmp_path / "l0.npy", x)
+    np.save(tmp_path / "l1.npy", y)
+    out = tmp_path / "out"
+    assert main(["similarity", str(tmp_path / "l0.npy"), str(tmp_path / "l1.npy"), "--metric", "cka",
+                 "--out", str(out)]) == 0
+    data = json.loads((out / "similarity.json").read_text())
+    assert data["names_a"] == ["l0", "l1"] and np.isclose(data["values"][0][1], ref_cka(x, y), atol=1e-6)
+    assert (out / "similarity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "cka over 600 tokens" in capsys.readouterr().out
+    assert main(["similarity", str(tmp_path / "missing.npy"), "--out", str(out)]) == 2

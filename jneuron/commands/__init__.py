@@ -5,5 +5,7 @@ here to make it a subcommand.
 """
 
 from jneuron.commands import demo, maxcorr
+from jneuron.commands import linreg, match, similarity
 
 COMMANDS = (demo, maxcorr)
+COMMANDS += (similarity, linreg, match)
