@@ -22,6 +22,7 @@ test: $(STAMP)
 
 # Each benchmark prints its ratios and writes bench/results/<name>.json.
 BENCHES := bench/crossmodel.py
+BENCHES += bench/similarity.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -27,7 +28,7 @@ import numpy as np
 
 import jneuron as jn
 from jneuron.io_utils import atomic_write_text
-from jneuron.stream import default_chunk_tokens
+from jneuron.blocks import balanced_chunk_tokens
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -114,7 +115,7 @@ def part2(tokens: int, layers: int, width: int) -> dict:
     start = time.perf_counter()
     matrix = jn.similarity_matrix(data, metric="svcca", keep=0.99)
     jn_t = time.perf_counter() - start
-    chunk = default_chunk_tokens(layers * width, tokens)
+    chunk = balanced_chunk_tokens(layers * width, tokens)  # the chunks jneuron streams
     names = list(data)
     start = time.perf_counter()
     acc = jnp.zeros((layers * width, layers * width), jnp.float32)
@@ -134,21 +135,26 @@ def part2(tokens: int, layers: int, width: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script runs")
+    parser.add_argument("--parts", nargs="+", type=int, default=[1, 2], choices=(1, 2),
+                        help="which parts to run (results of the others are kept from the last run)")
     args = parser.parse_args()
     sizes = ((2000, 128, 3), (5000, 4, 64)) if args.quick else ((20000, 1024, 3), (100000, 12, 768))
     (t1, w1, reps), (t2, l2, w2) = sizes
-    results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "machine": f"{platform.processor() or platform.machine()}, {jax.devices()[0].platform}",
-               "jax": jax.__version__, "jneuron": jn.__version__}
-    results["cca_two_layers"] = p1 = part1(t1, w1, reps)
-    print(f"CCA {w1}+{w1} neurons x {t1} tokens: jneuron {p1['jneuron_s']:.3f} s, numpy f64 baseline "
-          f"{p1['baseline_s']:.3f} s ({p1['speedup_vs_baseline']:.2f}x faster), floor {p1['floor_s']:.3f} s "
-          f"({p1['jneuron_over_floor']:.2f}x floor); max |d rho| {p1['max_abs_rho_diff']:.2e}")
-    results["svcca_matrix"] = p2 = part2(t2, l2, w2)
-    print(f"SVCCA matrix {l2} layers x {w2} neurons x {t2} tokens: jneuron {p2['jneuron_s']:.1f} s, floor "
-          f"(one gram product of all layers) {p2['floor_s']:.1f} s ({p2['jneuron_over_floor']:.2f}x floor)")
-    name = "similarity_quick.json" if args.quick else "similarity.json"
-    path = atomic_write_text(Path(__file__).parent / "results" / name, json.dumps(results, indent=1))
+    path = Path(__file__).parent / "results" / ("similarity_quick.json" if args.quick else "similarity.json")
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
+                      f"{jax.devices()[0].platform}", "jax": jax.__version__, "jneuron": jn.__version__}
+    if 1 in args.parts:
+        results["cca_two_layers"] = p1 = {**run, **part1(t1, w1, reps)}
+        print(f"CCA {w1}+{w1} neurons x {t1} tokens: jneuron {p1['jneuron_s']:.3f} s, numpy f64 baseline "
+              f"{p1['baseline_s']:.3f} s ({p1['speedup_vs_baseline']:.2f}x faster), floor {p1['floor_s']:.3f} s "
+              f"({p1['jneuron_over_floor']:.2f}x floor); max |d rho| {p1['max_abs_rho_diff']:.2e}", flush=True)
+    if 2 in args.parts:
+        results["svcca_matrix"] = p2 = {**run, **part2(t2, l2, w2)}
+        print(f"SVCCA matrix {l2} layers x {w2} neurons x {t2} tokens: jneuron {p2['jneuron_s']:.1f} s, floor "
+              f"(one gram product of all layers) {p2['floor_s']:.1f} s ({p2['jneuron_over_floor']:.2f}x floor)")
+    atomic_write_text(path, json.dumps(results, indent=1))
     print(f"wrote {path}")
 
 

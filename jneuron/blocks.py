@@ -111,7 +111,7 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     starts = np.cumsum((0,) + widths)
     bounds = tuple((int(starts[g]), int(starts[g + 1])) for g in range(len(widths)))
     tiles, where = _plan(sorted(set(pairs)), bounds)
-    chunk_tokens = chunk_tokens or default_chunk_tokens(int(starts[-1]), getattr(source, "tokens", None))
+    chunk_tokens = chunk_tokens or balanced_chunk_tokens(int(starts[-1]), getattr(source, "tokens", None))
     norms = _RowNorms(bounds) if row_norms else None
     stats = accumulate(source, tiles, chunk_tokens, observe=norms)
     count = int(stats.count)
@@ -136,6 +136,19 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     mean = kmoments.mean64(stats)
     moments = None if norms is None else (norms.q, norms.u, norms.reference)
     return Blocks(names, widths, count, mean, dead, np.dtype(stats.mean.hi.dtype), cross, moments)
+
+
+def balanced_chunk_tokens(width: int, tokens: int | None) -> int:
+    """The default chunk size, evened out over a known number of tokens so the last chunk pads little.
+
+    >>> balanced_chunk_tokens(2048, 20000)  # default 16384 would pad the second chunk with 12768 rows
+    10000
+    """
+    rows = default_chunk_tokens(width, tokens)
+    if not tokens:
+        return rows
+    chunks = -(-tokens // rows)
+    return -(-tokens // chunks)
 
 
 def _plan(pairs, bounds) -> tuple[tuple[Tile, ...], dict]:
