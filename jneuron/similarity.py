@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from jneuron.blocks import Blocks, stream_blocks
 from jneuron.errors import JNeuronError
@@ -230,8 +231,42 @@ def _check_keep(keep) -> None:
 
 
 def prepare_side(blocks: Blocks, i: int, method: str, keep, rtol: float) -> kcca.Side:
-    """Whiten group ``i`` for ``"cca"`` (correlation scale) or ``"svcca"`` (PCA keeping ``keep``)."""
+    """Whiten group ``i`` for ``"cca"`` (correlation scale) or ``"svcca"`` (PCA keeping ``keep``).
+
+    CCA whitens by Cholesky when the correlation matrix is safely above the eigenvalue floor (then no
+    direction would be dropped, and any whitening gives the same canonical correlations), else by ``eigh``.
+    """
+    if method == "cca":
+        cov = blocks.cov(i, i)
+        scale = 1 / np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.inf))
+        whitening = _cholesky_whitening(cov * scale[:, None] * scale[None, :], rtol)
+        if whitening is not None:
+            return kcca.Side(whitening, scale)
     return kcca.prepare(blocks.cov(i, i), rtol, keep if method == "svcca" else None, rescale=method != "svcca")
+
+
+def _cholesky_whitening(corr: np.ndarray, rtol: float, iterations: int = 30) -> kcca.Whitening | None:
+    """``basis = L^-T`` (``corr = L L^T``), or None unless the smallest eigenvalue is 100x above the floor.
+
+    Both extreme eigenvalues are estimated by (inverse) power iteration from a fixed start; the estimates
+    err towards each other, hence the margin.
+    """
+    try:
+        lower = np.linalg.cholesky(corr)
+    except np.linalg.LinAlgError:
+        return None
+    v = w = np.random.default_rng(0).normal(size=len(corr))
+    for _ in range(iterations):
+        v = scipy.linalg.solve_triangular(lower, v, lower=True, check_finite=False)
+        v = scipy.linalg.solve_triangular(lower.T, v, lower=False, check_finite=False)
+        v /= np.linalg.norm(v)
+        w = corr @ w
+        w /= np.linalg.norm(w)
+    smallest, largest = float(v @ corr @ v), float(w @ corr @ w)  # Rayleigh quotients
+    if not smallest > 100 * rtol * largest:
+        return None
+    inverse = scipy.linalg.solve_triangular(lower, np.eye(len(corr)), lower=True, check_finite=False)
+    return kcca.Whitening(inverse.T, None, None, np.asarray(len(corr)))
 
 
 def _cca_result(blocks: Blocks, i: int, j: int, method: str, keep, rtol: float,

@@ -359,3 +359,19 @@ def test_similarity_command_writes_json_and_heatmap(rng, tmp_path, capsys):
     assert (out / "similarity.png").read_bytes()[:4] == b"\x89PNG"
     assert "cka over 600 tokens" in capsys.readouterr().out
     assert main(["similarity", str(tmp_path / "missing.npy"), "--out", str(out)]) == 2
+
+
+def test_cholesky_fast_path_agrees_with_eigh_whitening(rng):
+    x, y = _pair(rng, offset=1e3)
+    b = similarity._pair(x, y, C, "cca")
+    fast = similarity.prepare_side(b, 0, "cca", None, 1e-6)
+    assert fast.whitening.values is None  # well conditioned: Cholesky
+    slow = kcca.prepare(b.cov(0, 0), 1e-6)
+    other = kcca.prepare(b.cov(1, 1), 1e-6)
+    r_fast, r_slow = kcca.correlate(fast, other, b.cov(0, 1)), kcca.correlate(slow, other, b.cov(0, 1))
+    np.testing.assert_allclose(r_fast.rho, r_slow.rho, atol=1e-12)
+    np.testing.assert_allclose(r_fast.a, r_slow.a, atol=1e-9)
+    z = rng.normal(size=(TOKENS, 3))
+    near = np.hstack([z, z[:, :1] + 1e-5 * rng.normal(size=(TOKENS, 1))])  # eigenvalue ~1e-10: eigh path
+    nb = similarity._pair(near, y, C, "cca")
+    assert similarity.prepare_side(nb, 0, "cca", None, 1e-6).whitening.values is not None
