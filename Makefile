@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/jneuron demo --out demo-output
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --doctest-modules tests jneuron kernels
 
 # Each benchmark prints its ratios and writes bench/results/<name>.json.
 BENCHES := bench/crossmodel.py

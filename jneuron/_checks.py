@@ -9,7 +9,7 @@ from jneuron.errors import JNeuronError
 _ACCEPTED_KINDS = "fiub"  # float, signed/unsigned int, bool
 
 
-def as_2d(array, what: str) -> np.ndarray | object:
+def as_2d(array, what: str):
     """Check that ``array`` is a 2-D real array ``(tokens, neurons)``; returns it unchanged (no copy)."""
     shape = getattr(array, "shape", None)
     if shape is None:

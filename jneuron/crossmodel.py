@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-import jax.numpy as jnp
 import numpy as np
 
 from jneuron._checks import check_min_tokens
@@ -35,10 +34,10 @@ from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.ranking import NeuronIndex, Ranking, _plain
 from jneuron.sources import Source, as_source
-from jneuron.stream import accumulate, default_chunk_tokens
+from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
 
-MEMORY_BUDGET = 512 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
-_BYTES_PER_ENTRY = 16  # compensated float32 pair (8) plus the correlation tile and its |.| (8)
+MEMORY_BUDGET = 384 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
+_BYTES_PER_ENTRY = 24  # compensated pair (8) + chunk product (4) + merge outer product (4) + reduction (8)
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
         arrays, widths may differ; or an iterator of chunks (tuples of per-model arrays); or a
         callable returning such an iterator.
       names: model names (default: the mapping's keys, or ``model0, model1, ...``).
-      chunk_tokens: tokens per streamed chunk (default: about 128 MiB of columns).
+      chunk_tokens: tokens per streamed chunk (default: about 64 MiB of columns).
       memory_budget: bytes of correlation blocks held at once; larger problems take several passes.
 
     Returns:
@@ -170,22 +169,39 @@ def plan_passes(widths: Sequence[int], memory_budget: int) -> list[tuple[Tile, .
     return passes
 
 
-def _dead_mask(stats: kmoments.Stats) -> np.ndarray:
-    """Constant neurons: spread at the level of the accumulation dtype's rounding of their mean."""
-    count = int(stats.count)
-    mean, m2 = kmoments.mean64(stats), kmoments.m2_64(stats)
-    eps = float(jnp.finfo(stats.mean.hi.dtype).eps)
-    spread = np.sqrt(np.maximum(m2, 0.0) / count)
-    return spread <= 8 * eps * np.abs(mean) + np.finfo(np.float32).tiny
+class _PartnerTable:
+    """Best |rho|, partner unit and signed rho per (neuron, model), filled tile by tile."""
+
+    def __init__(self, widths: Sequence[int]):
+        self.starts = np.cumsum((0,) + tuple(widths))
+        shape = (int(self.starts[-1]), len(widths))
+        self.best, self.rho = np.full(shape, np.nan), np.full(shape, np.nan)
+        self.unit = np.full(shape, -1, np.int64)
+
+    def segments(self, tile: Tile, model: int) -> tuple[tuple[int, int], ...]:
+        """The tile's column segments, one per later model (relative to the tile's first column)."""
+        return tuple((int(self.starts[b] - tile.c0), int(self.starts[b + 1] - tile.c0))
+                     for b in range(model + 1, len(self.starts) - 1))
+
+    def set_rows(self, tile: Tile, model: int, partners: kmax.Partners) -> None:
+        """The tile's rows (neurons of ``model``) against each later model: complete in one tile."""
+        rho = np.asarray(partners.rho, np.float64)
+        rows, later = slice(tile.r0, tile.r1), slice(model + 1, None)
+        self.best[rows, later], self.rho[rows, later] = np.abs(rho), rho
+        self.unit[rows, later] = np.asarray(partners.unit)
+
+    def improve_columns(self, tile: Tile, model: int, partners: kmax.Partners) -> None:
+        """The tile's columns against ``model``: a band of its rows, so keep the best over bands (ties: first)."""
+        rho = np.asarray(partners.rho, np.float64)
+        cols = slice(tile.c0, tile.c1)
+        better = ~(np.abs(rho) <= self.best[cols, model])  # also where nothing is recorded yet (NaN)
+        self.best[cols, model] = np.where(better, np.abs(rho), self.best[cols, model])
+        self.rho[cols, model] = np.where(better, rho, self.rho[cols, model])
+        unit = np.asarray(partners.unit) + tile.r0 - self.starts[model]
+        self.unit[cols, model] = np.where(better, unit, self.unit[cols, model])
 
 
 def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int):
-    starts = np.cumsum((0,) + tuple(widths))
-    total, models = int(starts[-1]), len(widths)
-    owner = np.repeat(np.arange(models), widths)
-    best = np.full((total, models), np.nan)
-    unit = np.full((total, models), -1, np.int64)
-    rho = np.full((total, models), np.nan)
     passes = plan_passes(widths, memory_budget)
     if len(passes) > 1 and not source.reiterable:
         raise JNeuronError(
@@ -193,28 +209,21 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
             "bytes, but a plain iterator can be read only once: pass a callable that returns a fresh "
             "iterator, or raise memory_budget"
         )
+    table = _PartnerTable(widths)
+    owner = np.repeat(np.arange(len(widths)), widths)
     dead = None
     for tiles in passes:
         stats = accumulate(source, tiles, chunk_tokens)
-        check_min_tokens(int(stats.count), "cross-model correlation")
+        count = int(stats.count)
+        check_min_tokens(count, "cross-model correlation")
         if dead is None:
-            dead = _dead_mask(stats)
             m2 = kmoments.m2_64(stats)
+            dead = constant_columns(count, kmoments.mean64(stats), m2, stats.mean.hi.dtype)
             inv_sd = np.where(dead, 0.0, 1.0 / np.sqrt(np.where(dead, 1.0, m2))).astype(np.float32)
         for tile, cross in zip(tiles, stats.cross):
-            a = int(owner[tile.r0])
-            later = range(a + 1, models)
-            segments = tuple((int(starts[b] - tile.c0), int(starts[b + 1] - tile.c0)) for b in later)
-            row, col = kmax.reduce_tile(cross, inv_sd[tile.r0 : tile.r1], inv_sd[tile.c0 : tile.c1], segments)
-            row_unit, row_rho = np.asarray(row.unit), np.asarray(row.rho, np.float64)
-            rows = slice(tile.r0, tile.r1)
-            best[rows, a + 1 :] = np.abs(row_rho)
-            unit[rows, a + 1 :] = row_unit
-            rho[rows, a + 1 :] = row_rho
-            col_rho = np.asarray(col.rho, np.float64)
-            cols = slice(tile.c0, tile.c1)
-            improves = ~(np.abs(col_rho) <= best[cols, a])  # also true where nothing is recorded yet (NaN)
-            best[cols, a] = np.where(improves, np.abs(col_rho), best[cols, a])
-            unit[cols, a] = np.where(improves, np.asarray(col.unit) + tile.r0 - starts[a], unit[cols, a])
-            rho[cols, a] = np.where(improves, col_rho, rho[cols, a])
-    return best, unit, rho, np.flatnonzero(dead)
+            model = int(owner[tile.r0])
+            segments = table.segments(tile, model)
+            rows, cols = kmax.reduce_tile(cross, inv_sd[tile.r0 : tile.r1], inv_sd[tile.c0 : tile.c1], segments)
+            table.set_rows(tile, model, rows)
+            table.improve_columns(tile, model, cols)
+    return table.best, table.unit, table.rho, np.flatnonzero(dead)

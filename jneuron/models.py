@@ -66,7 +66,8 @@ def train_classifier(model: nnx.Module, inputs: np.ndarray, labels: np.ndarray, 
         def step(carry, index):
             params, opt_state = carry
             grads = jax.grad(loss_fn)(params, x[index], y[index])
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            with jax.numpy_dtype_promotion("standard"):  # optax's bias correction is float ** int
+                updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), None
 
         return jax.lax.scan(step, carry, order)[0]

@@ -19,7 +19,7 @@ from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.sources import as_source
-from jneuron.stream import accumulate, default_chunk_tokens
+from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,7 @@ class CoMoments:
     @property
     def dead(self) -> np.ndarray:
         """Indices of constant neurons (zero spread, up to float32 rounding of their mean)."""
-        spread = np.sqrt(np.maximum(np.diag(self.cross), 0.0) / max(self.count, 1))
-        return np.flatnonzero(spread <= 8 * np.finfo(np.float32).eps * np.abs(self.mean) + np.finfo(np.float32).tiny)
+        return np.flatnonzero(constant_columns(self.count, self.mean, np.diag(self.cross)))
 
     def correlation(self) -> np.ndarray:
         """Pearson correlations; a constant neuron correlates 0 with everything (itself included)."""
@@ -59,13 +58,12 @@ def comoments(data, *, chunk_tokens: int | None = None) -> CoMoments:
     Args:
       data: a ``(tokens, neurons)`` array (numpy, memory-mapped or JAX), or any iterable of such chunks
         (a list of arrays, a generator reading from disk, ...), all with the same number of neurons.
-      chunk_tokens: tokens per compiled update (default: about 128 MiB of columns).
+      chunk_tokens: tokens per compiled update (default: about 64 MiB of columns).
     """
     if hasattr(data, "shape"):
         source = as_source([as_2d(data, "data")], names=["data"])
     elif isinstance(data, Iterable):
-        source = as_source(iter([(chunk,) for chunk in data]) if isinstance(data, (list, tuple)) else
-                           ((chunk,) for chunk in data), names=["data"])
+        source = as_source(((chunk,) for chunk in data), names=["data"])
     else:
         raise JNeuronError(f"comoments: expected an array or an iterable of arrays, got {type(data).__name__}")
     width = source.widths[0]

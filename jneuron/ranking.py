@@ -4,7 +4,7 @@
 >>> idx = NeuronIndex.from_widths(("a", "b"), (2, 1))
 >>> r = Ranking("demo", np.array([0.2, 0.9, 0.2]), idx)
 >>> r.order.tolist(), [n["label"] for n in r.top(2)]
-([1, 0, 2], ['a/0', 'a/1'])
+([1, 0, 2], ['a/1', 'a/0'])
 """
 
 from __future__ import annotations

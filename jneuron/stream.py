@@ -13,13 +13,19 @@ from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Stats, Tile
 from jneuron.sources import Source
 
-CHUNK_BYTES = 128 * 2**20  # default size of one chunk of all models' columns, in bytes
+CHUNK_BYTES = 64 * 2**20  # default size of one chunk of all models' columns, in bytes
 
 
 def default_chunk_tokens(width: int, tokens: int | None = None) -> int:
-    """Tokens per chunk: about ``CHUNK_BYTES`` of float32 columns, at least 256, at most ``tokens``."""
+    """Tokens per chunk: about ``CHUNK_BYTES`` of float32 columns (256 to 65,536 rows).
+
+    When the token count is known, chunks are made near-equal so the padded last chunk wastes little.
+    """
     rows = max(256, min(65536, CHUNK_BYTES // (4 * width)))
-    return max(1, min(rows, tokens)) if tokens else rows
+    if not tokens:
+        return rows
+    chunks = -(-tokens // rows)
+    return -(-tokens // chunks)
 
 
 def accumulation_dtype(source: Source):
@@ -54,6 +60,12 @@ def accumulate(
             observe(chunk, rows)
     _raise_on_bad_value(stats, source)
     return stats
+
+
+def constant_columns(count: int, mean: np.ndarray, m2: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Boolean mask of constant (dead) columns: spread at the level of ``dtype``'s rounding of the mean."""
+    spread = np.sqrt(np.maximum(m2, 0.0) / max(count, 1))
+    return spread <= 8 * np.finfo(dtype).eps * np.abs(mean) + np.finfo(np.float32).tiny
 
 
 def _raise_on_bad_value(stats: Stats, source: Source) -> None:

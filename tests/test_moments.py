@@ -1,0 +1,154 @@
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jneuron as jn
+from jneuron.kernels import moments as km
+from tests.reference import assert_cov_close, x64
+
+
+def reference_cov(x):
+    return np.cov(np.asarray(x, np.float64), rowvar=False)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e3, -5e3])
+@pytest.mark.parametrize("chunks", [1, 7, 40])
+def test_correlation_matches_float64_with_offsets_and_chunks(rng, offset, chunks):
+    x = (rng.normal(size=(4000, 9)) * rng.uniform(0.1, 3, 9) + offset).astype(np.float32)
+    stats = jn.comoments(np.array_split(x, chunks))
+    ref = np.corrcoef(x.astype(np.float64), rowvar=False)
+    assert stats.count == 4000
+    np.testing.assert_allclose(stats.correlation(), ref, atol=1e-6)
+    assert_cov_close(stats.covariance(), x)
+    spread = x.astype(np.float64).std(0)
+    assert np.all(np.abs(stats.mean - x.astype(np.float64).mean(0)) <= 1e-7 * spread)
+
+
+def test_chunked_equals_whole(rng):
+    x = (rng.normal(size=(3001, 5)) + 1e3).astype(np.float32)
+    whole = jn.comoments(x).correlation()
+    np.testing.assert_allclose(jn.comoments(x, chunk_tokens=128).correlation(), whole, atol=1e-6)
+    np.testing.assert_allclose(jn.comoments(iter(np.array_split(x, 13))).correlation(), whole, atol=1e-6)
+
+
+def test_generator_of_chunks_streams(rng):
+    x = rng.normal(size=(1000, 4)).astype(np.float32)
+    stats = jn.comoments(x[i : i + 100] for i in range(0, 1000, 100))
+    np.testing.assert_allclose(stats.correlation(), np.corrcoef(x.astype(np.float64), rowvar=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_half_precision_input_is_accumulated_in_float32(rng, dtype):
+    x = rng.normal(size=(2000, 6)).astype(dtype)
+    exact = np.corrcoef(x.astype(np.float64), rowvar=False)
+    np.testing.assert_allclose(jn.comoments(x).correlation(), exact, atol=1e-6)
+
+
+def test_float64_input_with_x64_is_float64_accurate(rng):
+    x = rng.normal(size=(500, 4)) + 1e6
+    with x64():
+        stats = jn.comoments(x)
+    assert_cov_close(stats.covariance(), x, tol=1e-12)
+
+
+def test_dead_neuron_correlates_zero(rng):
+    x = rng.normal(size=(300, 3)).astype(np.float32)
+    x[:, 1] = 1e3
+    stats = jn.comoments(x)
+    corr = stats.correlation()
+    assert stats.dead.tolist() == [1]
+    assert np.all(corr[1] == 0) and np.all(corr[:, 1] == 0)
+    assert np.isfinite(corr).all()
+
+
+def test_merge_is_order_independent_and_matches_one_pass(rng):
+    x = (rng.normal(size=(600, 4)) + 100).astype(np.float32)
+    tiles = (km.Tile(0, 4, 0, 4),)
+    parts = [km.chunk_stats(jnp.asarray(c), c.shape[0], tiles) for c in np.array_split(x, 3)]
+    left = km.merge(km.merge(parts[0], parts[1], tiles), parts[2], tiles)
+    right = km.merge(parts[0], km.merge(parts[1], parts[2], tiles), tiles)
+    for a in (left, right):
+        assert_cov_close(km.cross_value64(a, 0), x, ddof=None)
+    assert int(left.count) == int(right.count) == 600
+
+
+def test_update_works_with_and_without_jit(rng):
+    x = rng.normal(size=(64, 3)).astype(np.float32)
+    tiles = (km.Tile(0, 2, 1, 3),)
+    jitted = km.update(km.init(3, tiles), x, 60, tiles)
+    with jax.disable_jit():
+        eager = km.update(km.init(3, tiles), x, 60, tiles)
+    np.testing.assert_allclose(km.cross_value64(jitted, 0), km.cross_value64(eager, 0), rtol=1e-5, atol=1e-5)
+    full = np.zeros((3, 3))
+    full[0:2, 1:3] = km.cross_value64(jitted, 0)
+    reference = np.cov(x[:60].astype(np.float64), rowvar=False, ddof=0) * 60
+    sd = np.sqrt(np.diag(reference))
+    assert np.all(np.abs(full[0:2, 1:3] - reference[0:2, 1:3]) <= 1e-6 * np.outer(sd, sd)[0:2, 1:3])
+
+
+def test_padding_rows_are_ignored(rng):
+    x = rng.normal(size=(50, 3)).astype(np.float32)
+    padded = np.vstack([x, np.full((14, 3), np.nan, np.float32)])
+    tiles = (km.Tile(0, 3, 0, 3),)
+    stats = km.update(km.init(3, tiles), padded, 50, tiles)
+    assert int(stats.bad_row) == km.NO_BAD_ROW
+    assert_cov_close(km.cross_value64(stats, 0), x, ddof=None)
+
+
+def test_nan_is_located(rng):
+    x = rng.normal(size=(1000, 4)).astype(np.float32)
+    x[613, 2] = np.inf
+    with pytest.raises(jn.JNeuronError, match="row 613, neuron 2"):
+        jn.comoments(x, chunk_tokens=100)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((3, 2, 2)), "expected a 2-D array"),
+        (np.zeros((5, 0)), "has no neurons"),
+        (np.zeros((4, 2), complex), "expected real numbers"),
+        (iter([]), "empty"),
+        (42, "expected an array or an iterable"),
+    ],
+)
+def test_bad_input_errors(bad, message):
+    with pytest.raises(jn.JNeuronError, match=message):
+        jn.comoments(bad)
+
+
+def test_chunks_of_different_widths_are_an_error(rng):
+    chunks = [rng.normal(size=(10, 3)), rng.normal(size=(10, 4))]
+    with pytest.raises(jn.JNeuronError, match="chunk 1.*expected 3 neurons, got 4"):
+        jn.comoments(chunks)
+
+
+def test_single_token_has_no_correlation():
+    stats = jn.comoments(np.ones((1, 3), np.float32))
+    with pytest.raises(jn.JNeuronError, match="at least 2 tokens"):
+        stats.correlation()
+
+
+@given(
+    scale=st.lists(st.floats(0.01, 100), min_size=4, max_size=4),
+    sign=st.lists(st.sampled_from([-1.0, 1.0]), min_size=4, max_size=4),
+    shift=st.lists(st.floats(-1e3, 1e3), min_size=4, max_size=4),
+)
+def test_pearson_is_invariant_under_affine_maps(scale, sign, shift):
+    # float64 input: in float32, rounding a*x + 1e3 would destroy the input itself, not our arithmetic
+    x = np.random.default_rng(1).normal(size=(400, 4))
+    a = np.asarray(scale) * np.asarray(sign)
+    with x64():
+        base, moved = jn.comoments(x).correlation(), jn.comoments(x * a + np.asarray(shift)).correlation()
+    np.testing.assert_allclose(moved, base * np.outer(np.sign(a), np.sign(a)), atol=1e-9)
+
+
+def test_float32_offset_input_matches_its_float64_reference(rng):
+    # the float32 path: offsets up to 1e3 cost no digits beyond the input's own rounding
+    x = (rng.normal(size=(2000, 4)) * [0.01, 1, 10, 100] + [1e3, -1e3, 5, 0]).astype(np.float32)
+    np.testing.assert_allclose(jn.comoments(x, chunk_tokens=256).correlation(),
+                               np.corrcoef(x.astype(np.float64), rowvar=False), atol=1e-6)
