@@ -28,7 +28,7 @@ import numpy as np
 
 import jneuron as jn
 from jneuron.io_utils import atomic_write_text
-from jneuron.blocks import balanced_chunk_tokens
+from jneuron.stream import default_chunk_tokens
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -115,7 +115,7 @@ def part2(tokens: int, layers: int, width: int) -> dict:
     start = time.perf_counter()
     matrix = jn.similarity_matrix(data, metric="svcca", keep=0.99)
     jn_t = time.perf_counter() - start
-    chunk = balanced_chunk_tokens(layers * width, tokens)  # the chunks jneuron streams
+    chunk = default_chunk_tokens(layers * width, tokens)  # the chunks jneuron streams
     names = list(data)
     start = time.perf_counter()
     acc = jnp.zeros((layers * width, layers * width), jnp.float32)

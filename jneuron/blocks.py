@@ -23,13 +23,12 @@ import jax
 import numpy as np
 
 from jneuron._checks import as_2d, check_min_tokens
-from jneuron.crossmodel import _dead_mask
 from jneuron.errors import DeadNeuronWarning, FewTokensWarning, JNeuronError
 from jneuron.kernels import hsic as khsic
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.sources import Source, as_source
-from jneuron.stream import accumulate, default_chunk_tokens
+from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     starts = np.cumsum((0,) + widths)
     bounds = tuple((int(starts[g]), int(starts[g + 1])) for g in range(len(widths)))
     tiles, where = _plan(sorted(set(pairs)), bounds)
-    chunk_tokens = chunk_tokens or balanced_chunk_tokens(int(starts[-1]), getattr(source, "tokens", None))
+    chunk_tokens = chunk_tokens or default_chunk_tokens(int(starts[-1]), getattr(source, "tokens", None))
     norms = _RowNorms(bounds) if row_norms else None
     stats = accumulate(source, tiles, chunk_tokens, observe=norms)
     count = int(stats.count)
@@ -121,7 +120,7 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
         warnings.warn(
             f"{what}: {count} tokens for up to {widest} neurons; the covariance is rank deficient, so "
             "correlations overfit (CCA and R^2 approach 1)", FewTokensWarning, stacklevel=3)
-    dead = _dead_mask(stats)
+    dead = constant_columns(count, kmoments.mean64(stats), kmoments.m2_64(stats), stats.mean.hi.dtype)
     if dead.any():
         owner = np.searchsorted(starts, np.flatnonzero(dead), side="right") - 1
         shown = ", ".join(f"'{names[g]}' unit {c - starts[g]}" for g, c in zip(owner[:10], np.flatnonzero(dead)))
@@ -136,19 +135,6 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     mean = kmoments.mean64(stats)
     moments = None if norms is None else (norms.q, norms.u, norms.reference)
     return Blocks(names, widths, count, mean, dead, np.dtype(stats.mean.hi.dtype), cross, moments)
-
-
-def balanced_chunk_tokens(width: int, tokens: int | None) -> int:
-    """The default chunk size, evened out over a known number of tokens so the last chunk pads little.
-
-    >>> balanced_chunk_tokens(2048, 20000)  # default 16384 would pad the second chunk with 12768 rows
-    10000
-    """
-    rows = default_chunk_tokens(width, tokens)
-    if not tokens:
-        return rows
-    chunks = -(-tokens // rows)
-    return -(-tokens // chunks)
 
 
 def _plan(pairs, bounds) -> tuple[tuple[Tile, ...], dict]:

@@ -1,6 +1,5 @@
 """LinReg ranking and SVCCA/CCA direction rankings against float64 least-squares references."""
 
-import doctest
 import json
 
 import numpy as np
@@ -9,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jneuron as jn
-from jneuron import linreg
 
 TOKENS = 600
 C = 256  # one chunk shape for every test, so the streamed update compiles once per width
@@ -142,10 +140,6 @@ def test_direction_ranking_svcca_against_several_models(rng):
     with pytest.raises(jn.JNeuronError, match="method"):
         jn.direction_ranking(a, b, method="pca", chunk_tokens=C)
 
-
-@pytest.mark.slow
-def test_docstring_examples_run():
-    assert doctest.testmod(linreg).failed == 0
 
 
 def test_linreg_command(rng, tmp_path, capsys):

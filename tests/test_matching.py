@@ -1,6 +1,5 @@
 """Convergent learning: bipartite and semi matching, and the LASSO from co-moments."""
 
-import doctest
 import itertools
 import warnings
 
@@ -12,7 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jneuron as jn
-from jneuron import matching
 from jneuron.kernels import lasso as klasso
 
 TOKENS = 600
@@ -159,14 +157,6 @@ def test_errors(rng):
         jn.match_neurons(x, y[:-2], chunk_tokens=C)
 
 
-@pytest.mark.parametrize("module", [klasso])
-def test_kernel_docstring_examples_run(module):
-    assert doctest.testmod(module).failed == 0
-
-
-@pytest.mark.slow
-def test_docstring_examples_run():
-    assert doctest.testmod(matching).failed == 0
 
 
 def test_match_command(rng, tmp_path, capsys):

@@ -1,6 +1,5 @@
 """CCA, SVCCA, PWCCA, CKA and similarity matrices against independent float64 references."""
 
-import doctest
 import json
 import warnings
 
@@ -12,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jneuron as jn
-from jneuron import blocks, heatmap, similarity, simmatrix
+from jneuron import blocks, similarity
 from jneuron.kernels import cca as kcca
 from jneuron.kernels import hsic as khsic
 
@@ -334,15 +333,6 @@ def test_row_norm_moments_shift_formula(rng):
         assert np.isclose(got, want, rtol=1e-5)
 
 
-@pytest.mark.parametrize("module", [kcca, khsic])
-def test_kernel_docstring_examples_run(module):
-    assert doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("module", [similarity, simmatrix, heatmap, blocks])
-def test_docstring_examples_run(module):
-    assert doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
 
 
 def test_similarity_command_writes_json_and_heatmap(rng, tmp_path, capsys):
