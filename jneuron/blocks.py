@@ -129,9 +129,12 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
                       DeadNeuronWarning, stacklevel=3)
     live = (~dead).astype(np.float64)
     cross = {}
-    for (i, j), (tile, offset) in where.items():
-        block = kmoments.cross_value64(stats, tile)[:, offset : offset + widths[j]]
-        cross[(i, j)] = block * live[starts[i] : starts[i + 1], None] * live[None, starts[j] : starts[j + 1]]
+    for tile in range(len(tiles)):
+        band = kmoments.cross_value64(stats, tile)  # converted once, then cut into its blocks
+        for (i, j), (t, offset) in where.items():
+            if t == tile:
+                block = band[:, offset : offset + widths[j]]
+                cross[(i, j)] = block * live[starts[i] : starts[i + 1], None] * live[None, starts[j] : starts[j + 1]]
     mean = kmoments.mean64(stats)
     moments = None if norms is None else (norms.q, norms.u, norms.reference)
     return Blocks(names, widths, count, mean, dead, np.dtype(stats.mean.hi.dtype), cross, moments)
