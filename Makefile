@@ -22,6 +22,8 @@ test: $(STAMP)
 
 # Each benchmark prints its ratios and writes bench/results/<name>.json.
 BENCHES := bench/crossmodel.py
+BENCHES += bench/probe.py
+BENCHES += bench/adapters.py
 BENCHES += bench/similarity.py
 
 bench: $(STAMP)

@@ -18,13 +18,27 @@ import optax
 from flax import nnx
 
 
+class Dense(nnx.Linear):
+    """``nnx.Linear`` followed by an activation, so the layer's output is the hidden neurons' activation."""
+
+    def __init__(self, inputs: int, outputs: int, *, rngs: nnx.Rngs,
+                 activation: Callable[[jax.Array], jax.Array] = nnx.relu):
+        super().__init__(inputs, outputs, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.activation(super().__call__(x))
+
+
 class MLP(nnx.Module):
-    """A feed-forward classifier; hidden layers are ``layers/0``, ``layers/1``, ... (Dense + activation)."""
+    """A feed-forward classifier; hidden layers are ``layers/0``, ``layers/1``, ... (:class:`Dense`: Linear +
+    activation, so a layer's output is its neurons' post-activation values), then the linear ``head``."""
 
     def __init__(self, inputs: int, hidden: Sequence[int], outputs: int, *, rngs: nnx.Rngs,
                  activation: Callable[[jax.Array], jax.Array] = nnx.relu):
         sizes = (inputs, *hidden)
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([Dense(a, b, rngs=rngs, activation=activation)
+                                for a, b in zip(sizes[:-1], sizes[1:])])
         self.head = nnx.Linear(sizes[-1], outputs, rngs=rngs)
         self.activation = activation
 
@@ -32,7 +46,7 @@ class MLP(nnx.Module):
         """The activations of every hidden layer, in order."""
         outputs = []
         for layer in self.layers:
-            x = self.activation(layer(x))
+            x = layer(x)
             outputs.append(x)
         return outputs
 

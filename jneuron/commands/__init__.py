@@ -4,8 +4,8 @@ Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args
 here to make it a subcommand.
 """
 
-from jneuron.commands import demo, maxcorr
+from jneuron.commands import ablate, demo, maxcorr, probe
 from jneuron.commands import linreg, match, similarity
 
-COMMANDS = (demo, maxcorr)
+COMMANDS = (demo, maxcorr, probe, ablate)
 COMMANDS += (similarity, linreg, match)

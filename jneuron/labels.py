@@ -1,0 +1,99 @@
+"""NeuroX-style label data: a token file and a label file, one sentence per line, space-separated and
+aligned token for token; checked against each other and against the activations.
+
+>>> import tempfile, pathlib
+>>> folder = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (folder / "tokens.txt").write_text("the cat sat\\nit ran\\n")
+>>> _ = (folder / "labels.txt").write_text("DT NN VBD\\nPRP VBD\\n")
+>>> data = load_labels(folder / "tokens.txt", folder / "labels.txt")
+>>> data.flat().tolist(), data.tokens_per_sentence().tolist()
+(['DT', 'NN', 'VBD', 'PRP', 'VBD'], [3, 2])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from jneuron.errors import JNeuronError
+
+
+def read_sentences(path: str | Path) -> list[list[str]]:
+    """One list of space-separated items per line (an empty line is an empty sentence)."""
+    path = Path(path)
+    if not path.is_file():
+        raise JNeuronError(f"no such file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise JNeuronError(f"{path}: not UTF-8 text ({error})") from None
+    return [line.split() for line in text.splitlines()]
+
+
+@dataclass(frozen=True)
+class LabelledTokens:
+    """Aligned sentences of tokens and labels (``labels[i][j]`` belongs to ``tokens[i][j]``)."""
+
+    tokens: list
+    labels: list
+    source: str = "labels"
+
+    def flat(self) -> np.ndarray:
+        """One label per token, all sentences in order: the ``labels`` argument of the probes."""
+        return np.array([label for sentence in self.labels for label in sentence], dtype=str)
+
+    def tokens_per_sentence(self) -> np.ndarray:
+        """Tokens in each sentence."""
+        return np.array([len(sentence) for sentence in self.tokens], np.int64)
+
+    def check(self, activations) -> None:
+        """Raise unless the activations have one row per token; the error names the first line and token
+        that do not line up. ``activations``: a ``(tokens, neurons)`` array or a list of per-sentence arrays."""
+        if isinstance(activations, (list, tuple)):
+            if len(activations) != len(self.tokens):
+                raise JNeuronError(f"{self.source}: {len(self.tokens)} sentences but {len(activations)} activation "
+                                   "arrays")
+            for line, (sentence, rows) in enumerate(zip(self.tokens, activations), start=1):
+                if np.shape(rows)[0] != len(sentence):
+                    first = min(len(sentence), np.shape(rows)[0])
+                    word = sentence[first] if first < len(sentence) else "(end of line)"
+                    raise JNeuronError(f"{self.source}: line {line} has {len(sentence)} tokens but its activations "
+                                       f"have {np.shape(rows)[0]} rows; first unmatched: token {first + 1} "
+                                       f"{word!r}")
+            return
+        rows = int(np.shape(activations)[0])
+        lengths = self.tokens_per_sentence()
+        total = int(lengths.sum())
+        if rows == total:
+            return
+        if rows > total:
+            raise JNeuronError(f"{self.source}: activations have {rows} rows but the {len(lengths)} lines have "
+                               f"{total} tokens ({rows - total} rows left over after the last line)")
+        line = int(np.searchsorted(np.cumsum(lengths), rows, side="right"))
+        token = rows - int(lengths[:line].sum())
+        raise JNeuronError(f"{self.source}: activations have {rows} rows but the labels have {total} tokens; "
+                           f"the first token without activations is line {line + 1}, token {token + 1} "
+                           f"{self.tokens[line][token]!r}")
+
+
+def load_labels(tokens_path: str | Path, labels_path: str | Path) -> LabelledTokens:
+    """Read a token file and a label file and check that they line up.
+
+    Raises:
+      JNeuronError: naming the first line whose token and label counts differ, and the first token there
+        without a label (or label without a token).
+    """
+    tokens, labels = read_sentences(tokens_path), read_sentences(labels_path)
+    for line, (words, tags) in enumerate(zip(tokens, labels), start=1):
+        if len(words) != len(tags):
+            first = min(len(words), len(tags))
+            what = (f"token {words[first]!r} has no label" if len(words) > first
+                    else f"label {tags[first]!r} has no token")
+            raise JNeuronError(f"{labels_path}: line {line} has {len(words)} tokens in {tokens_path} but {len(tags)} "
+                               f"labels; at position {first + 1}, {what}")
+    if len(tokens) != len(labels):
+        raise JNeuronError(f"{labels_path}: {len(labels)} lines, but {tokens_path} has {len(tokens)}; "
+                           f"line {min(len(tokens), len(labels)) + 1} is in only one of them")
+    return LabelledTokens(tokens, labels, str(labels_path))

@@ -1,0 +1,117 @@
+"""Probe math: the NeuroX elastic-net penalty, the losses, the whole compiled training loop, metrics and
+per-class sums (probeless ranking).
+
+A stack of probes is ``(weight, bias)`` with ``weight`` shaped ``(settings, classes, neurons)`` (each slice in
+the NeuroX / ``torch.nn.Linear`` layout) and neuron ``masks`` ``(settings, neurons)``: the effective weight is
+``weight * mask``, so a masked neuron gets no gradient and, from the zero start, stays exactly zero. Training
+with a mask is therefore training on the selected columns only, and many masks or penalty settings train
+together, sharing every matrix product.
+
+>>> import jax, jax.numpy as jnp
+>>> x = jax.random.normal(jax.random.key(0), (64, 3)); y = (x[:, 1] > 0).astype(jnp.int32)
+>>> rows = jnp.tile(jnp.arange(64).reshape(8, 8), (20, 1))  # 20 epochs of 8 batches of 8
+>>> w, b = train(x, y, jnp.ones((1, 3)), jnp.zeros(1), jnp.zeros(1), rows, jnp.ones(rows.shape), classes=2,
+...              learning_rate=0.05)
+>>> int(jnp.argmax(jnp.abs(w[0, 1] - w[0, 0])))
+1
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def frobenius(w: jax.Array) -> jax.Array:
+    """``||w||_F`` over the last two axes, with the zero subgradient at ``w = 0`` (plain ``sqrt`` gives NaN)."""
+    s = jnp.sum(w * w, axis=(-2, -1))
+    positive = s > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, s, 1)), 0)
+
+
+def penalty(w: jax.Array, l1, l2, squared: bool = False) -> jax.Array:
+    """NeuroX's ``l1 * sum|w| + l2 * ||w||_F`` (``squared``: ``l2 * ||w||_F^2``) over the last two axes; the bias
+    is not penalised. Leading axes of ``w`` are separate settings (``l1``, ``l2`` broadcast against them)."""
+    ridge = jnp.sum(w * w, axis=(-2, -1)) if squared else frobenius(w)
+    lasso = jnp.sum(w * jnp.sign(w), axis=(-2, -1))  # |w| with subgradient sign(w): 0 at 0, as in torch
+    return l1 * lasso + l2 * ridge
+
+
+def outputs(params, x: jax.Array, masks: jax.Array) -> jax.Array:
+    """Outputs of a stack of probes: ``weight (settings, classes, neurons)``, ``bias (settings, classes)``,
+    ``masks (settings, neurons)``; returns ``(tokens, settings, classes)`` from one 2-D matrix product."""
+    weight, bias = params
+    settings, classes, neurons = weight.shape
+    flat = (weight * masks[:, None, :]).reshape(settings * classes, neurons)
+    out = jnp.matmul(x, flat.T, precision=HIGHEST).reshape(x.shape[0], settings, classes)
+    return out + bias[None]
+
+
+def loss(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool) -> jax.Array:
+    """Sum over settings of (mean data loss over the valid rows of a batch + penalty on the masked weight).
+
+    The settings are independent, so the gradient of the sum is each setting's own gradient.
+    """
+    out = outputs(params, x, masks)
+    if regression:
+        per_row = (out[:, :, 0] - y[:, None]) ** 2
+    else:
+        labels = jnp.broadcast_to(y[:, None], out.shape[:2])
+        per_row = optax.losses.softmax_cross_entropy_with_integer_labels(out, labels)
+    data = jnp.sum(per_row * valid[:, None], axis=0) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.sum(data + penalty(params[0] * masks[:, None, :], l1, l2, squared))
+
+
+def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: float, squared: bool = False,
+          regression: bool = False):
+    """Adam over the given minibatches, all of them inside one ``lax.scan`` (no Python per batch).
+
+    Trains one probe per setting (row of ``masks``, entry of ``l1`` and ``l2``) on the same batches, all in
+    the same matrix products; Adam is elementwise, so each equals a separate training. ``rows``
+    ``(steps, batch_size)`` are the token indices of every batch of every epoch, ``valid`` marks real rows
+    (a short last batch is padded). Starts from zero weights and bias; ``classes`` is 1 for regression.
+    Returns ``(weight, bias)`` shaped ``(settings, classes, neurons)`` and ``(settings, classes)``.
+    """
+    dtype = jnp.result_type(x.dtype, jnp.float32)
+    settings = masks.shape[0]
+    params = (jnp.zeros((settings, classes, x.shape[1]), dtype), jnp.zeros((settings, classes), dtype))
+    optimizer = optax.adam(learning_rate)
+    masks, l1, l2 = masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
+    grad = jax.grad(loss)
+
+    def step(carry, batch):
+        params, state = carry
+        index, ok = batch
+        g = grad(params, x[index].astype(dtype), y[index], ok.astype(dtype), masks, l1, l2, squared=squared,
+                 regression=regression)
+        updates, state = optimizer.update(g, state, params)
+        return (optax.apply_updates(params, updates), state), None
+
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction raises a float to an int32 count
+        return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid))[0][0]
+
+
+def confusion(params, x, y, masks, classes: int) -> jax.Array:
+    """Counts ``(settings, 3, classes)``: tokens per gold class, correct per class, predictions per class."""
+    predicted = jnp.argmax(outputs(params, x, masks), axis=2)
+    gold = jax.nn.one_hot(y, classes, dtype=jnp.int32)
+    hit = jnp.einsum("tc,ts->sc", gold, (predicted == y[:, None]).astype(jnp.int32))
+    said = jax.nn.one_hot(predicted, classes, dtype=jnp.int32).sum(0)
+    return jnp.stack([jnp.broadcast_to(gold.sum(0), said.shape), hit, said], axis=1)
+
+
+def squared_error(params, x, y, masks) -> jax.Array:
+    """Per setting: sum of squared errors and of squared deviations of ``y`` from its mean, ``(settings, 2)``."""
+    residual = outputs(params, x, masks)[:, :, 0] - y[:, None]
+    total = jnp.broadcast_to(jnp.sum((y - jnp.mean(y)) ** 2), residual.shape[1:])
+    return jnp.stack([jnp.sum(residual**2, axis=0), total], axis=1)
+
+
+def class_sums(x: jax.Array, y: jax.Array, valid: jax.Array, shift: jax.Array, classes: int):
+    """Per-class sums of ``x - shift`` over the valid rows of a chunk, ``(classes, neurons)``, and counts."""
+    onehot = jax.nn.one_hot(y, classes, dtype=x.dtype) * valid[:, None].astype(x.dtype)
+    sums = jnp.matmul(onehot.T, x - shift[None, :], precision=HIGHEST)
+    return sums, jnp.sum(onehot, axis=0)
