@@ -28,6 +28,7 @@ BENCHES += bench/conductance.py
 BENCHES += bench/scaling.py
 BENCHES += bench/information.py
 BENCHES += bench/streaming.py
+BENCHES += bench/similarity.py
 
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done

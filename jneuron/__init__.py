@@ -46,5 +46,23 @@ from jneuron.formats import open_activations as open
 from jneuron.store import StoreWriter as StoreWriter
 from jneuron.store import open_store as open_store
 from jneuron.store import write_store as write_store
+from jneuron.errors import FewTokensWarning as FewTokensWarning
+from jneuron.similarity import CCAResult as CCAResult
+from jneuron.similarity import CKAResult as CKAResult
+from jneuron.similarity import PWCCAResult as PWCCAResult
+from jneuron.similarity import cca as cca
+from jneuron.similarity import cka as cka
+from jneuron.similarity import pwcca as pwcca
+from jneuron.similarity import svcca as svcca
+from jneuron.simmatrix import SimilarityMatrix as SimilarityMatrix
+from jneuron.simmatrix import similarity_matrix as similarity_matrix
+from jneuron.heatmap import plot_similarity as plot_similarity
+from jneuron.linreg import DirectionRanking as DirectionRanking
+from jneuron.linreg import direction_ranking as direction_ranking
+from jneuron.linreg import linreg_ranking as linreg_ranking
+from jneuron.matching import Matching as Matching
+from jneuron.matching import SparsePrediction as SparsePrediction
+from jneuron.matching import match_neurons as match_neurons
+from jneuron.matching import sparse_prediction as sparse_prediction
 
 __version__ = "0.1.0"

@@ -7,3 +7,7 @@ class JNeuronError(ValueError):
 
 class DeadNeuronWarning(UserWarning):
     """Some neurons are constant over the tokens; they score 0 and are listed in the result."""
+
+
+class FewTokensWarning(UserWarning):
+    """Fewer tokens than neurons: covariances are rank deficient and similarity measures overfit."""

@@ -58,6 +58,7 @@ def accumulate(
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 8,
     on_chunk: Callable[[int], None] | None = None,
+    observe: Callable[[np.ndarray, int], None] | None = None,
     prefetch_depth: int = 2,
 ) -> Stats:
     """One pass over ``source``: co-moments with the cross-product blocks named by ``tiles``.
@@ -70,16 +71,18 @@ def accumulate(
     and neuron of the first NaN or Inf.
 
     Args:
-      mesh: shard the pass over this mesh (no checkpoints then).
+      mesh: shard the pass over this mesh (no checkpoints or ``observe`` then).
       checkpoint: a folder; the running statistics are saved there (atomically) every
         ``checkpoint_every`` chunks and at the end, one file per pass configuration. A later call with
         the same source layout, tiles and ``chunk_tokens`` resumes from the saved position and gives
         the same result as an uninterrupted run. Delete the folder to start over.
       on_chunk: called with the number of real rows after each chunk (progress reporting).
+      observe: ``observe(chunk, rows)`` also sees every padded host chunk (``rows`` real), for analyses
+        that need statistics beyond co-moments in the same pass.
     """
     if mesh is not None:
-        if checkpoint is not None:
-            raise JNeuronError("checkpoints are not supported for sharded runs yet: pass mesh/devices or checkpoint")
+        if checkpoint is not None or observe is not None:
+            raise JNeuronError("checkpoint= and observe= are not supported for sharded runs yet")
         stats = _accumulate_sharded(source, tiles, chunk_tokens, mesh, on_chunk)
         _raise_on_bad_value(stats, source)
         return stats
@@ -95,6 +98,8 @@ def accumulate(
             return stats
     for rows, chunk in prefetch(_skip(source, chunk_tokens, done), prefetch_depth, _padder(chunk_tokens)):
         stats = kmoments.update(stats, chunk, rows, tiles)
+        if observe is not None:
+            observe(chunk, rows)
         # Wait for this update before taking the next chunk: the read-ahead thread keeps I/O overlapped,
         # and without the wait JAX's asynchronous dispatch would queue every chunk read so far in memory.
         stats = jax.block_until_ready(stats)

@@ -4,8 +4,8 @@ Each module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args
 here to make it a subcommand.
 """
 
-from jneuron.commands import (ablate, convert, demo, information, maxcorr, mincorr, probe, report,
-                               study_information, study_rejuvenation)
+from jneuron.commands import (ablate, convert, demo, information, linreg, match, maxcorr, mincorr, probe,
+                               report, similarity, study_information, study_rejuvenation)
 
-COMMANDS = (demo, maxcorr, mincorr, probe, ablate, information, study_information, study_rejuvenation, convert,
-            report)
+COMMANDS = (demo, maxcorr, mincorr, linreg, similarity, match, probe, ablate, information, study_information,
+            study_rejuvenation, convert, report)

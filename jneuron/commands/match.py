@@ -1,0 +1,45 @@
+"""Match two networks' units (convergent learning): `jneuron match a.npy b.npy --out results/`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from jneuron.commands._common import add_out_argument, load_models
+from jneuron.errors import JNeuronError
+from jneuron.io_utils import atomic_write_text
+from jneuron.matching import match_neurons, sparse_prediction
+
+NAME = "match"
+HELP = "match units of two networks by correlation (bipartite or semi), optionally with L1 sparse prediction"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs=2, type=Path, help="the two networks' (tokens, units) .npy files")
+    parser.add_argument("--method", choices=("bipartite", "semi"), default="bipartite",
+                        help="one-to-one (bipartite, default) or each unit to its best partner (semi)")
+    parser.add_argument("--absolute", action="store_true", help="match by |rho| instead of rho")
+    parser.add_argument("--lasso", action="store_true", help="also predict the second net's units sparsely (L1)")
+    parser.add_argument("--top", type=int, default=10, help="pairs to print (default 10)")
+    add_out_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    models = load_models(args.files)
+    if len(models) != 2:
+        raise JNeuronError("match needs two different files")
+    (name_x, x), (name_y, y) = models.items()
+    result = match_neurons(x, y, args.method, absolute=args.absolute, names=(name_x, name_y))
+    out = result.to_dict()
+    for pair in sorted(out["pairs"], key=lambda p: -p["rho"])[: args.top]:
+        print(f"{pair['x']['label']:<20} <-> {pair['y']['label']:<20} rho {pair['rho']:+.4f}")
+    if args.lasso:
+        sparse = sparse_prediction(x, y)
+        out["sparse_prediction"] = sparse.to_dict()
+        print("units used per prediction, by penalty:")
+        for penalty, used in zip(sparse.penalties, sparse.nonzero):
+            print(f"  {penalty:.4g}: mean {used.mean():.1f} of {x.shape[1]}")
+    path = atomic_write_text(args.out / "match.json", json.dumps(out, indent=1, allow_nan=False))
+    print(f"wrote {path}")
+    return 0

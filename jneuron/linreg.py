@@ -1,0 +1,183 @@
+"""LinReg neuron ranking and SVCCA/CCA direction rankings (Bau et al., ICLR 2019).
+
+LinReg scores each neuron by how well it is predicted *linearly* from each other model (all of that
+model's neurons, OLS with intercept): ``R^2`` from the streamed covariance blocks, no second pass. The
+paper ranks by the minimum over the other models (a neuron every model can reproduce ranks first);
+``reduce="max"`` takes the best model instead.
+
+Direction rankings rank the canonical directions of one model against another (SVCCA or CCA) by their
+correlation, each direction expressed in neuron space, so it can be read (its pattern over neurons)
+and erased from activations.
+
+>>> import numpy as np, jneuron as jn
+>>> rng = np.random.default_rng(0)
+>>> shared = rng.normal(size=(1000, 2))
+>>> a = np.hstack([shared, rng.normal(size=(1000, 2))])
+>>> b = np.hstack([shared @ rng.normal(size=(2, 3)), rng.normal(size=(1000, 1))])
+>>> r = jn.linreg_ranking({"a": a, "b": b})
+>>> sorted(n["label"] for n in r.top(5)), np.round(r.scores, 2).tolist()
+(['a/0', 'a/1', 'b/0', 'b/1', 'b/2'], [1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])
+>>> d = jn.direction_ranking(a, b, method="cca")
+>>> np.round(d.rho, 2).tolist()
+[1.0, 1.0, 0.04]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from jneuron.blocks import stream_blocks
+from jneuron.errors import JNeuronError
+from jneuron.kernels import cca as kcca
+from jneuron.ranking import NeuronIndex, Ranking, _plain
+from jneuron.similarity import _check_keep, _rtol, prepare_side
+
+
+def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None = None,
+                   rtol: float | None = None, chunk_tokens: int | None = None) -> Ranking:
+    """Rank every neuron by the ``R^2`` of predicting it linearly from each other model.
+
+    Args:
+      models: two or more models over the same tokens: a sequence or mapping of ``(tokens, neurons)``
+        arrays, or a mapping of model name to a mapping of layer name to array (layers side by side);
+        or every model an iterable of chunks.
+      reduce: ``"min"`` over the other models (Bau et al.'s choice) or ``"max"``.
+      names: model names (default: the mapping's keys, or ``model0, model1, ...``).
+      rtol: relative eigenvalue floor for the predictors' covariance (see :func:`jneuron.cca`).
+      chunk_tokens: tokens per streamed chunk.
+
+    Returns:
+      A :class:`~jneuron.ranking.Ranking` (method ``"linreg_min"`` or ``"linreg_max"``, descending) with
+      details ``r2``: per neuron, the ``R^2`` from each model (None for its own). Constant neurons score 0.
+    """
+    if reduce not in ("min", "max"):
+        raise JNeuronError(f"linreg_ranking: reduce must be 'min' or 'max', got {reduce!r}")
+    groups, model_of, model_names, layer_names = _model_groups(models, names)
+    count = len(model_names)
+    if count < 2:
+        raise JNeuronError(f"linreg_ranking needs at least 2 models, got {count}")
+    members = [[g for g, m in enumerate(model_of) if m == k] for k in range(count)]
+    known = all(hasattr(data, "shape") for _, data in groups)
+    widest = max(sum(np.shape(groups[g][1])[1] for g in ms) for ms in members) if known else None
+    pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
+    blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="linreg_ranking", widest=widest)
+    neurons = NeuronIndex.from_layers([(model_names[k], [(layer_names[g], blocks.widths[g]) for g in members[k]])
+                                       for k in range(count)])
+    rtol = _rtol(blocks, rtol)
+    starts = np.cumsum([0] + [sum(blocks.widths[g] for g in ms) for ms in members])
+    r2 = np.full((len(neurons), count), np.nan)
+    for source in range(count):
+        side = kcca.prepare(blocks.cov_of(members[source], members[source]), rtol)
+        for target in range(count):
+            if target != source:
+                cross = blocks.cov_of(members[source], members[target])
+                var = np.diag(blocks.cov_of(members[target], members[target]))
+                r2[starts[target] : starts[target + 1], source] = kcca.explained_variance(side, cross, var)
+    scores = (np.nanmin if reduce == "min" else np.nanmax)(r2, axis=1)
+    dead = np.flatnonzero(blocks.dead)
+    return Ranking(f"linreg_{reduce}", scores, neurons, True, dead, {"r2": r2})
+
+
+def _model_groups(models, names):
+    """Column groups (one per layer), the model of each group, the model names and each group's layer."""
+    if isinstance(models, Mapping):
+        model_names = tuple(names) if names is not None else tuple(str(k) for k in models)
+        values = list(models.values())
+    elif isinstance(models, Sequence) and not isinstance(models, str):
+        values = list(models)
+        model_names = tuple(names) if names is not None else tuple(f"model{i}" for i in range(len(values)))
+    else:
+        raise JNeuronError(f"expected a sequence or mapping of models, got {type(models).__name__}")
+    if len(model_names) != len(values) or len(set(model_names)) != len(model_names):
+        raise JNeuronError(f"need one unique name per model, got {model_names} for {len(values)} models")
+    groups, model_of, layer_names = [], [], []
+    for k, (model, value) in enumerate(zip(model_names, values)):
+        layers = value if isinstance(value, Mapping) else {"": value}
+        for layer, data in layers.items():
+            groups.append((f"{model}/{layer}" if layer else model, data))
+            model_of.append(k)
+            layer_names.append(str(layer))
+    return groups, model_of, model_names, layer_names
+
+
+@dataclass(frozen=True)
+class DirectionRanking:
+    """Canonical directions of ``x`` (against ``y``), ordered by correlation, in neuron space.
+
+    Attributes:
+      method: ``"svcca"`` or ``"cca"``.
+      rho: the directions' canonical correlations, descending.
+      weights: ``(dx, k)``: direction ``i``'s activation is ``h_i = (x - mean) @ weights[:, i]``
+        (unit variance, uncorrelated across directions).
+      patterns: ``(dx, k)``: how each direction shows in the neurons, ``cov(x, h_i)``; activations
+        decompose as ``x = mean + sum_i h_i patterns[:, i] + rest`` with ``rest`` uncorrelated with every ``h_i``.
+      mean: the neurons' means.
+      neurons: the identity of x's neurons.
+    """
+
+    method: str
+    rho: np.ndarray
+    weights: np.ndarray
+    patterns: np.ndarray
+    mean: np.ndarray
+    neurons: NeuronIndex
+
+    def erasure(self, k: int) -> np.ndarray:
+        """``(dx, dx)`` matrix ``E`` with ``mean + (x - mean) @ E`` erasing the top ``k`` directions."""
+        if not 0 <= k <= len(self.rho):
+            raise JNeuronError(f"can erase 0 to {len(self.rho)} directions, got k={k}")
+        return np.eye(len(self.mean)) - self.weights[:, :k] @ self.patterns[:, :k].T
+
+    def erase(self, activations, k: int) -> np.ndarray:
+        """Activations ``(tokens, dx)`` with the top ``k`` directions removed (their ``h_i`` become 0)."""
+        x = np.asarray(activations, np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.mean):
+            raise JNeuronError(f"erase: expected (tokens, {len(self.mean)}) activations, got shape {x.shape}")
+        return self.mean + (x - self.mean) @ self.erasure(k)
+
+    def to_dict(self, top_neurons: int = 5) -> dict:
+        """Per direction: rank, rho, and the neurons with the largest ``|pattern|``."""
+        out = []
+        for i, rho in enumerate(self.rho):
+            order = np.lexsort((np.arange(len(self.mean)), -np.abs(self.patterns[:, i])))[:top_neurons]
+            out.append({"rank": i, "rho": float(rho), "neurons": [
+                {**self.neurons.record(int(j)), "pattern": float(self.patterns[j, i])} for j in order]})
+        return {"method": self.method, "directions": out, "rho": _plain(self.rho)}
+
+
+def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, name: str = "x",
+                      rtol: float | None = None, chunk_tokens: int | None = None) -> DirectionRanking:
+    """Rank ``x``'s SVCCA (or CCA) directions against ``y`` by canonical correlation.
+
+    Args:
+      x: one model's ``(tokens, neurons)`` activations (or an iterable of chunks).
+      y: the other model(s): an array, or a sequence of arrays taken side by side (e.g. all other
+        models, as Bau et al. compare one model against the rest).
+      method: ``"svcca"`` (PCA keeping ``keep`` of the variance first) or ``"cca"``.
+      keep: SVCCA's kept share of variance, or count.
+      name: the model name used for x's neurons.
+      rtol, chunk_tokens: see :func:`jneuron.cca`.
+    """
+    if method not in ("svcca", "cca"):
+        raise JNeuronError(f"direction_ranking: method must be 'svcca' or 'cca', got {method!r}")
+    if method == "svcca":
+        _check_keep(keep)
+    others = list(y) if isinstance(y, Sequence) and not hasattr(y, "shape") and all(
+        hasattr(v, "shape") for v in y) else [y]
+    groups = [("x", x)] + [(f"y{i}", v) for i, v in enumerate(others)]
+    pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
+    blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="direction_ranking")
+    rtol = _rtol(blocks, rtol)
+    ys = list(range(1, len(groups)))
+    sx = prepare_side(blocks, 0, method, keep, rtol)
+    cyy = blocks.cov_of(ys, ys)
+    sy = kcca.prepare(cyy, rtol, keep if method == "svcca" else None, rescale=method != "svcca")
+    r = kcca.correlate(sx, sy, blocks.cov_of([0], ys))
+    valid = int(r.valid)
+    weights = r.a[:, :valid]
+    patterns = blocks.cov(0, 0) @ weights
+    neurons = NeuronIndex.from_widths((name,), (blocks.widths[0],))
+    return DirectionRanking(method, r.rho[:valid], weights, patterns, blocks.mean[blocks.columns(0)], neurons)
