@@ -2,7 +2,7 @@
 
 Steps: train ``--models`` MLPs; write every hidden layer to a zarr v3 activation store
 (``OUT/activations.zarr``, the digit label of each image as its "token"); stream MaxCorr/MinCorr from the
-store; probe, information measures, cumulative and MaxCorr-guided ablation, and conductance on the first
+store; layer-by-layer SVCCA and CKA; probe, information measures, cumulative and MaxCorr-guided ablation, and conductance on the first
 model; gather the results in ``OUT/report/index.html``. Each analysis is one ``_section_*`` function
 called from :func:`run` with the shared :class:`DemoContext` and the :class:`~jneuron.report.Report`.
 """
@@ -32,6 +32,7 @@ from jneuron.probe import train_probe
 from jneuron.probe_ablation import retrain_ablation, zero_out_ablation
 from jneuron.probe_rankings import neuron_ordering, top_neurons
 from jneuron.ranking import NeuronIndex
+from jneuron.simmatrix import similarity_matrix
 from jneuron.report import Report
 from jneuron.store import StoreWriter
 
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{args.models} MLPs (64-64-32-10) trained on the UCI 8x8 digits; activations on all "
                     f"{len(context.digits.labels)} images.")
     ranking = _section_crossmodel(context, report)
+    _section_similarity(context, report)
     _section_probes(context, report)
     _section_information(context, report)
     _section_ablation(context, report, ranking)
@@ -143,6 +145,22 @@ def _first_model(context: DemoContext) -> tuple[str, MLP, np.ndarray, list[str]]
     name = next(iter(context.models))
     layers = list(context.activations[name])
     return name, context.models[name], np.concatenate([context.activations[name][l] for l in layers], 1), layers
+
+
+def _section_similarity(context: DemoContext, report: Report) -> None:
+    """Layer-by-layer SVCCA and linear CKA between all models' hidden layers (one streamed pass each)."""
+    layers = {f"{model}/{layer}": values for model, by_layer in context.activations.items()
+              for layer, values in by_layer.items()}
+    names = list(layers)
+    for metric, title in (("svcca", "SVCCA (mean rho, 99% variance kept)"), ("cka", "Linear CKA")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeadNeuronWarning)
+            result = similarity_matrix(layers, metric=metric)
+        report.add_heatmap(f"{title} between layers", result.values, names, names, vmin=0.0, vmax=1.0,
+                           caption="Every pair of hidden layers of all models (Raghu et al., 2017; Kornblith "
+                                   "et al., 2019).")
+        write_json(context.out / f"similarity_{metric}.json", result.to_dict())
+    print(f"similarity matrices (SVCCA, CKA) over {len(names)} layers written")
 
 
 def _section_probes(context: DemoContext, report: Report) -> None:
