@@ -22,18 +22,10 @@ from flax import nnx
 from jneuron.flax import conductance
 from jneuron.io_utils import atomic_write_text
 from jneuron.models import MLP
+from _common import best_time  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "conductance.json"
 
-
-def _best(fn, repeats: int = 3) -> float:
-    fn()  # compile and warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def _baseline(model: MLP, x: jax.Array, steps: int, target: int) -> np.ndarray:
@@ -79,9 +71,9 @@ def main() -> None:
         for inputs, width, steps in [(64, 256, 50), (256, 512, 50), (256, 1024, 100)]:
             model = MLP(width, (width, width), 10, rngs=nnx.Rngs(0))
             x = jax.random.normal(jax.random.key(1), (inputs, width))
-            ours = _best(lambda: conductance(model, x, "layers/1", target=3, steps=steps))
-            base = _best(lambda: _baseline(model, x, steps, 3), repeats=2)
-            floor = _best(_floor(model, x, steps, 3))
+            ours = best_time(lambda: conductance(model, x, "layers/1", target=3, steps=steps))
+            base = best_time(lambda: _baseline(model, x, steps, 3), repeats=2)
+            floor = best_time(_floor(model, x, steps, 3))
             check = np.abs(conductance(model, x, "layers/1", target=3, steps=steps).values
                            - _baseline(model, x, steps, 3)).max()
             row = {"inputs": inputs, "width": width, "steps": steps, "jneuron_s": ours, "baseline_s": base,

@@ -38,6 +38,7 @@ from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import maxcorr_pallas as kpallas
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
+from _common import best_time  # noqa: E402
 
 HIGHEST, DEFAULT = jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT
 SIZES = {
@@ -47,16 +48,6 @@ SIZES = {
               "matmul": 1024, "stream_bytes": 2**26, "accuracy_tokens": 8192},
 }
 
-
-def best_time(fn, repeats: int) -> float:
-    """Best wall time of ``fn()`` (which must block until its result is ready) after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def ceilings(n: int, stream_bytes: int, repeats: int) -> dict:

@@ -20,19 +20,11 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from _common import best_time  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
 COUNTS = (1, 2, 4, 8)
 
-
-def _best(fn, repeats: int) -> float:
-    fn()  # compile / warm caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(devices: int, tokens: int, width: int, models: int, repeats: int) -> dict:
@@ -64,13 +56,13 @@ def measure(devices: int, tokens: int, width: int, models: int, repeats: int) ->
         got_rank = jn.maxcorr(acts, chunk_tokens=chunk, devices=devices)
     row = {
         "devices": devices,
-        "comoments_unsharded_s": _best(lambda: jn.comoments(x, chunk_tokens=chunk), repeats),
-        "comoments_sharded_s": _best(lambda: jn.comoments(x, chunk_tokens=chunk, devices=devices), repeats),
-        "numpy_cov_s": _best(lambda: np.cov(x.T.astype(np.float64)), repeats),
-        "floor_matmul_s": _best(lambda: floor(on_device).block_until_ready(), repeats),
-        "maxcorr_unsharded_s": _best(lambda: jn.maxcorr(acts, chunk_tokens=chunk), repeats),
-        "maxcorr_sharded_s": _best(lambda: jn.maxcorr(acts, chunk_tokens=chunk, devices=devices), repeats),
-        "numpy_maxcorr_s": _best(numpy_maxcorr, repeats),
+        "comoments_unsharded_s": best_time(lambda: jn.comoments(x, chunk_tokens=chunk), repeats),
+        "comoments_sharded_s": best_time(lambda: jn.comoments(x, chunk_tokens=chunk, devices=devices), repeats),
+        "numpy_cov_s": best_time(lambda: np.cov(x.T.astype(np.float64)), repeats),
+        "floor_matmul_s": best_time(lambda: floor(on_device).block_until_ready(), repeats),
+        "maxcorr_unsharded_s": best_time(lambda: jn.maxcorr(acts, chunk_tokens=chunk), repeats),
+        "maxcorr_sharded_s": best_time(lambda: jn.maxcorr(acts, chunk_tokens=chunk, devices=devices), repeats),
+        "numpy_maxcorr_s": best_time(numpy_maxcorr, repeats),
         "max_abs_corr_diff": float(np.abs(got.correlation() - ref.correlation()).max()),
         "max_abs_score_diff": float(np.abs(got_rank.scores - ref_rank.scores).max()),
         "same_partners": bool((got_rank.partner_unit == ref_rank.partner_unit).all()),
