@@ -25,7 +25,6 @@ step of every order and scope for one mode runs as one ``jax.vmap`` over one com
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 
 from jneuron.errors import JNeuronError
 from jneuron.information import NeuronInformation
-from jneuron.io_utils import atomic_write_bytes, atomic_write_text
+from jneuron.io_utils import atomic_write_bytes, atomic_write_json
 from jneuron.ranking import Ranking, _plain
 
 DIRECTIONS = ("descending", "ascending")
@@ -130,7 +129,7 @@ class CumulativeAblation:
 
     def to_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON, atomically."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        return atomic_write_json(path, self.to_dict())
 
     def plot(self, path: str | Path, scope: str, mode: str) -> Path:
         """Accuracy vs neurons removed, one line per measure and direction (one panel per layer for

@@ -18,7 +18,6 @@ class selectivity index on the raw activations' class means. See :mod:`jneuron.k
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import numpy as np
 
 from jneuron._checks import as_2d
 from jneuron.errors import JNeuronError
-from jneuron.io_utils import atomic_write_text
+from jneuron.io_utils import atomic_write_json
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import quantize as kquant
@@ -115,7 +114,7 @@ class NeuronInformation:
 
     def to_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON, atomically."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        return atomic_write_json(path, self.to_dict())
 
 
 def neuron_information(acts, labels=None, *, quantize: str = "threshold", threshold: float = 0.5,

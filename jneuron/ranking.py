@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jneuron.io_utils import atomic_write_text
+from jneuron.io_utils import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -139,4 +138,4 @@ class Ranking:
 
     def to_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON, atomically (a temporary file renamed into place)."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        return atomic_write_json(path, self.to_dict())

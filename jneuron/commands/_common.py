@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import csv
 import io
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from jneuron.errors import JNeuronError
 from jneuron.formats import FileSource, combine, open_activations
-from jneuron.io_utils import atomic_write_text
+from jneuron.io_utils import atomic_write_json, atomic_write_text
 from jneuron.progress import Progress
 
 DTYPES = ("float32", "float64")
@@ -158,7 +157,7 @@ def layer_spec(source: FileSource) -> list[tuple[str, list[tuple[str, int]]]]:
 
 def write_json(path: Path, data) -> Path:
     """JSON, atomically."""
-    return atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False))
+    return atomic_write_json(path, data)
 
 
 def write_csv(path: Path, header: Sequence[str], rows) -> Path:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from jneuron.commands._common import add_out_argument, load_models
 from jneuron.errors import JNeuronError
-from jneuron.io_utils import atomic_write_text
+from jneuron.io_utils import atomic_write_json
 from jneuron.matching import match_neurons, sparse_prediction
 
 NAME = "match"
@@ -40,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
         print("units used per prediction, by penalty:")
         for penalty, used in zip(sparse.penalties, sparse.nonzero):
             print(f"  {penalty:.4g}: mean {used.mean():.1f} of {x.shape[1]}")
-    path = atomic_write_text(args.out / "match.json", json.dumps(out, indent=1, allow_nan=False))
+    path = atomic_write_json(args.out / "match.json", out)
     print(f"wrote {path}")
     return 0

@@ -9,14 +9,13 @@ Several `--l1`/`--l2` values train the whole grid at once and keep the sparsest 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from jneuron.commands._common import add_out_argument, load_activations
 from jneuron.errors import JNeuronError
-from jneuron.io_utils import atomic_write_text
+from jneuron.io_utils import atomic_write_json
 from jneuron.labels import LabelledTokens, load_labels, read_sentences
 from jneuron.probe import train_probes
 from jneuron.probe_rankings import neuron_ordering, top_neurons
@@ -82,6 +81,6 @@ def run(args: argparse.Namespace) -> int:
                         "counts": {str(c): n for c, n in selection.counts.items()}},
         "ordering": ordering.to_dict(),
     }
-    path = atomic_write_text(args.out / "probe.json", json.dumps(result, indent=1, allow_nan=False))
+    path = atomic_write_json(args.out / "probe.json", result)
     print(f"wrote {path}")
     return 0

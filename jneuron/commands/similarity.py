@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from jneuron.commands._common import add_out_argument, load_models
-from jneuron.io_utils import atomic_write_text
+from jneuron.io_utils import atomic_write_json
 from jneuron.simmatrix import METRICS, similarity_matrix
 
 NAME = "similarity"
@@ -32,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     print(" " * width + "".join(f" {n[:8]:>8}" for n in matrix.names_b))
     for name, row in zip(matrix.names_a, matrix.values):
         print(f"{name:<{width}}" + "".join(f" {v:8.4f}" for v in row))
-    path = atomic_write_text(args.out / "similarity.json", json.dumps(matrix.to_dict(), indent=1, allow_nan=False))
+    path = atomic_write_json(args.out / "similarity.json", matrix.to_dict())
     png = args.out / "similarity.png"
     matrix.plot(png)
     print(f"wrote {path} and {png}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import functools
 import io
-import json
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from flax import nnx
 from jneuron.datasets import load_digits
 from jneuron.errors import JNeuronError
 from jneuron.flax.rejuvenation import BNMLP, bn_scale_l1, dead_neurons, rejuvenate, utilization
-from jneuron.io_utils import atomic_write_bytes, atomic_write_text
+from jneuron.io_utils import atomic_write_bytes, atomic_write_json
 
 NAME = "study-rejuvenation"
 HELP = "Neural Rejuvenation on the bundled digits: utilization and accuracy before and after rejuvenating"
@@ -148,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     config = {name: getattr(args, name) for name in names}
     result = {"study": "neural-rejuvenation", "dataset": "digits", "config": config, "rejuvenated_at": at,
               "history": history}
-    json_path = atomic_write_text(args.out / "rejuvenation.json", json.dumps(result, indent=1, allow_nan=False))
+    json_path = atomic_write_json(args.out / "rejuvenation.json", result)
     png_path = _plot(history, at, args.out / "rejuvenation.png")
     print(f"wrote {json_path} and {png_path} in {time.perf_counter() - start:.1f} s")
     return 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, layer_means, sweep
 from jneuron.flax.capturing import as_inputs, output_shapes
-from jneuron.io_utils import atomic_write_bytes, atomic_write_text
+from jneuron.io_utils import atomic_write_bytes, atomic_write_json
 from jneuron.ranking import Ranking, _plain
 
 METRICS = ("accuracy", "loss")
@@ -94,7 +93,7 @@ class AblationCurve:
 
     def to_json(self, path: str | Path) -> Path:
         """Write :meth:`to_dict` as JSON, atomically."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
+        return atomic_write_json(path, self.to_dict())
 
     def plot(self, path: str | Path, *, title: str | None = None) -> Path:
         """Draw the curve(s) against k, with the intact baseline dashed, to an image file (PNG, SVG, PDF)."""
