@@ -36,8 +36,18 @@ def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory so far.
+
+    Linux's ``VmHWM``, not ``ru_maxrss``: the latter survives ``fork`` and ``exec``, so a child started by a
+    large benchmark process would report its parent's peak instead of its own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def machine() -> dict:

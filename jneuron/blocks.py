@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from jneuron._checks import as_2d, check_min_tokens
 from jneuron.errors import DeadNeuronWarning, FewTokensWarning, JNeuronError
@@ -92,7 +93,7 @@ def joint_source(groups: Sequence[tuple[str, object]]) -> Source:
 
 def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[int, int]], *,
                   chunk_tokens: int | None = None, row_norms: bool = False, what: str = "similarity",
-                  widest: int | None = None) -> Blocks:
+                  widest: int | None = None, mesh: Mesh | None = None) -> Blocks:
     """Stream the groups once and return the asked-for covariance blocks.
 
     Args:
@@ -102,6 +103,7 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
       row_norms: also accumulate the fourth moments of the debiased CKA.
       what: the analysis, for messages.
       widest: the widest set of neurons whose covariance is inverted (default: the widest group).
+      mesh: shard the pass over this mesh (see :mod:`jneuron.sharding`).
 
     Warns :class:`FewTokensWarning` when there are fewer tokens than neurons in some group.
     """
@@ -112,7 +114,7 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     tiles, where = _plan(sorted(set(pairs)), bounds)
     chunk_tokens = chunk_tokens or default_chunk_tokens(int(starts[-1]), getattr(source, "tokens", None))
     norms = _RowNorms(bounds) if row_norms else None
-    stats = accumulate(source, tiles, chunk_tokens, observe=norms)
+    stats = accumulate(source, tiles, chunk_tokens, observe=norms, mesh=mesh)
     count = int(stats.count)
     check_min_tokens(count, what, 4 if row_norms else 2)
     widest = widest or max(widths)

@@ -33,11 +33,12 @@ from jneuron.blocks import stream_blocks
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.ranking import NeuronIndex, Ranking, _plain
+from jneuron.sharding import resolve_mesh
 from jneuron.similarity import _check_keep, _rtol, prepare_side
 
 
 def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None = None,
-                   rtol: float | None = None, chunk_tokens: int | None = None) -> Ranking:
+                   rtol: float | None = None, chunk_tokens: int | None = None, devices=None, mesh=None) -> Ranking:
     """Rank every neuron by the ``R^2`` of predicting it linearly from each other model.
 
     Args:
@@ -48,6 +49,7 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
       names: model names (default: the mapping's keys, or ``model0, model1, ...``).
       rtol: relative eigenvalue floor for the predictors' covariance (see :func:`jneuron.cca`).
       chunk_tokens: tokens per streamed chunk.
+      devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.sharding`).
 
     Returns:
       A :class:`~jneuron.ranking.Ranking` (method ``"linreg_min"`` or ``"linreg_max"``, descending) with
@@ -63,7 +65,8 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
     known = all(hasattr(data, "shape") for _, data in groups)
     widest = max(sum(np.shape(groups[g][1])[1] for g in ms) for ms in members) if known else None
     pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
-    blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="linreg_ranking", widest=widest)
+    blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="linreg_ranking", widest=widest,
+                           mesh=resolve_mesh(devices, mesh))
     neurons = NeuronIndex.from_layers([(model_names[k], [(layer_names[g], blocks.widths[g]) for g in members[k]])
                                        for k in range(count)])
     rtol = _rtol(blocks, rtol)
@@ -149,7 +152,8 @@ class DirectionRanking:
 
 
 def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, name: str = "x",
-                      rtol: float | None = None, chunk_tokens: int | None = None) -> DirectionRanking:
+                      rtol: float | None = None, chunk_tokens: int | None = None, devices=None,
+                      mesh=None) -> DirectionRanking:
     """Rank ``x``'s SVCCA (or CCA) directions against ``y`` by canonical correlation.
 
     Args:
@@ -159,7 +163,7 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
       method: ``"svcca"`` (PCA keeping ``keep`` of the variance first) or ``"cca"``.
       keep: SVCCA's kept share of variance, or count.
       name: the model name used for x's neurons.
-      rtol, chunk_tokens: see :func:`jneuron.cca`.
+      rtol, chunk_tokens, devices, mesh: see :func:`jneuron.cca`.
     """
     if method not in ("svcca", "cca"):
         raise JNeuronError(f"direction_ranking: method must be 'svcca' or 'cca', got {method!r}")
@@ -169,7 +173,8 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
         hasattr(v, "shape") for v in y) else [y]
     groups = [("x", x)] + [(f"y{i}", v) for i, v in enumerate(others)]
     pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
-    blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="direction_ranking")
+    blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="direction_ranking",
+                           mesh=resolve_mesh(devices, mesh))
     rtol = _rtol(blocks, rtol)
     ys = list(range(1, len(groups)))
     sx = prepare_side(blocks, 0, method, keep, rtol)

@@ -34,6 +34,7 @@ from jneuron.blocks import Blocks, stream_blocks
 from jneuron.errors import JNeuronError
 from jneuron.kernels import lasso as klasso
 from jneuron.ranking import NeuronIndex, _plain
+from jneuron.sharding import resolve_mesh
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class SparsePrediction:
 
 
 def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, names: Sequence[str] = ("x", "y"),
-                  chunk_tokens: int | None = None) -> Matching:
+                  chunk_tokens: int | None = None, devices=None, mesh=None) -> Matching:
     """Match the units of two networks by their correlation over the same tokens.
 
     Args:
@@ -105,11 +106,12 @@ def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, na
       absolute: score pairs by ``|rho|`` instead of the signed ``rho``.
       names: the two networks' names, for the records.
       chunk_tokens: tokens per streamed chunk.
+      devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.sharding`).
     """
     if method not in ("bipartite", "semi"):
         raise JNeuronError(f"match_neurons: method must be 'bipartite' or 'semi', got {method!r}")
     blocks = stream_blocks([(names[0], x), (names[1], y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
-                           what="match_neurons")
+                           what="match_neurons", mesh=resolve_mesh(devices, mesh))
     corr = _correlation(blocks)
     score = np.abs(corr) if absolute else corr
     if method == "bipartite":
@@ -121,7 +123,7 @@ def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, na
 
 
 def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps: int = 200,
-                      chunk_tokens: int | None = None) -> SparsePrediction:
+                      chunk_tokens: int | None = None, devices=None, mesh=None) -> SparsePrediction:
     """Predict every ``y`` unit from all ``x`` units with an L1 penalty, for each penalty of a grid.
 
     Args:
@@ -129,10 +131,10 @@ def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps:
       penalties: L1 penalties (default: 12 values from the smallest one that zeroes every coefficient
         down by a factor 1000, log-spaced).
       sweeps: coordinate-descent passes over the ``x`` units.
-      chunk_tokens: tokens per streamed chunk.
+      chunk_tokens, devices, mesh: as for :func:`match_neurons`.
     """
     blocks = stream_blocks([("x", x), ("y", y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
-                           what="sparse_prediction")
+                           what="sparse_prediction", mesh=resolve_mesh(devices, mesh))
     gram, cross = _standardised(blocks, 0, 0), _standardised(blocks, 0, 1)
     if penalties is None:
         top = max(float(np.abs(cross).max()), np.finfo(np.float32).tiny)

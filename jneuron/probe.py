@@ -17,14 +17,21 @@ from dataclasses import dataclass, field
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jneuron import probe_rankings
 from jneuron._checks import as_2d
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
+from jneuron.kernels import sharded as ksharded
+from jneuron.kernels.sharded import TOKENS
 from jneuron.ranking import NeuronIndex, _plain
+from jneuron.sharding import resolve_mesh
 
 _train = jax.jit(kp.train, static_argnames=("classes", "learning_rate", "squared", "regression"))
+_train_sharded = jax.jit(kp.train_sharded,
+                         static_argnames=("mesh", "classes", "learning_rate", "squared", "regression"))
 _confusion = jax.jit(kp.confusion, static_argnames=("classes",))
 _squared_error = jax.jit(kp.squared_error)
 _CHUNK = 16384  # tokens per evaluation pass, bounding the (tokens, settings, classes) outputs
@@ -190,14 +197,57 @@ def batch_rows(tokens: int, epochs: int, batch_size: int, seed: int = 0, shuffle
 
 
 def _fit(x, y, masks, l1s, l2s, classes: int, *, epochs: int, batch_size: int, lr: float, seed: int,
-         squared: bool, shuffle: bool, regression: bool = False):
+         squared: bool, shuffle: bool, regression: bool = False, mesh: Mesh | None = None):
     """Train a stack of probes (one per mask / penalty row) on the same seeded batches in one compiled call."""
     if not lr > 0:
         raise JNeuronError(f"lr: expected a positive learning rate, got {lr}")
     rows, valid = batch_rows(x.shape[0], epochs, batch_size, seed, shuffle)
-    return _train(x, y, masks, jnp.asarray(l1s, x.dtype), jnp.asarray(l2s, x.dtype), rows, valid,
-                  classes=1 if regression else int(classes), learning_rate=float(lr), squared=bool(squared),
-                  regression=regression)
+    static = {"classes": 1 if regression else int(classes), "learning_rate": float(lr), "squared": bool(squared),
+              "regression": regression}
+    l1s, l2s = jnp.asarray(l1s, x.dtype), jnp.asarray(l2s, x.dtype)
+    if mesh is None:
+        return _train(x, y, masks, l1s, l2s, rows, valid, **static)
+    shards = ksharded.axis_size(mesh, TOKENS)
+    per_shard = -(-x.shape[0] // shards)
+    local_rows, local_valid, counts = shard_batches(np.asarray(rows), np.asarray(valid), per_shard, shards)
+    by_rows = NamedSharding(mesh, P(TOKENS))
+    padding = shards * per_shard - x.shape[0]
+    x = jax.device_put(jnp.pad(x, ((0, padding), (0, 0))), by_rows)
+    y = jax.device_put(jnp.pad(y, (0, padding)), by_rows)
+    batches = NamedSharding(mesh, P(None, TOKENS))
+    return _train_sharded(x, y, masks, l1s, l2s, jax.device_put(local_rows, batches),
+                          jax.device_put(local_valid, batches), jnp.asarray(counts), mesh=mesh, **static)
+
+
+def shard_batches(rows: np.ndarray, valid: np.ndarray, per_shard: int, shards: int):
+    """Split every batch's token indices by the token shard that holds them (shard ``k``: rows
+    ``[k * per_shard, (k + 1) * per_shard)``).
+
+    Returns ``(local_rows, local_valid, counts)``: ``(steps, shards, cap)`` indices within each shard and
+    their validity (``cap`` is the most any shard gets in any batch), and each batch's real rows.
+
+    >>> local, ok, counts = shard_batches(np.array([[0, 5, 3, 1]]), np.array([[True, True, True, False]]), 3, 2)
+    >>> local[0].tolist(), ok[0].tolist(), counts.tolist()  # shard 0 holds row 0, shard 1 rows 5 and 3
+    ([[0, 0], [2, 0]], [[True, False], [True, True]], [3])
+    """
+    steps, batch = rows.shape
+    owner = np.where(valid, rows // per_shard, shards)  # padding rows go to a shard past the end
+    order = np.argsort(owner, axis=1, kind="stable")
+    owner_sorted = np.take_along_axis(owner, order, 1)
+    rows_sorted = np.take_along_axis(rows, order, 1)
+    per_owner = np.zeros((steps, shards + 1), np.int64)
+    np.add.at(per_owner, (np.repeat(np.arange(steps), batch), owner_sorted.ravel()), 1)
+    first = np.cumsum(per_owner, axis=1) - per_owner  # position of each owner's first row in the sorted batch
+    rank = np.arange(batch)[None, :] - np.take_along_axis(first, owner_sorted, 1)
+    cap = max(1, int(per_owner[:, :shards].max()))
+    local_rows = np.zeros((steps, shards, cap), np.int32)
+    local_valid = np.zeros((steps, shards, cap), bool)
+    real = owner_sorted < shards
+    step = np.broadcast_to(np.arange(steps)[:, None], owner_sorted.shape)
+    where = (step[real], owner_sorted[real], rank[real])
+    local_rows[where] = rows_sorted[real] - owner_sorted[real] * per_shard
+    local_valid[where] = True
+    return local_rows, local_valid, valid.sum(axis=1).astype(np.int32)
 
 
 def _penalties(values, name: str) -> np.ndarray:
@@ -209,7 +259,7 @@ def _penalties(values, name: str) -> np.ndarray:
 
 def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10, batch_size: int = 32,
                 lr: float = 1e-3, seed: int = 0, squared: bool = False, task: str = "classification",
-                shuffle: bool = True, neurons: NeuronIndex | None = None) -> Probe:
+                shuffle: bool = True, neurons: NeuronIndex | None = None, devices=None, mesh=None) -> Probe:
     """Train one probe: cross-entropy (or squared error) + ``l1 * sum|W| + l2 * ||W||_F`` with Adam.
 
     Args:
@@ -220,6 +270,9 @@ def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10
       epochs, batch_size, lr: Adam training; every token is seen once per epoch (the last batch is smaller).
       seed: shuffles the minibatches (``shuffle=False`` keeps NeuroX's fixed token order).
       neurons: identity of the columns (default: one model ``"model"``).
+      devices, mesh: shard the tokens over devices (see :mod:`jneuron.sharding`): every device takes the
+        gradient of its own rows of each batch, combined by ``psum``; the batches are the same as on one
+        device, so the result equals it to float32 rounding.
 
     Returns:
       A :class:`Probe`. Weights start at zero, so training is deterministic for a seed.
@@ -233,7 +286,7 @@ def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10
     device, y, classes = _prepare(x, labels, task)
     weight, bias = _fit(device, y, jnp.ones((1, device.shape[1]), device.dtype), [l1v], [l2v], len(classes),
                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, squared=squared, shuffle=shuffle,
-                        regression=task == "regression")
+                        regression=task == "regression", mesh=resolve_mesh(devices, mesh))
     return _probe(weight[0], bias[0], classes, task, device.shape[1], neurons, l1=l1v, l2=l2v, squared=squared,
                   epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
 
@@ -283,7 +336,8 @@ class ProbeGrid:
 def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
                  l2: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3), validation=0.1, tolerance: float = 0.01,
                  mass: float = 0.9, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                 squared: bool = False, shuffle: bool = True, neurons: NeuronIndex | None = None) -> ProbeGrid:
+                 squared: bool = False, shuffle: bool = True, neurons: NeuronIndex | None = None, devices=None,
+                 mesh=None) -> ProbeGrid:
     """Train a classification probe for every ``(l1, l2)`` pair in one compiled call and choose one.
 
     All settings see the same minibatches and share every matrix product (the settings are a batch axis
@@ -293,6 +347,7 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
 
     Args:
       validation: a fraction of the tokens held out (seeded by ``seed``), or ``(x_val, labels_val)``.
+      devices, mesh: shard the training tokens over devices (see :func:`train_probe`).
 
     >>> import numpy as np
     >>> x = np.random.default_rng(2).normal(size=(500, 6)).astype(np.float32)
@@ -316,7 +371,7 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
     grid_l2 = np.tile(l2s, len(l1s))
     masks = jnp.ones((len(grid_l1), device.shape[1]), device.dtype)
     weights, biases = _fit(device, y, masks, grid_l1, grid_l2, len(classes), epochs=epochs, batch_size=batch_size,
-                           lr=lr, seed=seed, squared=squared, shuffle=shuffle)
+                           lr=lr, seed=seed, squared=squared, shuffle=shuffle, mesh=resolve_mesh(devices, mesh))
     val = _activations(x_val, device.shape[1])
     y_v = jnp.asarray(encode_labels(y_val, classes, val.shape[0]))
     counts = confusion_counts(weights, biases, val, y_v, masks, len(classes))

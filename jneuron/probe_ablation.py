@@ -25,6 +25,7 @@ from jneuron import probe as jprobe
 from jneuron.errors import JNeuronError
 from jneuron.probe_rankings import neuron_ordering, random_neurons
 from jneuron.ranking import Ranking, _plain
+from jneuron.sharding import resolve_mesh
 
 _KINDS = ("top", "bottom", "random")
 
@@ -102,11 +103,12 @@ def zero_out_ablation(probe: jprobe.Probe, x, labels, percentages: Sequence[floa
 def retrain_ablation(x_train, labels_train, x_test, labels_test, ordering: Ranking,
             percentages: Sequence[float] = (0.1, 0.2, 0.5), *, l1: float = 0.0, l2: float = 0.0,
             epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-            squared: bool = False) -> AblationTable:
+            squared: bool = False, devices=None, mesh=None) -> AblationTable:
     """Train a fresh probe on all neurons and on the top, bottom and random selections at every share, all in
     one compiled call (same batches for all), and report their test accuracy.
 
     A masked neuron's weight stays exactly zero, so each probe equals training on its neurons alone.
+    ``devices``/``mesh`` shard the training tokens (see :func:`jneuron.train_probe`).
     """
     shares, counts, masks = selection_masks(ordering, percentages, seed)
     device, y, classes = jprobe._prepare(x_train, labels_train, "classification")
@@ -114,7 +116,7 @@ def retrain_ablation(x_train, labels_train, x_test, labels_test, ordering: Ranki
     masks_ = jnp.asarray(masks, device.dtype)
     weights, biases = jprobe._fit(device, y, masks_, np.full(stack, l1), np.full(stack, l2), len(classes),
                                   epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, squared=squared,
-                                  shuffle=True)
+                                  shuffle=True, mesh=resolve_mesh(devices, mesh))
     test = jprobe._activations(x_test, device.shape[1])
     y_test = jnp.asarray(jprobe.encode_labels(labels_test, classes, test.shape[0]))
     counts_ = jprobe.confusion_counts(weights, biases, test, y_test, masks_, len(classes))

@@ -33,6 +33,7 @@ from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.kernels import hsic as khsic
 from jneuron.ranking import _plain
+from jneuron.sharding import resolve_mesh
 
 RTOL_FLOAT32 = 1e-6  # relative eigenvalue floor when the co-moments were accumulated in float32 pairs
 RTOL_FLOAT64 = 1e-10  # ... and in float64
@@ -127,7 +128,7 @@ class CKAResult:
         return {"method": "cka", "value": self.value, "debiased": self.debiased, "tokens": self.tokens}
 
 
-def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None) -> CCAResult:
+def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None, devices=None, mesh=None) -> CCAResult:
     """Canonical correlation analysis of two layers over the same tokens, from one streamed pass.
 
     Args:
@@ -135,6 +136,7 @@ def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None) -> 
       rtol: relative eigenvalue floor of the whitening (default ``1e-6`` for float32 accumulation,
         ``1e-10`` for float64).
       chunk_tokens: tokens per streamed chunk.
+      devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.sharding`).
 
     >>> import numpy as np, jneuron as jn
     >>> x = np.random.default_rng(1).normal(size=(300, 4))
@@ -142,12 +144,12 @@ def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None) -> 
     >>> np.round(r.rho, 6).tolist(), round(r.mean, 6)
     ([1.0, 1.0, 1.0, 1.0], 1.0)
     """
-    blocks = _pair(x, y, chunk_tokens, "cca")
+    blocks = _pair(x, y, chunk_tokens, "cca", mesh=resolve_mesh(devices, mesh))
     return _cca_result(blocks, 0, 1, "cca", None, _rtol(blocks, rtol))
 
 
 def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
-          chunk_tokens: int | None = None) -> CCAResult:
+          chunk_tokens: int | None = None, devices=None, mesh=None) -> CCAResult:
     """SVCCA (Raghu et al., 2017): keep per side the leading principal directions, then CCA.
 
     Args:
@@ -155,7 +157,7 @@ def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
       keep: a share of variance in ``(0, 1]``: the smallest number ``k`` of principal directions whose
         eigenvalues (variances, not singular values) sum to at least ``keep`` of the total; or an ``int``,
         the number of directions to keep per side.
-      rtol, chunk_tokens: as for :func:`cca`.
+      rtol, chunk_tokens, devices, mesh: as for :func:`cca`.
 
     >>> import numpy as np, jneuron as jn
     >>> rng = np.random.default_rng(0)
@@ -165,18 +167,19 @@ def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
     (2, 2, [1.0, 1.0])
     """
     _check_keep(keep)
-    blocks = _pair(x, y, chunk_tokens, "svcca")
+    blocks = _pair(x, y, chunk_tokens, "svcca", mesh=resolve_mesh(devices, mesh))
     return _cca_result(blocks, 0, 1, "svcca", keep, _rtol(blocks, rtol))
 
 
-def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int | None = None) -> PWCCAResult:
+def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int | None = None, devices=None,
+          mesh=None) -> PWCCAResult:
     """Projection-weighted CCA (Morcos et al., 2018).
 
     Each canonical correlation ``rho_i`` is weighted by how much of one side's centred neurons ``z_j``
     its canonical variate ``h_i`` accounts for: ``alpha_i ~ sum_j |<h_i / |h_i|, z_j>|``. The measure is
     not symmetric: ``side="x"`` takes the weights from ``x`` (the paper's ``pwcca(x, y)``), ``"y"`` from
     ``y``, ``"symmetric"`` averages the two. Both are always reported. Works whichever side is wider
-    (there are ``min(kept_x, kept_y)`` canonical pairs on both sides).
+    (there are ``min(kept_x, kept_y)`` canonical pairs on both sides). Other arguments as for :func:`cca`.
 
     >>> import numpy as np, jneuron as jn
     >>> rng = np.random.default_rng(0)
@@ -187,16 +190,16 @@ def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int
     """
     if side not in ("x", "y", "symmetric"):
         raise JNeuronError(f"pwcca: side must be 'x', 'y' or 'symmetric', got {side!r}")
-    blocks = _pair(x, y, chunk_tokens, "pwcca")
+    blocks = _pair(x, y, chunk_tokens, "pwcca", mesh=resolve_mesh(devices, mesh))
     return _pwcca_result(blocks, 0, 1, side, _rtol(blocks, rtol))
 
 
-def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None) -> CKAResult:
+def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, devices=None, mesh=None) -> CKAResult:
     """Linear CKA (Kornblith et al., 2019), feature-space form, from one streamed pass.
 
     ``CKA = ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F)``. With ``debiased=True`` every HSIC is the unbiased
     estimator (Song et al., 2012), for which the pass also accumulates fourth moments (row norms); it
-    needs at least 4 tokens.
+    needs at least 4 tokens. ``chunk_tokens``, ``devices`` and ``mesh`` as for :func:`cca`.
 
     >>> import numpy as np, jneuron as jn
     >>> rng = np.random.default_rng(0)
@@ -204,13 +207,13 @@ def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None) -> CKA
     >>> round(jn.cka(x, 3 * x + 1).value, 6), round(jn.cka(x, 3 * x + 1, debiased=True).value, 6)
     (1.0, 1.0)
     """
-    blocks = _pair(x, y, chunk_tokens, "cka", row_norms=debiased)
+    blocks = _pair(x, y, chunk_tokens, "cka", row_norms=debiased, mesh=resolve_mesh(devices, mesh))
     return CKAResult(_cka_value(blocks, 0, 1, debiased), debiased, blocks.count)
 
 
-def _pair(x, y, chunk_tokens, what: str, row_norms: bool = False) -> Blocks:
+def _pair(x, y, chunk_tokens, what: str, row_norms: bool = False, mesh=None) -> Blocks:
     return stream_blocks([("x", x), ("y", y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
-                         row_norms=row_norms, what=what)
+                         row_norms=row_norms, what=what, mesh=mesh)
 
 
 def _rtol(blocks: Blocks, rtol: float | None) -> float:

@@ -22,8 +22,9 @@ import numpy as np
 
 from jneuron.blocks import stream_blocks
 from jneuron.errors import JNeuronError
-from jneuron.ranking import _plain
 from jneuron.kernels import cca as kcca
+from jneuron.ranking import _plain
+from jneuron.sharding import resolve_mesh
 from jneuron.similarity import _check_keep, _cka_value, _pwcca_result, _rtol, prepare_side
 
 METRICS = ("cca", "svcca", "pwcca", "cka", "cka_debiased")
@@ -65,7 +66,8 @@ class SimilarityMatrix:
 
 
 def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: float | int = 0.99,
-                      rtol: float | None = None, chunk_tokens: int | None = None) -> SimilarityMatrix:
+                      rtol: float | None = None, chunk_tokens: int | None = None, devices=None,
+                      mesh=None) -> SimilarityMatrix:
     """Similarity between every pair of layers, from one streamed pass over the tokens.
 
     Args:
@@ -77,6 +79,7 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
       keep: SVCCA's kept share of variance, or count (see :func:`jneuron.svcca`).
       rtol: relative eigenvalue floor of the whitening (see :func:`jneuron.cca`).
       chunk_tokens: tokens per streamed chunk.
+      devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.sharding`).
     """
     if metric not in METRICS:
         raise JNeuronError(f"unknown similarity metric {metric!r}; expected one of {', '.join(METRICS)}")
@@ -95,7 +98,7 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
         rows, cols = list(range(la)), list(range(la, la + lb))
         pairs = [(g, g) for g in range(la + lb)] + [(i, j) for i in rows for j in cols]
     blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, row_norms=metric == "cka_debiased",
-                           what=f"similarity_matrix ({metric})")
+                           what=f"similarity_matrix ({metric})", mesh=resolve_mesh(devices, mesh))
     values = np.zeros((la, lb))
     kept = np.zeros(len(groups), np.int64)
     if metric in ("cca", "svcca", "pwcca"):

@@ -71,19 +71,21 @@ def accumulate(
     and neuron of the first NaN or Inf.
 
     Args:
-      mesh: shard the pass over this mesh (no checkpoints or ``observe`` then).
+      mesh: shard the pass over this mesh.
       checkpoint: a folder; the running statistics are saved there (atomically) every
         ``checkpoint_every`` chunks and at the end, one file per pass configuration. A later call with
-        the same source layout, tiles and ``chunk_tokens`` resumes from the saved position and gives
-        the same result as an uninterrupted run. Delete the folder to start over.
+        the same source layout, tiles, ``chunk_tokens`` and mesh shape resumes from the saved position
+        and gives the same result as an uninterrupted run. Delete the folder to start over. Not with
+        ``observe`` (the observer's own state is not saved) nor with several processes.
       on_chunk: called with the number of real rows after each chunk (progress reporting).
       observe: ``observe(chunk, rows)`` also sees every padded host chunk (``rows`` real), for analyses
-        that need statistics beyond co-moments in the same pass.
+        that need statistics beyond co-moments in the same pass (with a mesh, this process's chunks).
     """
+    if checkpoint is not None and observe is not None:
+        raise JNeuronError("checkpoint= cannot be combined with observe=: the observer's state is not saved")
     if mesh is not None:
-        if checkpoint is not None or observe is not None:
-            raise JNeuronError("checkpoint= and observe= are not supported for sharded runs yet")
-        stats = _accumulate_sharded(source, tiles, chunk_tokens, mesh, on_chunk)
+        stats = _accumulate_sharded(source, tiles, chunk_tokens, mesh, on_chunk, observe, checkpoint,
+                                    checkpoint_every)
         _raise_on_bad_value(stats, source)
         return stats
     width = sum(source.widths)
@@ -91,7 +93,7 @@ def accumulate(
     done = 0
     file = None
     if checkpoint is not None:
-        file = _checkpoint_file(checkpoint, source, tiles, chunk_tokens, stats)
+        file = _checkpoint_file(checkpoint, source, tiles, chunk_tokens, stats.mean.hi.dtype)
         stats, done, finished = _load_checkpoint(file, stats)
         if finished:
             _raise_on_bad_value(stats, source)
@@ -137,17 +139,19 @@ def _skip(source: Source, chunk_tokens: int, done: int) -> Iterator[np.ndarray]:
     return itertools.islice(source.chunks(chunk_tokens), done, None)
 
 
-def _checkpoint_file(folder, source: Source, tiles, chunk_tokens: int, stats: Stats) -> Path:
+def _checkpoint_file(folder, source: Source, tiles, chunk_tokens: int, dtype, mesh: Mesh | None = None) -> Path:
     layout = {
         "names": list(source.names), "widths": [int(w) for w in source.widths],
         "tokens": getattr(source, "tokens", None), "tiles": [list(t) for t in tiles],
-        "chunk_tokens": int(chunk_tokens), "dtype": str(stats.mean.hi.dtype),
+        "chunk_tokens": int(chunk_tokens), "dtype": str(np.dtype(dtype)),
     }
+    if mesh is not None:  # the running state has one statistic per device
+        layout["mesh"] = {str(name): int(size) for name, size in mesh.shape.items()}
     digest = hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
     return Path(folder) / f"stats-{digest}.npz"
 
 
-def _load_checkpoint(file: Path, empty: Stats) -> tuple[Stats, int, bool]:
+def _load_checkpoint(file: Path, empty):
     if not file.is_file():
         return empty, 0, False
     leaves, treedef = jax.tree.flatten(empty)
@@ -160,10 +164,11 @@ def _load_checkpoint(file: Path, empty: Stats) -> tuple[Stats, int, bool]:
     for i, (old, new) in enumerate(zip(leaves, loaded)):
         if old.shape != new.shape or old.dtype != new.dtype:
             raise JNeuronError(f"{file}: checkpoint leaf {i} does not match this run (delete it to start over)")
-    return jax.tree.unflatten(treedef, [jnp.asarray(x) for x in loaded]), done, finished
+    placed = [jax.device_put(x, old.sharding) for old, x in zip(leaves, loaded)]  # sharded state stays sharded
+    return jax.tree.unflatten(treedef, placed), done, finished
 
 
-def _save_checkpoint(file: Path, stats: Stats, done: int, finished: bool) -> None:
+def _save_checkpoint(file: Path, stats, done: int, finished: bool) -> None:
     buffer = io.BytesIO()
     leaves = {f"leaf{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(stats))}
     np.savez(buffer, chunks_done=done, finished=finished, **leaves)
@@ -197,10 +202,13 @@ def _comoment_reduction(mesh: Mesh, dim: int, tiles: tuple[Tile, ...], dtype):
     return reduction, to_stats
 
 
-def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: int, mesh: Mesh,
-                        on_chunk: Callable[[int], None] | None) -> Stats:
-    reduction, to_stats = _comoment_reduction(mesh, sum(source.widths), tiles, accumulation_dtype(source))
-    total = fold_sharded(source, reduction, chunk_tokens, mesh, on_chunk=on_chunk)
+def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: int, mesh: Mesh, on_chunk, observe,
+                        checkpoint, checkpoint_every: int) -> Stats:
+    dtype = accumulation_dtype(source)
+    reduction, to_stats = _comoment_reduction(mesh, sum(source.widths), tiles, dtype)
+    file = None if checkpoint is None else _checkpoint_file(checkpoint, source, tiles, chunk_tokens, dtype, mesh)
+    total = fold_sharded(source, reduction, chunk_tokens, mesh, on_chunk=on_chunk, observe=observe,
+                         checkpoint=file, checkpoint_every=checkpoint_every)
     return to_stats(jax.device_put(total, NamedSharding(mesh, P())))
 
 
@@ -219,7 +227,9 @@ def local_token_shards(mesh: Mesh) -> int:
 
 
 def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, mesh: Mesh, args: tuple = (),
-                 on_chunk: Callable[[int], None] | None = None):
+                 on_chunk: Callable[[int], None] | None = None,
+                 observe: Callable[[np.ndarray, int], None] | None = None, checkpoint: Path | None = None,
+                 checkpoint_every: int = 8):
     """One pass over ``source`` folding every chunk into ``reduction`` on ``mesh``; the combined statistic.
 
     Each chunk (about ``chunk_tokens`` rows of this process's tokens, padded so the update compiles once)
@@ -228,7 +238,9 @@ def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: in
     (``jax.distributed``) each reads its own ``source`` and all take the same number of steps. Keep the
     same ``reduction`` object between calls: the compiled functions are cached on it. ``args`` (a tuple
     of arrays, replicated) are passed on to ``reduction.chunk`` after ``(x, n_valid, row0)``;
-    ``on_chunk`` is called with the real rows of each chunk (progress reporting).
+    ``on_chunk`` is called with the real rows of each chunk (progress reporting), ``observe`` with each
+    padded host chunk and its real rows. ``checkpoint`` (a file) saves the devices' running statistics
+    every ``checkpoint_every`` chunks and at the end, and resumes from it (one process only).
     """
     init, update, finalize = _compiled(reduction, mesh)
     dim = sum(source.widths)
@@ -236,9 +248,13 @@ def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: in
     shard_size = -(-chunk_tokens // local)
     local_rows = shard_size * local
     rows_sharding = NamedSharding(mesh, P(TOKENS))
-    state = init()
-    position = _process_offset(source)
-    for chunk in _agreed_chunks(source.chunks(local_rows)):
+    state, done, finished = init(), 0, False
+    if checkpoint is not None:
+        if jax.process_count() > 1:
+            raise JNeuronError("checkpoint= is not supported when several processes share the pass")
+        state, done, finished = _load_checkpoint(checkpoint, state)
+    position = _process_offset(source) + done * local_rows
+    for chunk in () if finished else _agreed_chunks(_skip(source, local_rows, done)):
         rows = 0 if chunk is None else chunk.shape[0]
         padded = np.zeros((local_rows, dim), np.dtype(accumulation_dtype(source)))
         if rows:
@@ -250,9 +266,16 @@ def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: in
             for a in (padded, n_valid, row0)
         )
         state = jax.block_until_ready(update(state, x, n_valid, row0, *args))  # bound the chunks in flight
+        if observe is not None and rows:
+            observe(padded, rows)
         position += rows
+        done += 1
         if on_chunk is not None and rows:
             on_chunk(rows)
+        if checkpoint is not None and done % max(1, checkpoint_every) == 0:
+            _save_checkpoint(checkpoint, state, done, finished=False)
+    if checkpoint is not None and not finished:
+        _save_checkpoint(checkpoint, state, done, finished=True)
     return finalize(state)
 
 

@@ -21,6 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from jneuron.kernels.sharded import TOKENS
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -50,18 +54,23 @@ def outputs(params, x: jax.Array, masks: jax.Array) -> jax.Array:
     return out + bias[None]
 
 
-def loss(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool) -> jax.Array:
-    """Sum over settings of (mean data loss over the valid rows of a batch + penalty on the masked weight).
-
-    The settings are independent, so the gradient of the sum is each setting's own gradient.
-    """
+def data_loss(params, x, y, valid, masks, *, regression: bool) -> jax.Array:
+    """Per setting, the summed data loss (cross-entropy or squared error) over the valid rows of a batch."""
     out = outputs(params, x, masks)
     if regression:
         per_row = (out[:, :, 0] - y[:, None]) ** 2
     else:
         labels = jnp.broadcast_to(y[:, None], out.shape[:2])
         per_row = optax.losses.softmax_cross_entropy_with_integer_labels(out, labels)
-    data = jnp.sum(per_row * valid[:, None], axis=0) / jnp.maximum(jnp.sum(valid), 1)
+    return jnp.sum(per_row * valid[:, None], axis=0)
+
+
+def loss(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool) -> jax.Array:
+    """Sum over settings of (mean data loss over the valid rows of a batch + penalty on the masked weight).
+
+    The settings are independent, so the gradient of the sum is each setting's own gradient.
+    """
+    data = data_loss(params, x, y, valid, masks, regression=regression) / jnp.maximum(jnp.sum(valid), 1)
     return jnp.sum(data + penalty(params[0] * masks[:, None, :], l1, l2, squared))
 
 
@@ -92,6 +101,49 @@ def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: floa
 
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction raises a float to an int32 count
         return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid))[0][0]
+
+
+def train_sharded(x, y, masks, l1, l2, rows, valid, counts, *, mesh: Mesh, classes: int, learning_rate: float,
+                  squared: bool = False, regression: bool = False):
+    """:func:`train` with the tokens sharded over ``mesh``'s ``"tokens"`` axis (data-parallel gradients).
+
+    ``x`` and ``y`` are sharded by rows over ``"tokens"`` (equal shards). Every batch is given per shard:
+    ``rows`` ``(steps, shards, cap)`` are indices into each shard's own rows, ``valid`` marks the real
+    ones, ``counts`` ``(steps,)`` is the batch's real rows over all shards. Each device takes the
+    gradient of its rows' summed data loss; ``psum`` inside :func:`jax.shard_map` adds them, so every
+    device holds the same gradient (the batch mean plus the penalty's) and takes the same Adam step.
+    """
+    dtype = jnp.result_type(x.dtype, jnp.float32)
+    settings = masks.shape[0]
+    params = (jnp.zeros((settings, classes, x.shape[1]), dtype), jnp.zeros((settings, classes), dtype))
+    optimizer = optax.adam(learning_rate)
+    masks, l1, l2 = masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
+
+    def local_loss(params, x, y, ok, count):
+        return jnp.sum(data_loss(params, x, y, ok, masks, regression=regression)) / jnp.maximum(count, 1)
+
+    def penalty_loss(params):
+        return jnp.sum(penalty(params[0] * masks[:, None, :], l1, l2, squared))
+
+    def body(x, y, rows, valid, counts, params):
+        rows, valid = rows[:, 0], valid[:, 0]  # this shard's slice of every batch
+
+        def step(carry, batch):
+            params, state = carry
+            index, ok, count = batch
+            # params are the same on every device and the local loss differs per device, so shard_map's
+            # autodiff sums this gradient over "tokens" itself (a psum, the transpose of the implicit pvary)
+            g = jax.grad(local_loss)(params, x[index].astype(dtype), y[index], ok.astype(dtype), count.astype(dtype))
+            g = jax.tree.map(jnp.add, g, jax.grad(penalty_loss)(params))
+            updates, state = optimizer.update(g, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction raises a float to an int32 count
+            return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid, counts))[0][0]
+
+    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(TOKENS), P(TOKENS), P(None, TOKENS), P(None, TOKENS), P(), P()),
+                            out_specs=P())
+    return sharded(x, y, rows, valid, counts, params)
 
 
 def confusion(params, x, y, masks, classes: int) -> jax.Array:

@@ -136,3 +136,29 @@ def test_cli_devices_flag(tmp_path, rng, capsys):
     assert main(["maxcorr", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--devices", "2",
                  "--out", str(tmp_path / "out")]) == 2
     assert "devices=2: this process sees 1 device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["similarity", "linreg", "match"])
+def test_cli_devices_flag_on_similarity_commands(tmp_path, rng, capsys, command):
+    from jneuron.cli import main
+
+    shared = rng.normal(size=(200, 1))
+    files = [tmp_path / "a.npy", tmp_path / "b.npy"]
+    np.save(files[0], np.hstack([shared, rng.normal(size=(200, 2))]))
+    np.save(files[1], np.hstack([rng.normal(size=(200, 2)), 3 * shared]))
+    args = [command, *map(str, files), "--chunk-tokens", "64", "--out", str(tmp_path / "out")]
+    assert main([*args, "--devices", "1"]) == 0
+    assert main([*args, "--devices", "2"]) == 2
+    assert "devices=2: this process sees 1 device" in capsys.readouterr().err
+
+
+def test_cli_devices_flag_on_probe(tmp_path, rng, capsys):
+    from jneuron.cli import main
+
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", (x[:, 1] > 0).astype(int))
+    args = ["probe", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--epochs", "2", "--out", str(tmp_path / "o")]
+    assert main([*args, "--devices", "1"]) == 0
+    assert main([*args, "--devices", "3"]) == 2
+    assert "devices=3: this process sees 1 device" in capsys.readouterr().err

@@ -39,13 +39,23 @@ def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dtype``, ``--chunk-tokens``, ``--devices`` and ``--progress``, for commands that stream inputs."""
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="compute dtype (default float32; float64 turns on JAX's 64-bit mode for this run)")
+    add_chunk_argument(parser)
+    add_devices_argument(parser)
+    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                        help="progress line on stderr: 'auto' shows it when stderr is a terminal")
+
+
+def add_chunk_argument(parser: argparse.ArgumentParser) -> None:
+    """``--chunk-tokens``."""
     parser.add_argument("--chunk-tokens", type=_positive_int, default=None, metavar="N",
                         help="tokens per streamed chunk (default: about 64 MiB of activations)")
+
+
+def add_devices_argument(parser: argparse.ArgumentParser) -> None:
+    """``--devices`` (use with :func:`device_scope` and :func:`shard_count`)."""
     parser.add_argument("--devices", default=None, metavar="SPEC",
                         help="a number N shards the tokens over N devices; or one device to run on: 'cpu', "
                              "'gpu', 'tpu', optionally with an index ('gpu:1')")
-    parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
-                        help="progress line on stderr: 'auto' shows it when stderr is a terminal")
 
 
 def _positive_int(text: str) -> int:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jneuron.commands._common import add_out_argument, load_models
+from jneuron.commands._common import (
+    add_chunk_argument,
+    add_devices_argument,
+    add_out_argument,
+    device_scope,
+    load_models,
+    shard_count,
+)
 from jneuron.errors import JNeuronError
 from jneuron.io_utils import atomic_write_json
 from jneuron.matching import match_neurons, sparse_prediction
@@ -21,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--absolute", action="store_true", help="match by |rho| instead of rho")
     parser.add_argument("--lasso", action="store_true", help="also predict the second net's units sparsely (L1)")
     parser.add_argument("--top", type=int, default=10, help="pairs to print (default 10)")
+    add_chunk_argument(parser)
+    add_devices_argument(parser)
     add_out_argument(parser)
 
 
@@ -29,12 +38,14 @@ def run(args: argparse.Namespace) -> int:
     if len(models) != 2:
         raise JNeuronError("match needs two different files")
     (name_x, x), (name_y, y) = models.items()
-    result = match_neurons(x, y, args.method, absolute=args.absolute, names=(name_x, name_y))
+    streaming = {"chunk_tokens": args.chunk_tokens, "devices": shard_count(args.devices)}
+    with device_scope(args):
+        result = match_neurons(x, y, args.method, absolute=args.absolute, names=(name_x, name_y), **streaming)
+        sparse = sparse_prediction(x, y, **streaming) if args.lasso else None
     out = result.to_dict()
     for pair in sorted(out["pairs"], key=lambda p: -p["rho"])[: args.top]:
         print(f"{pair['x']['label']:<20} <-> {pair['y']['label']:<20} rho {pair['rho']:+.4f}")
-    if args.lasso:
-        sparse = sparse_prediction(x, y)
+    if sparse is not None:
         out["sparse_prediction"] = sparse.to_dict()
         print("units used per prediction, by penalty:")
         for penalty, used in zip(sparse.penalties, sparse.nonzero):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jneuron.commands._common import add_out_argument, load_activations
+from jneuron.commands._common import add_devices_argument, add_out_argument, device_scope, load_activations, shard_count
 from jneuron.errors import JNeuronError
 from jneuron.io_utils import atomic_write_json
 from jneuron.labels import LabelledTokens, load_labels, read_sentences
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy tolerance of the choice")
     parser.add_argument("--percentage", type=float, default=0.05, help="weight mass for the top neurons")
     parser.add_argument("--top", type=int, default=10, help="neurons to print (default 10)")
+    add_devices_argument(parser)
     add_out_argument(parser)
 
 
@@ -62,9 +63,10 @@ def _labels(args: argparse.Namespace, activations: np.ndarray) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     activations = load_activations(args.activations)
     labels = _labels(args, activations)
-    grid = train_probes(activations, labels, l1=args.l1, l2=args.l2, validation=args.validation,
-                        tolerance=args.tolerance, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        seed=args.seed)
+    with device_scope(args):
+        grid = train_probes(activations, labels, l1=args.l1, l2=args.l2, validation=args.validation,
+                            tolerance=args.tolerance, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            seed=args.seed, devices=shard_count(args.devices))
     probe = grid.probe
     ordering = neuron_ordering(probe)
     selection = top_neurons(probe, args.percentage)

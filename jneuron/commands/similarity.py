@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from jneuron.commands._common import add_out_argument, load_models
+from jneuron.commands._common import (
+    add_chunk_argument,
+    add_devices_argument,
+    add_out_argument,
+    device_scope,
+    load_models,
+    shard_count,
+)
 from jneuron.io_utils import atomic_write_json
 from jneuron.simmatrix import METRICS, similarity_matrix
 
@@ -19,13 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compare with these layers instead (e.g. another checkpoint's)")
     parser.add_argument("--metric", choices=METRICS, default="svcca", help="similarity measure (default svcca)")
     parser.add_argument("--keep", type=float, default=0.99, help="SVCCA: share of variance kept (default 0.99)")
+    add_chunk_argument(parser)
+    add_devices_argument(parser)
     add_out_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     layers = load_models(args.files)
     against = load_models(args.against) if args.against else None
-    matrix = similarity_matrix(layers, against, metric=args.metric, keep=args.keep)
+    with device_scope(args):
+        matrix = similarity_matrix(layers, against, metric=args.metric, keep=args.keep, chunk_tokens=args.chunk_tokens,
+                                   devices=shard_count(args.devices))
     width = max(len(n) for n in matrix.names_a)
     print(f"{matrix.metric} over {matrix.tokens} tokens")
     print(" " * width + "".join(f" {n[:8]:>8}" for n in matrix.names_b))

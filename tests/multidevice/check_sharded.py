@@ -186,3 +186,117 @@ def test_information_sharded_bad_value_names_the_global_row():
     x[321, 2] = np.nan
     with pytest.raises(JNeuronError, match="row 321, neuron"):
         jn.neuron_information(x, rng.integers(0, 2, 500), threshold=0.0, devices=4, chunk_tokens=64)
+
+
+def _layers(rng, tokens=1001):
+    """Two layers with planted shared directions, an offset, a dead unit and a duplicated one."""
+    z = rng.normal(size=(tokens, 3))
+    x = z @ rng.normal(size=(3, 8)) + 0.3 * rng.normal(size=(tokens, 8)) + 1e3
+    y = z @ rng.normal(size=(3, 6)) + 0.5 * rng.normal(size=(tokens, 6)) - 50
+    x[:, 2] = 7.0
+    y[:, 4] = y[:, 0]
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore::jneuron.errors.DeadNeuronWarning")
+@pytest.mark.parametrize("name", ["tokens3", "tokens4_neurons2", "user_mesh"])
+def test_similarity_sharded_equal_unsharded(name):
+    x, y = _layers(np.random.default_rng(13))
+    mesh = MESHES[name]()
+    for measure in (jn.cca, jn.svcca, jn.pwcca):
+        one, sharded = measure(x, y, chunk_tokens=128), measure(x, y, chunk_tokens=128, mesh=mesh)
+        got = sharded.cca if hasattr(sharded, "cca") else sharded
+        want = one.cca if hasattr(one, "cca") else one
+        np.testing.assert_allclose(got.rho, want.rho, atol=2e-6)
+    for debiased in (False, True):  # the debiased CKA also observes every chunk (fourth moments)
+        one = jn.cka(x, y, debiased, chunk_tokens=128).value
+        assert abs(jn.cka(x, y, debiased, chunk_tokens=128, mesh=mesh).value - one) < 2e-6
+    layers = {"a": x, "b": y, "c": x[:, ::-1] * 2}
+    np.testing.assert_allclose(jn.similarity_matrix(layers, metric="svcca", chunk_tokens=100, mesh=mesh).values,
+                               jn.similarity_matrix(layers, metric="svcca", chunk_tokens=100).values, atol=2e-6)
+
+
+@pytest.mark.filterwarnings("ignore::jneuron.errors.DeadNeuronWarning")
+def test_linreg_matching_lasso_sharded_equal_unsharded():
+    x, y = _layers(np.random.default_rng(14))
+    one = jn.linreg_ranking([x, y], chunk_tokens=128)
+    sharded = jn.linreg_ranking([x, y], chunk_tokens=128, devices=8)
+    np.testing.assert_allclose(sharded.scores, one.scores, atol=2e-6)
+    single_match, sharded_match = jn.match_neurons(x, y), jn.match_neurons(x, y, devices=5)
+    assert sharded_match.total == pytest.approx(single_match.total, abs=1e-5)  # y units 0 and 4 are twins: a tie
+    np.testing.assert_allclose(sharded_match.correlation, single_match.correlation, atol=2e-6)
+    lasso_one = jn.sparse_prediction(x, y, penalties=[0.1, 0.01])
+    lasso_sharded = jn.sparse_prediction(x, y, penalties=[0.1, 0.01], devices=8)
+    np.testing.assert_allclose(lasso_sharded.coef, lasso_one.coef, atol=1e-4)
+    direction_one = jn.direction_ranking(x, y, method="cca")
+    np.testing.assert_allclose(jn.direction_ranking(x, y, method="cca", devices=3).rho, direction_one.rho, atol=2e-6)
+
+
+def test_sharded_checkpoint_resumes_to_the_same_result(tmp_path):
+    from jneuron.stream import accumulate
+
+    x = _nasty(np.random.default_rng(15), tokens=900)
+    source, tiles = jn.as_source([x]), (jn.kernels.moments.Tile(0, 7, 0, 7),)
+    mesh = jn.device_mesh(8, neuron_shards=2)
+    whole = accumulate(source, tiles, 100, mesh=mesh)
+    seen = []
+
+    def stop_after_five(rows):
+        seen.append(rows)
+        if len(seen) == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        accumulate(source, tiles, 100, mesh=mesh, checkpoint=tmp_path, checkpoint_every=2, on_chunk=stop_after_five)
+    resumed = accumulate(source, tiles, 100, mesh=mesh, checkpoint=tmp_path, checkpoint_every=2, on_chunk=seen.append)
+    assert sum(seen[5:]) == 900 - 4 * 100  # resumed after the 4 saved chunks
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    again = accumulate(source, tiles, 100, mesh=mesh, checkpoint=tmp_path)  # finished: read back, no pass
+    np.testing.assert_array_equal(np.asarray(again.cross[0].hi), np.asarray(whole.cross[0].hi))
+    with pytest.raises(JNeuronError, match="observe"):
+        accumulate(source, tiles, 100, mesh=mesh, checkpoint=tmp_path, observe=lambda chunk, rows: None)
+
+
+@pytest.mark.parametrize("name", ["tokens3", "tokens4_neurons2"])
+def test_probe_gradients_sharded_equal_unsharded(name):
+    rng = np.random.default_rng(16)
+    labels = rng.integers(0, 3, 803)  # 803 tokens: uneven over the shards, a short last batch
+    x = (rng.normal(size=(803, 10)) + np.eye(3, 10, 2)[labels] * 1.5).astype(np.float32)
+    options = dict(l1=1e-3, l2=1e-3, epochs=3, batch_size=32, lr=1e-2)
+    one = jn.train_probe(x, labels, **options)
+    sharded = jn.train_probe(x, labels, mesh=MESHES[name](), **options)
+    # Adam is scale-invariant, so a gradient summed once too often would show only through the penalty's share
+    np.testing.assert_allclose(sharded.weight, one.weight, atol=1e-6)
+    np.testing.assert_allclose(sharded.bias, one.bias, atol=1e-6)
+    assert sharded.evaluate(x, labels)["accuracy"] == one.evaluate(x, labels)["accuracy"]
+    target = x[:, 4] * 2.0 + 1.0
+    reg_one = jn.train_probe(x, target, task="regression", epochs=2, lr=1e-2)
+    reg_sharded = jn.train_probe(x, target, task="regression", epochs=2, lr=1e-2, devices=8)
+    np.testing.assert_allclose(reg_sharded.weight, reg_one.weight, atol=1e-5)
+
+
+def test_probe_grid_and_retraining_sharded():
+    rng = np.random.default_rng(17)
+    labels = rng.integers(0, 2, 600)
+    x = (rng.normal(size=(600, 6)) + np.eye(2, 6)[labels]).astype(np.float32)
+    grid_one = jn.train_probes(x, labels, l1=[0, 1e-3], l2=[0, 1e-3], epochs=2)
+    grid_sharded = jn.train_probes(x, labels, l1=[0, 1e-3], l2=[0, 1e-3], epochs=2, devices=4)
+    np.testing.assert_allclose(grid_sharded.accuracy, grid_one.accuracy, atol=1e-9)
+    for row_one, row_sharded in zip(grid_one.probes, grid_sharded.probes):
+        for probe_one, probe_sharded in zip(row_one, row_sharded):
+            np.testing.assert_allclose(probe_sharded.weight, probe_one.weight, atol=1e-6)
+    ordering = jn.neuron_ordering(grid_one.probe)
+    table_one = jn.retrain_ablation(x, labels, x, labels, ordering, [0.5], epochs=2)
+    table_sharded = jn.retrain_ablation(x, labels, x, labels, ordering, [0.5], epochs=2, devices=8)
+    assert table_sharded.to_dict() == table_one.to_dict()
+
+
+def test_shard_batches_keeps_every_row_once():
+    from jneuron.probe import batch_rows, shard_batches
+
+    rows, valid = batch_rows(803, 2, 32, seed=3)
+    local, ok, counts = shard_batches(np.asarray(rows), np.asarray(valid), 101, 8)
+    global_rows = (local + 101 * np.arange(8)[None, :, None])[ok]
+    assert sorted(global_rows.tolist()) == sorted(np.asarray(rows)[np.asarray(valid)].tolist())
+    assert counts.tolist() == np.asarray(valid).sum(1).tolist()
