@@ -35,18 +35,26 @@ def best_time(fn: Callable[[], object], repeats: int = 3) -> float:
     return min(times)
 
 
+def rss_bytes(field: str = "VmRSS") -> int | None:
+    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), from Linux's /proc."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory so far.
 
     Linux's ``VmHWM``, not ``ru_maxrss``: the latter survives ``fork`` and ``exec``, so a child started by a
     large benchmark process would report its parent's peak instead of its own.
     """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = rss_bytes("VmHWM")
+    if peak is not None:
+        return peak
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 

@@ -32,13 +32,14 @@ from jneuron.errors import DeadNeuronWarning, JNeuronError
 from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
+from jneuron.memory import release_freed_memory
 from jneuron.ranking import NeuronIndex, Ranking, _plain
 from jneuron.sharding import resolve_mesh
 from jneuron.sources import Source, as_source
 from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
 from jneuron.tilereduce import tile_reducer
 
-MEMORY_BUDGET = 384 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
+MEMORY_BUDGET = 320 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
 _BYTES_PER_ENTRY = 24  # compensated pair (8) + chunk product (4) + merge outer product (4) + reduction (8)
 
 
@@ -255,6 +256,7 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
             table.set_rows(tile, model, rows)
             table.improve_columns(tile, model, cols)
         if len(passes) > 1:  # every pass compiles for its own tile shapes: drop them, or memory grows per pass
-            kmoments.update.clear_cache()
+            kmoments.clear_caches()
             kmax.reduce_tile.clear_cache()
+            release_freed_memory()
     return table.best, table.unit, table.rho, np.flatnonzero(dead)

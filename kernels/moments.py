@@ -90,6 +90,13 @@ def init(dim: int, tiles: tuple[Tile, ...], dtype=jnp.float32) -> Stats:
 
 def chunk_stats(x: Array, n_valid: Array | int, tiles: tuple[Tile, ...], dtype=jnp.float32) -> Stats:
     """Co-moments of one chunk whose first ``n_valid`` rows are real (the rest is padding)."""
+    stats, centred = centred_chunk(x, n_valid, dtype)
+    return with_products(stats, products(centred, tiles))
+
+
+def centred_chunk(x: Array, n_valid: Array | int, dtype=jnp.float32) -> tuple[Stats, Array]:
+    """One chunk's statistics without cross-products (``cross == ()``), and the chunk centred on its mean
+    (padding rows and non-finite values are 0), from which :func:`products` takes the cross-products."""
     x = x.astype(dtype)
     rows = jnp.arange(x.shape[0])[:, None] < n_valid
     n = jnp.asarray(n_valid, count_dtype())
@@ -106,22 +113,29 @@ def chunk_stats(x: Array, n_valid: Array | int, tiles: tuple[Tile, ...], dtype=j
     mean_hi, mean_lo = comp.add(Pair(rough_mean, jnp.zeros_like(rough_mean)), residual)  # the chunk mean, unrounded
     centred = jnp.where(rows, (clean - mean_hi[None, :]) - mean_lo[None, :], 0)
     m2 = jnp.sum(centred * centred, axis=0)
-    cross = tuple(
-        jnp.matmul(centred[:, t.r0 : t.r1].T, centred[:, t.c0 : t.c1], precision=HIGHEST) for t in tiles
-    )
     bad = ~finite & rows
     any_bad = bad.any()
     first_row = jnp.argmax(bad.any(axis=1))
     first_col = jnp.argmax(bad[first_row])
-    zero = jnp.zeros_like
-    return Stats(
+    stats = Stats(
         count=n,
         mean=Pair(mean_hi, mean_lo),
-        m2=Pair(m2, zero(m2)),
-        cross=tuple(Pair(c, zero(c)) for c in cross),
+        m2=Pair(m2, jnp.zeros_like(m2)),
+        cross=(),
         bad_row=jnp.where(any_bad, first_row, NO_BAD_ROW).astype(count_dtype()),
         bad_col=jnp.where(any_bad, first_col, NO_BAD_ROW).astype(count_dtype()),
     )
+    return stats, centred
+
+
+def products(centred: Array, tiles: tuple[Tile, ...]) -> tuple[Array, ...]:
+    """The centred cross-product blocks ``C[:, r0:r1]^T C[:, c0:c1]``, at ``precision="highest"``."""
+    return tuple(jnp.matmul(centred[:, t.r0 : t.r1].T, centred[:, t.c0 : t.c1], precision=HIGHEST) for t in tiles)
+
+
+def with_products(stats: Stats, cross: tuple[Array, ...]) -> Stats:
+    """A chunk's statistics from :func:`centred_chunk` completed with its cross-product blocks."""
+    return stats._replace(cross=tuple(Pair(c, jnp.zeros_like(c)) for c in cross))
 
 
 def merge(a: Stats, b: Stats, tiles: tuple[Tile, ...]) -> Stats:
@@ -151,6 +165,24 @@ def update(stats: Stats, x: Array, n_valid: Array | int, tiles: tuple[Tile, ...]
     """Fold one chunk (first ``n_valid`` rows real) into running statistics."""
     dtype = stats.mean.hi.dtype
     return merge(stats, chunk_stats(x, n_valid, tiles, dtype), tiles)
+
+
+@partial(jax.jit, static_argnames=("dtype",))
+def centre(x: Array, n_valid: Array | int, dtype=jnp.float32) -> tuple[Stats, Array]:
+    """Jitted :func:`centred_chunk`: the first half of an update whose products are taken elsewhere."""
+    return centred_chunk(x, n_valid, dtype)
+
+
+@partial(jax.jit, static_argnames=("tiles",), donate_argnums=(0,))
+def merge_products(stats: Stats, chunk: Stats, cross: tuple[Array, ...], tiles: tuple[Tile, ...]) -> Stats:
+    """The second half: fold a chunk from :func:`centre` and its cross-product blocks into running statistics."""
+    return merge(stats, with_products(chunk, tuple(c.astype(stats.mean.hi.dtype) for c in cross)), tiles)
+
+
+def clear_caches() -> None:
+    """Drop the compiled updates (one per tile layout): a run with many layouts would otherwise keep them all."""
+    for function in (update, centre, merge_products):
+        function.clear_cache()
 
 
 def mean64(stats: Stats) -> np.ndarray:

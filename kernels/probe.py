@@ -74,6 +74,45 @@ def loss(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool)
     return jnp.sum(data + penalty(params[0] * masks[:, None, :], l1, l2, squared))
 
 
+def data_gradient(params, x, y, valid, masks, *, regression: bool):
+    """The gradient of :func:`data_loss` summed over settings, written out: ``(d weight, d bias)``.
+
+    The weight gradient of every setting comes from one ``(settings * classes, tokens) x (tokens, neurons)``
+    product, laid out as the weight is; on a CPU that is about twice as fast as the product automatic
+    differentiation picks for these skinny shapes.
+    """
+    weight = params[0]
+    settings, classes, neurons = weight.shape
+    out = outputs(params, x, masks)
+    if regression:
+        d_out = 2 * (out - y[:, None, None])
+    else:
+        d_out = jax.nn.softmax(out, axis=-1) - jax.nn.one_hot(y, classes, dtype=out.dtype)[:, None, :]
+    d_out = d_out * valid[:, None, None]
+    flat = d_out.reshape(x.shape[0], settings * classes)
+    d_weight = jnp.matmul(flat.T, x, precision=HIGHEST).reshape(weight.shape) * masks[:, None, :]
+    return d_weight, jnp.sum(d_out, axis=0)
+
+
+def penalty_gradient(weight, masks, l1, l2, squared: bool = False) -> jax.Array:
+    """The (sub)gradient of :func:`penalty` of the masked weight: ``sign`` for L1 (0 at 0, as in torch),
+    ``w / ||w||_F`` for the Frobenius norm (0 at ``w = 0``), ``2 w`` for its square."""
+    masked = weight * masks[:, None, :]
+    if squared:
+        ridge = 2 * masked
+    else:
+        norm = frobenius(masked)[:, None, None]
+        ridge = jnp.where(norm > 0, masked / jnp.where(norm > 0, norm, 1), 0)
+    return (l1[:, None, None] * jnp.sign(masked) + l2[:, None, None] * ridge) * masks[:, None, :]
+
+
+def gradient(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool):
+    """The gradient of :func:`loss` (each setting's own): the batch-mean data gradient plus the penalty's."""
+    d_weight, d_bias = data_gradient(params, x, y, valid, masks, regression=regression)
+    count = jnp.maximum(jnp.sum(valid), 1)
+    return d_weight / count + penalty_gradient(params[0], masks, l1, l2, squared), d_bias / count
+
+
 def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: float, squared: bool = False,
           regression: bool = False):
     """Adam over the given minibatches, all of them inside one ``lax.scan`` (no Python per batch).
@@ -89,13 +128,12 @@ def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: floa
     params = (jnp.zeros((settings, classes, x.shape[1]), dtype), jnp.zeros((settings, classes), dtype))
     optimizer = optax.adam(learning_rate)
     masks, l1, l2 = masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
-    grad = jax.grad(loss)
 
     def step(carry, batch):
         params, state = carry
         index, ok = batch
-        g = grad(params, x[index].astype(dtype), y[index], ok.astype(dtype), masks, l1, l2, squared=squared,
-                 regression=regression)
+        g = gradient(params, x[index].astype(dtype), y[index], ok.astype(dtype), masks, l1, l2, squared=squared,
+                     regression=regression)
         updates, state = optimizer.update(g, state, params)
         return (optax.apply_updates(params, updates), state), None
 
@@ -119,22 +157,17 @@ def train_sharded(x, y, masks, l1, l2, rows, valid, counts, *, mesh: Mesh, class
     optimizer = optax.adam(learning_rate)
     masks, l1, l2 = masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
 
-    def local_loss(params, x, y, ok, count):
-        return jnp.sum(data_loss(params, x, y, ok, masks, regression=regression)) / jnp.maximum(count, 1)
-
-    def penalty_loss(params):
-        return jnp.sum(penalty(params[0] * masks[:, None, :], l1, l2, squared))
-
     def body(x, y, rows, valid, counts, params):
         rows, valid = rows[:, 0], valid[:, 0]  # this shard's slice of every batch
 
         def step(carry, batch):
             params, state = carry
             index, ok, count = batch
-            # params are the same on every device and the local loss differs per device, so shard_map's
-            # autodiff sums this gradient over "tokens" itself (a psum, the transpose of the implicit pvary)
-            g = jax.grad(local_loss)(params, x[index].astype(dtype), y[index], ok.astype(dtype), count.astype(dtype))
-            g = jax.tree.map(jnp.add, g, jax.grad(penalty_loss)(params))
+            local = data_gradient(params, x[index].astype(dtype), y[index], ok.astype(dtype), masks,
+                                  regression=regression)
+            d_weight, d_bias = jax.lax.psum(local, TOKENS)
+            count = jnp.maximum(count, 1).astype(dtype)
+            g = (d_weight / count + penalty_gradient(params[0], masks, l1, l2, squared), d_bias / count)
             updates, state = optimizer.update(g, state, params)
             return (optax.apply_updates(params, updates), state), None
 

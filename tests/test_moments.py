@@ -152,3 +152,24 @@ def test_float32_offset_input_matches_its_float64_reference(rng):
     x = (rng.normal(size=(2000, 4)) * [0.01, 1, 10, 100] + [1e3, -1e3, 5, 0]).astype(np.float32)
     np.testing.assert_allclose(jn.comoments(x, chunk_tokens=256).correlation(),
                                np.corrcoef(x.astype(np.float64), rowvar=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [64, 37])
+def test_host_blas_update_equals_the_compiled_update(rng, rows):
+    """The CPU path (products by numpy's BLAS into adopted buffers) folds a chunk as kernels.moments.update does."""
+    from jneuron.aligned import aligned_empty
+    from jneuron.stream import host_blas_update
+
+    tiles = (km.Tile(0, 3, 3, 8), km.Tile(3, 6, 6, 8))
+    x = aligned_empty((64, 8), np.float32)
+    x[:] = rng.normal(size=(64, 8)) * 2 + 1e3
+    x[rows:] = 0
+    first = rng.normal(size=(64, 8)).astype(np.float32)
+    compiled = km.update(km.update(km.init(8, tiles), first, 64, tiles), x, rows, tiles)
+    host = host_blas_update(host_blas_update(km.init(8, tiles), first, 64, tiles), x, rows, tiles)
+    assert int(host.count) == int(compiled.count) == 64 + rows
+    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(compiled)):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6, atol=1e-3)
+    reference = np.concatenate([first, x[:rows]]).astype(np.float64)
+    centred = reference - reference.mean(0)
+    np.testing.assert_allclose(km.cross_value64(host, 1), centred[:, 3:6].T @ centred[:, 6:8], rtol=1e-5, atol=1e-2)

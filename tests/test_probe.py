@@ -52,6 +52,30 @@ def test_frobenius_gradient_at_zero_is_finite():
     assert np.all(np.isfinite(np.asarray(g))) and not np.any(np.asarray(g))
 
 
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("regression", [False, True])
+def test_written_out_gradient_equals_autodiff_of_the_loss(rng, squared, regression):
+    """Three settings, one with a mask and one at zero weight (the subgradients), a padded batch row."""
+    classes = 1 if regression else 4
+    x = rng.normal(size=(9, 6)) + 3.0
+    y = rng.normal(size=9) if regression else rng.integers(0, classes, 9)
+    weight = rng.normal(size=(3, classes, 6))
+    weight[1] = 0.0
+    weight[2, :, 4] = 0.0
+    masks = np.ones((3, 6))
+    masks[0, [1, 3]] = 0
+    valid = np.ones(9)
+    valid[-1] = 0
+    l1, l2 = np.array([0.3, 0.1, 0.0]), np.array([0.7, 0.2, 0.5])
+    with jax.enable_x64(True):
+        args = [jnp.asarray(a) for a in (x, y, valid, masks, l1, l2)]
+        params = (jnp.asarray(weight), jnp.asarray(rng.normal(size=(3, classes))))
+        want = jax.grad(kp.loss)(params, *args, squared=squared, regression=regression)
+        got = kp.gradient(params, *args, squared=squared, regression=regression)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+
+
 def test_one_full_batch_adam_step_matches_numpy(rng):
     """From zero, Adam's first step is -lr * g / (|g| + eps): checks loss, gradient, bias and optimizer."""
     x = rng.normal(size=(16, 5)).astype(np.float32)
