@@ -30,6 +30,8 @@ import jneuron as jn
 from jneuron.io_utils import atomic_write_text
 from jneuron.stream import default_chunk_tokens
 
+from _common import peak_rss_bytes, rss_bytes
+
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -112,9 +114,11 @@ def make_layers(tokens: int, layers: int, width: int, seed: int = 1) -> dict:
 
 def part2(tokens: int, layers: int, width: int) -> dict:
     data = make_layers(tokens, layers, width)
+    resting = rss_bytes()
     start = time.perf_counter()
     matrix = jn.similarity_matrix(data, metric="svcca", keep=0.99)
     jn_t = time.perf_counter() - start
+    peak = peak_rss_bytes()  # before the floor's own (tokens x all layers) gram
     chunk = default_chunk_tokens(layers * width, tokens)  # the chunks jneuron streams
     names = list(data)
     start = time.perf_counter()
@@ -128,6 +132,8 @@ def part2(tokens: int, layers: int, width: int) -> dict:
     floor_t = time.perf_counter() - start
     return {"tokens": tokens, "layers": layers, "width": width, "chunk_tokens": chunk, "jneuron_s": jn_t,
             "floor_s": floor_t, "jneuron_over_floor": jn_t / floor_t,
+            "input_gib": sum(v.nbytes for v in data.values()) / 2**30, "resting_rss_gib": resting / 2**30,
+            "peak_rss_gib": peak / 2**30,
             "svcca_adjacent": [float(matrix.values[i, i + 1]) for i in range(layers - 1)],
             "kept": matrix.kept_a.tolist()}
 

@@ -143,12 +143,19 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
 
 
 def _plan(pairs, bounds) -> tuple[tuple[Tile, ...], dict]:
-    """One tile per run of consecutive ``j`` for each ``i``; ``where[(i, j)] = (tile, column offset)``."""
+    """A tile of its own for each diagonal block ``(i, i)`` (symmetric: a CPU BLAS computes half of it),
+    then one tile per run of consecutive ``j > i``; ``where[(i, j)] = (tile, column offset)``."""
     tiles, where = [], {}
     for i in sorted({i for i, _ in pairs}):
         js = sorted(j for a, j in pairs if a == i)
         if any(j < i for j in js):
             raise JNeuronError(f"internal: block ({i}, {min(js)}) must be asked as ({min(js)}, {i})")
+        if js[0] == i:
+            where[(i, i)] = (len(tiles), 0)
+            tiles.append(Tile(bounds[i][0], bounds[i][1], bounds[i][0], bounds[i][1]))
+            js = js[1:]
+            if not js:
+                continue
         runs = [[js[0]]]
         for j in js[1:]:
             if j == runs[-1][-1] + 1:
