@@ -10,6 +10,12 @@ pass), then the workloads, each reported as achieved throughput and as a fractio
 * MaxCorr: every cross-model block of ``models x model_width`` neurons (default 8 x 4,096) over the same
   tokens, in as many passes as ``--memory-budget`` needs, then the tile reduction (pure JAX and the fused
   Pallas kernel, bandwidth-bound);
+* SVCCA matrix: the streamed blocks of a layer-by-layer similarity matrix, ``layers`` x ``layer_width``
+  (default 12 x 768; each layer against itself and every later layer), the part that scales with tokens;
+* probes: one elastic-net probe trained for an epoch (batch 32, Adam) on ``tokens x width x classes``
+  (default 1,000,000 x 4,096 x 45), and the 16-setting penalty grid on the same batches;
+* information: integer joint counts of 1-bit quantized neurons with the labels, ``tokens x info_width``
+  (default 1,000,000 x 16,384, 45 classes);
 * precision: the same cross-product from float32 ``highest``, float32 default precision (TF32) and
   bfloat16 inputs, with the largest correlation error of each against float64 (numpy, on a subsample).
 
@@ -26,14 +32,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jneuron import blocks as jblocks
+from jneuron import probe as jprobe
 from jneuron.crossmodel import plan_passes
 from jneuron.io_utils import atomic_write_text
+from jneuron.kernels import information as kinfo
 from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import maxcorr_pallas as kpallas
 from jneuron.kernels import moments as kmoments
@@ -43,9 +53,11 @@ from _common import best_time  # noqa: E402
 HIGHEST, DEFAULT = jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT
 SIZES = {
     "full": {"tokens": 1_000_000, "chunk": 65536, "width": 4096, "models": 8, "model_width": 4096,
-             "matmul": 8192, "stream_bytes": 2**30, "accuracy_tokens": 65536},
+             "matmul": 8192, "stream_bytes": 2**30, "accuracy_tokens": 65536, "layers": 12, "layer_width": 768,
+             "classes": 45, "probe_tokens": 1_000_000, "info_width": 16384, "info_chunk": 16384},
     "small": {"tokens": 32768, "chunk": 8192, "width": 256, "models": 4, "model_width": 96,
-              "matmul": 1024, "stream_bytes": 2**26, "accuracy_tokens": 8192},
+              "matmul": 1024, "stream_bytes": 2**26, "accuracy_tokens": 8192, "layers": 4, "layer_width": 64,
+              "classes": 5, "probe_tokens": 8192, "info_width": 512, "info_chunk": 4096},
 }
 
 
@@ -136,6 +148,70 @@ def maxcorr_workload(sizes: dict, ceiling: dict, repeats: int, memory_budget: in
     return result
 
 
+def svcca_workload(sizes: dict, ceiling: dict, repeats: int) -> dict:
+    """The blocks a symmetric layer-by-layer matrix streams (each diagonal block its own tile, as jneuron does)."""
+    layers, layer_width, chunk_rows = sizes["layers"], sizes["layer_width"], sizes["chunk"]
+    width = layers * layer_width
+    bounds = tuple((g * layer_width, (g + 1) * layer_width) for g in range(layers))
+    tiles, _ = jblocks._plan([(i, j) for i in range(layers) for j in range(i, layers)], bounds)
+    steps = sizes["tokens"] // chunk_rows
+    chunk = jax.random.normal(jax.random.key(4), (chunk_rows, width), jnp.float32) + 1.0
+    seconds = best_time(lambda: stream_comoments(chunk, steps, tiles), repeats)
+    tokens = steps * chunk_rows
+    entries = sum((t.r1 - t.r0) * (t.c1 - t.c0) for t in tiles)
+    return {"tokens": tokens, "layers": layers, "layer_width": layer_width,
+            **roofline(2.0 * tokens * entries, 4.0 * tokens * width, seconds, ceiling["matmul_f32_highest_flops"],
+                       ceiling["bandwidth_bytes"])}
+
+
+def probe_workload(sizes: dict, ceiling: dict, repeats: int) -> dict:
+    """One probe for an epoch, and the 16-setting grid (4 x 4 penalties) on the same batches."""
+    tokens, width, classes = sizes["probe_tokens"], sizes["width"], sizes["classes"]
+    keys = jax.random.split(jax.random.key(5), 2)
+    x = jax.random.normal(keys[0], (tokens, width), jnp.float32)
+    y = jax.random.randint(keys[1], (tokens,), 0, classes)
+    rows, valid = jprobe.batch_rows(tokens, 1, 32, seed=0)
+    result = {"tokens": tokens, "width": width, "classes": classes, "batch_size": 32, "steps": int(rows.shape[0])}
+    for name, settings in (("one_probe", 1), ("grid16", 16)):
+        masks = jnp.ones((settings, width), jnp.float32)
+        l1 = jnp.full((settings,), 1e-4, jnp.float32)
+
+        def train(masks=masks, l1=l1):
+            return jax.block_until_ready(jprobe._train(x, y, masks, l1, l1, rows, valid, classes=classes,
+                                                       learning_rate=1e-3, squared=False, regression=False))
+
+        train()
+        seconds = best_time(train, repeats)
+        flops = 4.0 * tokens * width * classes * settings  # forward and weight-gradient products
+        moved = 4.0 * tokens * width + 6 * 4.0 * settings * classes * width * rows.shape[0]  # batches; Adam state
+        result[name] = roofline(flops, moved, seconds, ceiling["matmul_f32_highest_flops"], ceiling["bandwidth_bytes"])
+    result["grid16_over_one_probe"] = result["grid16"]["seconds"] / result["one_probe"]["seconds"]
+    return result
+
+
+def information_workload(sizes: dict, ceiling: dict, repeats: int) -> dict:
+    """Integer joint counts (neuron, bit, class) of 1-bit codes, chunk by chunk, on device-resident chunks."""
+    width, chunk_rows, classes = sizes["info_width"], sizes["info_chunk"], sizes["classes"]
+    steps = sizes["tokens"] // chunk_rows
+    keys = jax.random.split(jax.random.key(6), 2)
+    codes = (jax.random.normal(keys[0], (chunk_rows, width)) > 0).astype(jnp.int32)
+    labels = jax.random.randint(keys[1], (chunk_rows,), 0, classes)
+    counts = jax.jit(partial(kinfo.joint_counts, bins=2, classes=classes))
+
+    def run():
+        total = counts(codes, labels, chunk_rows)
+        for _ in range(steps - 1):
+            total = total + counts(codes, labels, chunk_rows)
+        return jax.block_until_ready(total)
+
+    run()
+    seconds = best_time(run, repeats)
+    tokens = steps * chunk_rows
+    return {"tokens": tokens, "width": width, "classes": classes,
+            **roofline(2.0 * tokens * width * classes, 4.0 * tokens * width, seconds,
+                       ceiling["matmul_f32_highest_flops"], ceiling["bandwidth_bytes"])}
+
+
 def precision_workload(sizes: dict, ceiling: dict) -> dict:
     """Correlation error of each input precision against float64, on ``accuracy_tokens`` tokens."""
     rng = np.random.default_rng(4)
@@ -201,6 +277,19 @@ def main() -> None:
         print(f"maxcorr tile reduction {m['tile_reduction']['tile']} {name}: {t['seconds'] * 1e3:.2f} ms, "
               f"{t['gbytes_s']:.1f} GB/s, {t['roofline_fraction']:.1%} of roofline")
     print(f"pallas equals jax: {m['tile_reduction']['pallas_equals_jax']}")
+    results["svcca"] = svcca_workload(sizes, ceiling, args.repeats)
+    s = results["svcca"]
+    print(f"svcca matrix blocks {s['layers']} x {s['layer_width']} x {s['tokens']}: {s['seconds']:.3f}s, "
+          f"{s['roofline_fraction']:.1%} of roofline")
+    results["probes"] = probe_workload(sizes, ceiling, args.repeats)
+    p = results["probes"]
+    print(f"probe {p['tokens']} x {p['width']} x {p['classes']}, 1 epoch: {p['one_probe']['seconds']:.3f}s "
+          f"({p['one_probe']['roofline_fraction']:.1%} of roofline); 16-setting grid {p['grid16']['seconds']:.3f}s "
+          f"= {p['grid16_over_one_probe']:.2f}x one probe")
+    results["information"] = information_workload(sizes, ceiling, args.repeats)
+    i = results["information"]
+    print(f"information joint counts {i['tokens']} x {i['width']} x {i['classes']}: {i['seconds']:.3f}s, "
+          f"{i['roofline_fraction']:.1%} of roofline")
     results["precision"] = precision_workload(sizes, ceiling)
     for name, p in results["precision"].items():
         print(f"precision {name}: max |corr error| vs float64 {p['max_abs_corr_error']:.1e}")
