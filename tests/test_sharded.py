@@ -28,7 +28,8 @@ def test_one_device_mesh_equals_unsharded(rng):
     sharded = jn.comoments(x, chunk_tokens=50, devices=1)
     assert sharded.count == single.count == 203
     np.testing.assert_allclose(sharded.mean, single.mean, atol=1e-9)
-    np.testing.assert_allclose(sharded.cross, single.cross, rtol=1e-7, atol=1e-7)
+    # on a CPU the unsharded products come from numpy's BLAS, the sharded ones from XLA: float32 rounding apart
+    np.testing.assert_allclose(sharded.cross, single.cross, rtol=1e-6, atol=1e-6 * np.abs(single.cross).max())
 
 
 def test_mesh_arguments_are_checked():
