@@ -134,8 +134,10 @@ def host_blas_update(stats: Stats, chunk: np.ndarray, rows: int, tiles: tuple[Ti
     """
     part, centred = kmoments.centre(chunk, rows, stats.mean.hi.dtype)
     c = np.asarray(centred)
-    cross = tuple(np.matmul(c[:, t.r0 : t.r1].T, c[:, t.c0 : t.c1], out=aligned_empty((t.r1 - t.r0, t.c1 - t.c0), c.dtype))
-                  for t in tiles)
+    cross = tuple(
+        np.matmul(c[:, t.r0 : t.r1].T, c[:, t.c0 : t.c1], out=aligned_empty((t.r1 - t.r0, t.c1 - t.c0), c.dtype))
+        for t in tiles
+    )
     return kmoments.merge_products(stats, part, cross, tiles)
 
 
@@ -143,9 +145,8 @@ def _padder(chunk_tokens: int) -> Callable[[np.ndarray], tuple[int, np.ndarray]]
     """Pad a chunk to ``chunk_tokens`` rows on the read-ahead thread, into an aligned buffer
     (:mod:`jneuron.aligned`) that a CPU device adopts without a copy; a full aligned chunk passes as it is.
 
-    The chunk stays a host array: JAX's
-    configuration (``jax.enable_x64`` contexts) is thread-local, so moving it to the device here would
-    silently cast float64 to float32; the caller's thread does that.
+    The chunk stays a host array: JAX's configuration (``jax.enable_x64`` contexts) is thread-local, so
+    moving it to the device here would silently cast float64 to float32; the caller's thread does that.
     """
 
     def pad(chunk: np.ndarray) -> tuple[int, np.ndarray]:

@@ -174,8 +174,8 @@ def train_sharded(x, y, masks, l1, l2, rows, valid, counts, *, mesh: Mesh, class
         with jax.numpy_dtype_promotion("standard"):  # optax's bias correction raises a float to an int32 count
             return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid, counts))[0][0]
 
-    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(TOKENS), P(TOKENS), P(None, TOKENS), P(None, TOKENS), P(), P()),
-                            out_specs=P())
+    batches = P(None, TOKENS)
+    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(TOKENS), P(TOKENS), batches, batches, P(), P()), out_specs=P())
     return sharded(x, y, rows, valid, counts, params)
 
 
