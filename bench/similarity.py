@@ -105,7 +105,7 @@ def make_layers(tokens: int, layers: int, width: int, seed: int = 1) -> dict:
     h = rng.normal(size=(tokens, 64)).astype(np.float32)
     out = {}
     for i in range(layers):
-        mix = rng.normal(size=(h.shape[1], width)).astype(np.float32) / np.sqrt(h.shape[1])
+        mix = (rng.normal(size=(h.shape[1], width)) / np.sqrt(h.shape[1])).astype(np.float32)
         layer = np.tanh(h @ mix) + np.float32(0.1) * rng.standard_normal((tokens, width), np.float32)
         out[f"layer{i:02d}"] = layer
         h = layer
