@@ -26,7 +26,7 @@ from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import Stats, Tile
 from jneuron.kernels.sharded import NEURONS, TOKENS
 from jneuron.prefetch import prefetch
-from jneuron.sources import Source
+from jneuron.sources import ArraySource, Source
 
 CHUNK_BYTES = 64 * 2**20  # default size of one chunk of all models' columns (several are in flight with the prefetch)
 
@@ -60,13 +60,14 @@ def accumulate(
     checkpoint_every: int = 8,
     on_chunk: Callable[[int], None] | None = None,
     observe: Callable[[np.ndarray, int], None] | None = None,
-    prefetch_depth: int = 2,
+    prefetch_depth: int | None = None,
 ) -> Stats:
     """One pass over ``source``: co-moments with the cross-product blocks named by ``tiles``.
 
     Every chunk is padded to ``chunk_tokens`` rows (padding is masked), so the update compiles once.
-    Chunks are read (and moved to the device) ``prefetch_depth`` ahead on a background thread while the
-    device folds in the current one. With a ``mesh`` (see :mod:`jneuron.sharding`) each chunk's tokens
+    Chunks are read ``prefetch_depth`` ahead on a background thread while the device folds in the current
+    one (default: 2 where reading may wait on files or a user's iterator, 1 for arrays in memory, where
+    a deeper queue would only hold more chunks). With a ``mesh`` (see :mod:`jneuron.sharding`) each chunk's tokens
     are split over its ``"tokens"`` axis and the cross-products' rows over its ``"neurons"`` axis; with
     several processes each reads its own ``source``. Raises :class:`JNeuronError` naming the model, row
     and neuron of the first NaN or Inf.
@@ -100,7 +101,8 @@ def accumulate(
             _raise_on_bad_value(stats, source)
             return stats
     fold = host_blas_update if on_cpu() else kmoments.update
-    for rows, chunk in prefetch(_skip(source, chunk_tokens, done), prefetch_depth, _padder(chunk_tokens)):
+    depth = prefetch_depth or (1 if in_memory(source) else 2)
+    for rows, chunk in prefetch(_skip(source, chunk_tokens, done), depth, _padder(chunk_tokens)):
         stats = fold(stats, chunk, rows, tiles)
         if observe is not None:
             observe(chunk, rows)
@@ -116,6 +118,11 @@ def accumulate(
         _save_checkpoint(file, stats, done, finished=True)
     _raise_on_bad_value(stats, source)
     return stats
+
+
+def in_memory(source: Source) -> bool:
+    """Whether reading ``source`` is only copying: arrays held in memory (not memory-mapped files)."""
+    return isinstance(source, ArraySource) and not any(isinstance(a, np.memmap) for a in source.arrays)
 
 
 def on_cpu() -> bool:
