@@ -108,9 +108,35 @@ def penalty_gradient(weight, masks, l1, l2, squared: bool = False) -> jax.Array:
 
 def gradient(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool):
     """The gradient of :func:`loss` (each setting's own): the batch-mean data gradient plus the penalty's."""
-    d_weight, d_bias = data_gradient(params, x, y, valid, masks, regression=regression)
-    count = jnp.maximum(jnp.sum(valid), 1)
-    return d_weight / count + penalty_gradient(params[0], masks, l1, l2, squared), d_bias / count
+    summed = data_gradient(params, x, y, valid, masks, regression=regression)
+    return _batch_mean_plus_penalty(summed, jnp.sum(valid), params[0], masks, l1, l2, squared)
+
+
+def _batch_mean_plus_penalty(summed, count, weight, masks, l1, l2, squared: bool):
+    d_weight, d_bias = summed
+    count = jnp.maximum(count, 1).astype(d_weight.dtype)
+    return d_weight / count + penalty_gradient(weight, masks, l1, l2, squared), d_bias / count
+
+
+def _start(x, masks, l1, l2, classes: int):
+    """The training dtype, zero ``(weight, bias)`` for every setting, and the settings in that dtype."""
+    dtype = jnp.result_type(x.dtype, jnp.float32)
+    settings = masks.shape[0]
+    params = (jnp.zeros((settings, classes, x.shape[1]), dtype), jnp.zeros((settings, classes), dtype))
+    return dtype, params, masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
+
+
+def _adam(params, batch_gradient, batches, learning_rate: float):
+    """Adam from ``params`` over ``batches`` in one ``lax.scan``; ``batch_gradient(params, batch)``."""
+    optimizer = optax.adam(learning_rate)
+
+    def step(carry, batch):
+        params, state = carry
+        updates, state = optimizer.update(batch_gradient(params, batch), state, params)
+        return (optax.apply_updates(params, updates), state), None
+
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction raises a float to an int32 count
+        return jax.lax.scan(step, (params, optimizer.init(params)), batches)[0][0]
 
 
 def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: float, squared: bool = False,
@@ -123,22 +149,14 @@ def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: floa
     (a short last batch is padded). Starts from zero weights and bias; ``classes`` is 1 for regression.
     Returns ``(weight, bias)`` shaped ``(settings, classes, neurons)`` and ``(settings, classes)``.
     """
-    dtype = jnp.result_type(x.dtype, jnp.float32)
-    settings = masks.shape[0]
-    params = (jnp.zeros((settings, classes, x.shape[1]), dtype), jnp.zeros((settings, classes), dtype))
-    optimizer = optax.adam(learning_rate)
-    masks, l1, l2 = masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
+    dtype, params, masks, l1, l2 = _start(x, masks, l1, l2, classes)
 
-    def step(carry, batch):
-        params, state = carry
+    def batch_gradient(params, batch):
         index, ok = batch
-        g = gradient(params, x[index].astype(dtype), y[index], ok.astype(dtype), masks, l1, l2, squared=squared,
-                     regression=regression)
-        updates, state = optimizer.update(g, state, params)
-        return (optax.apply_updates(params, updates), state), None
+        return gradient(params, x[index].astype(dtype), y[index], ok.astype(dtype), masks, l1, l2, squared=squared,
+                        regression=regression)
 
-    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction raises a float to an int32 count
-        return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid))[0][0]
+    return _adam(params, batch_gradient, (rows, valid), learning_rate)
 
 
 def train_sharded(x, y, masks, l1, l2, rows, valid, counts, *, mesh: Mesh, classes: int, learning_rate: float,
@@ -148,31 +166,19 @@ def train_sharded(x, y, masks, l1, l2, rows, valid, counts, *, mesh: Mesh, class
     ``x`` and ``y`` are sharded by rows over ``"tokens"`` (equal shards). Every batch is given per shard:
     ``rows`` ``(steps, shards, cap)`` are indices into each shard's own rows, ``valid`` marks the real
     ones, ``counts`` ``(steps,)`` is the batch's real rows over all shards. Each device takes the
-    gradient of its rows' summed data loss; ``psum`` inside :func:`jax.shard_map` adds them, so every
+    gradient of its rows' summed data loss, and a ``psum`` inside :func:`jax.shard_map` adds them, so every
     device holds the same gradient (the batch mean plus the penalty's) and takes the same Adam step.
     """
-    dtype = jnp.result_type(x.dtype, jnp.float32)
-    settings = masks.shape[0]
-    params = (jnp.zeros((settings, classes, x.shape[1]), dtype), jnp.zeros((settings, classes), dtype))
-    optimizer = optax.adam(learning_rate)
-    masks, l1, l2 = masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
+    dtype, params, masks, l1, l2 = _start(x, masks, l1, l2, classes)
 
     def body(x, y, rows, valid, counts, params):
-        rows, valid = rows[:, 0], valid[:, 0]  # this shard's slice of every batch
-
-        def step(carry, batch):
-            params, state = carry
+        def batch_gradient(params, batch):
             index, ok, count = batch
             local = data_gradient(params, x[index].astype(dtype), y[index], ok.astype(dtype), masks,
                                   regression=regression)
-            d_weight, d_bias = jax.lax.psum(local, TOKENS)
-            count = jnp.maximum(count, 1).astype(dtype)
-            g = (d_weight / count + penalty_gradient(params[0], masks, l1, l2, squared), d_bias / count)
-            updates, state = optimizer.update(g, state, params)
-            return (optax.apply_updates(params, updates), state), None
+            return _batch_mean_plus_penalty(jax.lax.psum(local, TOKENS), count, params[0], masks, l1, l2, squared)
 
-        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction raises a float to an int32 count
-            return jax.lax.scan(step, (params, optimizer.init(params)), (rows, valid, counts))[0][0]
+        return _adam(params, batch_gradient, (rows[:, 0], valid[:, 0], counts), learning_rate)  # this shard's rows
 
     batches = P(None, TOKENS)
     sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(TOKENS), P(TOKENS), batches, batches, P(), P()), out_specs=P())
