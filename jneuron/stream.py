@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from jneuron.aligned import aligned_empty, is_aligned
 from jneuron.errors import JNeuronError
+from jneuron.host_fold import HostFold
 from jneuron.io_utils import atomic_write_bytes
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels import sharded as ksharded
@@ -100,7 +101,7 @@ def accumulate(
         if finished:
             _raise_on_bad_value(stats, source)
             return stats
-    fold = host_blas_update if on_cpu() else kmoments.update
+    fold = HostFold() if on_cpu() else kmoments.update
     depth = prefetch_depth or (1 if in_memory(source) else 2)
     for rows, chunk in prefetch(_skip(source, chunk_tokens, done), depth, _padder(chunk_tokens)):
         stats = fold(stats, chunk, rows, tiles)
@@ -129,23 +130,6 @@ def on_cpu() -> bool:
     """Whether JAX computes on the CPU here (its default device)."""
     device = jax.config.jax_default_device
     return getattr(device, "platform", device or jax.default_backend()) == "cpu"
-
-
-def host_blas_update(stats: Stats, chunk: np.ndarray, rows: int, tiles: tuple[Tile, ...]) -> Stats:
-    """:func:`jneuron.kernels.moments.update` with the cross-products taken by numpy's BLAS.
-
-    On a CPU the products are nearly all the work, and the host BLAS multiplies about 1.5x faster than
-    XLA's CPU matmul (measured in ``bench/crossmodel.py``); centring and the compensated merge stay compiled.
-    The centred chunk is read in place (a CPU array is host memory) and the products are written to
-    aligned buffers the merge adopts, so nothing is copied.
-    """
-    part, centred = kmoments.centre(chunk, rows, stats.mean.hi.dtype)
-    c = np.asarray(centred)
-    cross = tuple(
-        np.matmul(c[:, t.r0 : t.r1].T, c[:, t.c0 : t.c1], out=aligned_empty((t.r1 - t.r0, t.c1 - t.c0), c.dtype))
-        for t in tiles
-    )
-    return kmoments.merge_products(stats, part, cross, tiles)
 
 
 def _padder(chunk_tokens: int) -> Callable[[np.ndarray], tuple[int, np.ndarray]]:

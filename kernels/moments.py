@@ -140,6 +140,17 @@ def with_products(stats: Stats, cross: tuple[Array, ...]) -> Stats:
 
 def merge(a: Stats, b: Stats, tiles: tuple[Tile, ...]) -> Stats:
     """Chan's pairwise merge of two statistics over disjoint token sets (``a`` comes first)."""
+    merged, weight, delta = _merge_vectors(a, b)
+    cross = tuple(
+        comp.add(comp.add_pairs(ca, cb), weight * jnp.outer(delta[t.r0 : t.r1], delta[t.c0 : t.c1]))
+        for t, ca, cb in zip(tiles, a.cross, b.cross)
+    )
+    return merged._replace(cross=cross)
+
+
+def _merge_vectors(a: Stats, b: Stats) -> tuple[Stats, Array, Array]:
+    """Everything of :func:`merge` but the cross-products (left empty), and the Chan weight
+    ``n_a * n_b / n`` and mean difference ``mean_b - mean_a`` the cross-products' correction needs."""
     n = a.count + b.count
     dtype = a.mean.hi.dtype
     share_b = b.count.astype(dtype) / jnp.maximum(n, 1).astype(dtype)
@@ -149,15 +160,11 @@ def merge(a: Stats, b: Stats, tiles: tuple[Tile, ...]) -> Stats:
     a_empty = a.count == 0  # then take b's mean as it is: rounding delta would drop its low half
     mean = Pair(jnp.where(a_empty, b.mean.hi, moved.hi), jnp.where(a_empty, b.mean.lo, moved.lo))
     m2 = comp.add(comp.add_pairs(a.m2, b.m2), weight * delta * delta)
-    cross = tuple(
-        comp.add(comp.add_pairs(ca, cb), weight * jnp.outer(delta[t.r0 : t.r1], delta[t.c0 : t.c1]))
-        for t, ca, cb in zip(tiles, a.cross, b.cross)
-    )
     a_has_bad = a.bad_row != NO_BAD_ROW
     b_has_bad = b.bad_row != NO_BAD_ROW
     bad_row = jnp.where(a_has_bad, a.bad_row, jnp.where(b_has_bad, b.bad_row + a.count, NO_BAD_ROW))
     bad_col = jnp.where(a_has_bad, a.bad_col, b.bad_col)
-    return Stats(n, mean, m2, cross, bad_row.astype(count_dtype()), bad_col.astype(count_dtype()))
+    return Stats(n, mean, m2, (), bad_row.astype(count_dtype()), bad_col.astype(count_dtype())), weight, delta
 
 
 @partial(jax.jit, static_argnames=("tiles",), donate_argnums=(0,))
@@ -174,9 +181,28 @@ def centre(x: Array, n_valid: Array | int, dtype=jnp.float32) -> tuple[Stats, Ar
 
 
 @partial(jax.jit, static_argnames=("tiles",), donate_argnums=(0,))
-def merge_products(stats: Stats, chunk: Stats, cross: tuple[Array, ...], tiles: tuple[Tile, ...]) -> Stats:
-    """The second half: fold a chunk from :func:`centre` and its cross-product blocks into running statistics."""
-    return merge(stats, with_products(chunk, tuple(c.astype(stats.mean.hi.dtype) for c in cross)), tiles)
+def merge_products(stats: Stats, chunk: Stats, cross: tuple[Array, ...], tiles: tuple[Tile, ...],
+                   drift: Array | None = None) -> Stats:
+    """The second half: fold a chunk's statistics and its cross-product blocks into running statistics.
+
+    ``cross`` are the chunk's products about a point ``drift`` below its mean (zero: about the mean
+    itself, as :func:`centre` gives them); they exceed the centred products by ``count * drift
+    drift^T``, which is taken off here. Each product is a plain block, rounded once already: adding
+    both corrections to it before the compensated add costs one more rounding of the same size and
+    saves a pass over the block (the merge of two compensated statistics, :func:`merge`, needs that pass).
+    """
+    merged, weight, delta = _merge_vectors(stats, chunk)
+    dtype = stats.mean.hi.dtype
+    drift = jnp.zeros_like(delta) if drift is None else jnp.asarray(drift, dtype)
+    count = chunk.count.astype(dtype)
+
+    def corrected(t: Tile, c: Array) -> Array:
+        rows, cols = slice(t.r0, t.r1), slice(t.c0, t.c1)
+        return (c.astype(dtype) - count * jnp.outer(drift[rows], drift[cols])
+                + weight * jnp.outer(delta[rows], delta[cols]))
+
+    return merged._replace(cross=tuple(comp.add(running, corrected(t, c))
+                                       for t, running, c in zip(tiles, stats.cross, cross)))
 
 
 def clear_caches() -> None:

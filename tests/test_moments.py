@@ -155,21 +155,35 @@ def test_float32_offset_input_matches_its_float64_reference(rng):
 
 
 @pytest.mark.parametrize("rows", [64, 37])
-def test_host_blas_update_equals_the_compiled_update(rng, rows):
-    """The CPU path (products by numpy's BLAS into adopted buffers) folds a chunk as kernels.moments.update does."""
+def test_host_fold_equals_the_compiled_update(rng, rows):
+    """The CPU path (centring and products by numpy) folds a chunk as kernels.moments.update does."""
     from jneuron.aligned import aligned_empty
-    from jneuron.stream import host_blas_update
+    from jneuron.host_fold import HostFold
 
     tiles = (km.Tile(0, 3, 3, 8), km.Tile(3, 6, 6, 8))
     x = aligned_empty((64, 8), np.float32)
     x[:] = rng.normal(size=(64, 8)) * 2 + 1e3
     x[rows:] = 0
-    first = rng.normal(size=(64, 8)).astype(np.float32)
+    first = (rng.normal(size=(64, 8)) + 999.5).astype(np.float32)
     compiled = km.update(km.update(km.init(8, tiles), first, 64, tiles), x, rows, tiles)
-    host = host_blas_update(host_blas_update(km.init(8, tiles), first, 64, tiles), x, rows, tiles)
+    fold = HostFold()
+    host = fold(fold(km.init(8, tiles), first, 64, tiles), x, rows, tiles)
     assert int(host.count) == int(compiled.count) == 64 + rows
-    for a, b in zip(jax.tree.leaves(host), jax.tree.leaves(compiled)):
-        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-6, atol=1e-3)
     reference = np.concatenate([first, x[:rows]]).astype(np.float64)
     centred = reference - reference.mean(0)
-    np.testing.assert_allclose(km.cross_value64(host, 1), centred[:, 3:6].T @ centred[:, 6:8], rtol=1e-5, atol=1e-2)
+    for stats in (host, compiled):
+        np.testing.assert_allclose(km.mean64(stats), reference.mean(0), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(km.m2_64(stats), (centred**2).sum(0), rtol=1e-5)
+        for i, t in enumerate(tiles):
+            exact = centred[:, t.r0 : t.r1].T @ centred[:, t.c0 : t.c1]
+            np.testing.assert_allclose(km.cross_value64(stats, i), exact, rtol=0, atol=1e-4 * np.abs(exact).max())
+
+
+def test_host_fold_finds_the_first_bad_value(rng):
+    from jneuron.host_fold import HostFold
+
+    tiles = (km.Tile(0, 2, 2, 4),)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    x[9, 3], x[12, 1] = np.inf, np.nan
+    stats = HostFold()(km.init(4, tiles), x, 16, tiles)
+    assert (int(stats.bad_row), int(stats.bad_col)) == (9, 3)
