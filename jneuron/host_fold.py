@@ -22,6 +22,8 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from jneuron.aligned import aligned_empty
@@ -43,7 +45,10 @@ class HostFold:
     def __init__(self) -> None:
         self._buffer: np.ndarray | None = None
 
-    def __call__(self, stats: Stats, chunk: np.ndarray, rows: int, tiles: tuple[Tile, ...]) -> Stats:
+    def __call__(self, stats: Stats, chunk: np.ndarray | Sequence[np.ndarray], rows: int,
+                 tiles: tuple[Tile, ...]) -> Stats:
+        """``chunk``: a ``(tokens, width)`` array, or the models' ``(tokens, width_m)`` arrays side by side
+        (then nothing joins them: each is centred straight into the chunk buffer)."""
         part, centred, drift = self.centre(chunk, rows, np.dtype(stats.mean.hi.dtype))
         cross = tuple(
             np.matmul(centred[:, t.r0 : t.r1].T, centred[:, t.c0 : t.c1],
@@ -52,7 +57,8 @@ class HostFold:
         )
         return kmoments.merge_products(stats, part, cross, tiles, drift)
 
-    def centre(self, chunk: np.ndarray, rows: int, dtype: np.dtype) -> tuple[Stats, np.ndarray, np.ndarray]:
+    def centre(self, chunk: np.ndarray | Sequence[np.ndarray], rows: int,
+               dtype: np.dtype) -> tuple[Stats, np.ndarray, np.ndarray]:
         """The chunk's count, mean and centred sums of squares; its first ``rows`` rows less a point
         ``p`` near their mean; and ``drift = mean - p`` (see :func:`jneuron.kernels.moments.merge_products`).
 
@@ -60,18 +66,24 @@ class HostFold:
         where ``x`` is within a factor of 2 of ``p``); the small drift of the result is corrected in
         the statistics rather than by a second pass over the chunk.
         """
-        x = chunk[:rows]
+        parts = [p[:rows] for p in (chunk if isinstance(chunk, (list, tuple)) else [chunk])]
+        width = sum(p.shape[1] for p in parts)
         n = dtype.type(max(rows, 1))
-        sums = x.sum(axis=0, dtype=dtype)
+        sums = np.concatenate([p.sum(axis=0, dtype=dtype) for p in parts])
         if not np.isfinite(sums).all():  # a NaN or Inf somewhere (or an overflow): let the kernel find it
-            part, centred = kmoments.centre(chunk, rows, dtype)
-            return part, np.asarray(centred)[:rows], np.zeros(x.shape[1], dtype)
-        shifted, point = self._buffers(x.shape, dtype)
+            joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            part, centred = kmoments.centre(joined, rows, dtype)
+            return part, np.asarray(centred), np.zeros(width, dtype)
+        shifted, point = self._buffers((rows, width), dtype)
         np.divide(sums, n, out=point)
-        np.subtract(x, point, out=shifted, dtype=dtype, casting="same_kind")
-        drift, squares = np.zeros(x.shape[1], np.float64), np.zeros(x.shape[1], np.float64)
-        for start in range(0, rows, BLOCK_ROWS):
-            block = shifted[start : start + BLOCK_ROWS]
+        start = 0
+        for p in parts:
+            columns = slice(start, start + p.shape[1])
+            np.subtract(p, point[columns], out=shifted[:, columns], dtype=dtype, casting="same_kind")
+            start = columns.stop
+        drift, squares = np.zeros(width, np.float64), np.zeros(width, np.float64)
+        for first in range(0, rows, BLOCK_ROWS):
+            block = shifted[first : first + BLOCK_ROWS]
             drift += block.sum(axis=0)
             squares += np.einsum("ij,ij->j", block, block)
         drift /= rows

@@ -23,7 +23,9 @@ the small ``d x d`` factorizations then run in host float64 (:mod:`jneuron.kerne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.linalg
@@ -43,6 +45,10 @@ RTOL_FLOAT64 = 1e-10  # ... and in float64
 class CCAResult:
     """Canonical correlations of two layers and their directions in neuron space.
 
+    The correlations come from the eigenvalues of the whitened cross-covariance's Gram matrix; the
+    directions take a full eigendecomposition and a QR (about twice the host work), so they are computed
+    the first time one is read, and kept.
+
     Attributes:
       method: ``"cca"`` or ``"svcca"``.
       rho: canonical correlations, descending, in ``[0, 1]``; ``min(kept_x, kept_y)`` of them.
@@ -57,13 +63,24 @@ class CCAResult:
 
     method: str
     rho: np.ndarray
-    directions_x: np.ndarray
-    directions_y: np.ndarray
     mean_x: np.ndarray
     mean_y: np.ndarray
     kept_x: int
     kept_y: int
     tokens: int
+    _solve_directions: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, compare=False)
+
+    @cached_property
+    def _directions(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._solve_directions()
+
+    @property
+    def directions_x(self) -> np.ndarray:
+        return self._directions[0]
+
+    @property
+    def directions_y(self) -> np.ndarray:
+        return self._directions[1]
 
     @property
     def mean(self) -> float:
@@ -249,10 +266,11 @@ def prepare_side(blocks: Blocks, i: int, method: str, keep, rtol: float) -> kcca
 
 
 def _cholesky_whitening(corr: np.ndarray, rtol: float, iterations: int = 30) -> kcca.Whitening | None:
-    """``basis = L^-T`` (``corr = L L^T``), or None unless the smallest eigenvalue is 100x above the floor.
+    """The whitening ``basis = L^-T`` (``corr = L L^T``), or None unless the smallest eigenvalue is 100x above the floor.
 
     Both extreme eigenvalues are estimated by (inverse) power iteration from a fixed start; the estimates
-    err towards each other, hence the margin.
+    err towards each other, hence the margin. (Solves with ``L^T`` go through ``trans="T"``: passing
+    ``lower.T`` would copy the whole factor on every iteration.)
     """
     try:
         lower = np.linalg.cholesky(corr)
@@ -261,24 +279,29 @@ def _cholesky_whitening(corr: np.ndarray, rtol: float, iterations: int = 30) -> 
     v = w = np.random.default_rng(0).normal(size=len(corr))
     for _ in range(iterations):
         v = scipy.linalg.solve_triangular(lower, v, lower=True, check_finite=False)
-        v = scipy.linalg.solve_triangular(lower.T, v, lower=False, check_finite=False)
+        v = scipy.linalg.solve_triangular(lower, v, lower=True, trans="T", check_finite=False)
         v /= np.linalg.norm(v)
         w = corr @ w
         w /= np.linalg.norm(w)
     smallest, largest = float(v @ corr @ v), float(w @ corr @ w)  # Rayleigh quotients
     if not smallest > 100 * rtol * largest:
         return None
-    inverse = scipy.linalg.solve_triangular(lower, np.eye(len(corr)), lower=True, check_finite=False)
-    return kcca.Whitening(inverse.T, None, None, np.asarray(len(corr)))
+    return kcca.Whitening(None, None, None, np.asarray(len(corr)), lower)
 
 
 def _cca_result(blocks: Blocks, i: int, j: int, method: str, keep, rtol: float,
                 sides: tuple[kcca.Side, kcca.Side] | None = None) -> CCAResult:
     sx, sy = sides or (prepare_side(blocks, i, method, keep, rtol), prepare_side(blocks, j, method, keep, rtol))
-    r = kcca.correlate(sx, sy, blocks.cov(i, j))
-    valid = int(r.valid)
-    return CCAResult(method, r.rho[:valid], r.a[:, :valid], r.b[:, :valid], blocks.mean[blocks.columns(i)],
-                     blocks.mean[blocks.columns(j)], int(r.kept_x), int(r.kept_y), blocks.count)
+    cxy = blocks.cov(i, j)
+    valid = int(min(sx.whitening.kept, sy.whitening.kept))
+
+    def solve_directions() -> tuple[np.ndarray, np.ndarray]:
+        r = kcca.correlate(sx, sy, cxy)
+        return r.a[:, :valid], r.b[:, :valid]
+
+    return CCAResult(method, kcca.correlations(sx, sy, cxy)[:valid], blocks.mean[blocks.columns(i)],
+                     blocks.mean[blocks.columns(j)], int(sx.whitening.kept), int(sy.whitening.kept), blocks.count,
+                     solve_directions)
 
 
 def _pwcca_result(blocks: Blocks, i: int, j: int, side: str, rtol: float,

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -44,16 +45,33 @@ class Whitening(NamedTuple):
 
     Attributes:
       basis: ``(d, d)``; column ``i`` is eigenvector ``i`` divided by ``sqrt(value i)``, or 0 if dropped
-        (any ``basis`` with ``basis^T cov basis = I`` on the kept directions serves CCA).
+        (any ``basis`` with ``basis^T cov basis = I`` on the kept directions serves CCA); None for a
+        Cholesky whitening, whose basis ``L^-T`` is applied by triangular solves instead.
       vectors: ``(d, d)`` eigenvectors, by descending eigenvalue (None for a Cholesky whitening).
       values: eigenvalues, descending (None for a Cholesky whitening).
       kept: the number of kept directions (a prefix of the descending order).
+      lower: the Cholesky factor ``L`` of ``cov = L L^T`` (host numpy only), or None.
     """
 
-    basis: jax.Array
-    vectors: jax.Array
-    values: jax.Array
+    basis: jax.Array | None
+    vectors: jax.Array | None
+    values: jax.Array | None
     kept: jax.Array
+    lower: np.ndarray | None = None
+
+
+def whitened(w: Whitening, m):
+    """``basis^T @ m``: ``m``'s rows taken to the whitened coordinates."""
+    if w.lower is not None:
+        return scipy.linalg.solve_triangular(w.lower, m, lower=True, check_finite=False)
+    return _mm(_xp(w.basis, m), w.basis.T, m)
+
+
+def unwhitened(w: Whitening, u):
+    """``basis @ u``: whitened coordinates ``u`` taken back to the covariance's."""
+    if w.lower is not None:
+        return scipy.linalg.solve_triangular(w.lower, u, lower=True, trans="T", check_finite=False)
+    return _mm(_xp(w.basis, u), w.basis, u)
 
 
 def keep_count(values, keep):
@@ -140,7 +158,7 @@ def prepare(cov, rtol: float, keep=None, rescale: bool = True) -> Side:
 
 def _whitened_cross(sx: Side, sy: Side, cxy, xp):
     scaled = cxy * sx.scale[:, None] * sy.scale[None, :]
-    return _mm(xp, _mm(xp, sx.whitening.basis.T, scaled), sy.whitening.basis)
+    return whitened(sy.whitening, whitened(sx.whitening, scaled).T).T
 
 
 def singular_values(t):
@@ -190,8 +208,8 @@ def correlate(sx: Side, sy: Side, cxy) -> CCA:
     valid = xp.minimum(sx.whitening.kept, sy.whitening.kept)
     live = xp.arange(m) < valid
     rho = xp.where(live, xp.clip(s[:m], 0, 1), 0)
-    a = sx.scale[:, None] * _mm(xp, sx.whitening.basis, u[:, :m])
-    b = sy.scale[:, None] * _mm(xp, sy.whitening.basis, v[:, :m])
+    a = sx.scale[:, None] * unwhitened(sx.whitening, u[:, :m])
+    b = sy.scale[:, None] * unwhitened(sy.whitening, v[:, :m])
     # deterministic signs: the largest-magnitude weight of each x direction is positive
     pick = xp.argmax(xp.abs(a), axis=0)
     sign = xp.where(xp.take_along_axis(a, pick[None, :], axis=0)[0] < 0, -1.0, 1.0).astype(a.dtype)
@@ -239,6 +257,6 @@ def explained_variance(side: Side, cxy, var_y):
     pseudo-inverse solution, so rank-deficient predictors are fine. Constant targets get 0.
     """
     xp = _xp(cxy, side.scale, var_y)
-    t = _mm(xp, side.whitening.basis.T, cxy * side.scale[:, None])
+    t = whitened(side.whitening, cxy * side.scale[:, None])
     live = var_y > 0
     return xp.where(live, xp.clip(xp.sum(t * t, axis=0) / xp.where(live, var_y, 1), 0, 1), 0)
