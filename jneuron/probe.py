@@ -34,11 +34,13 @@ _train_sharded = jax.jit(kp.train_sharded,
                          static_argnames=("mesh", "classes", "learning_rate", "squared", "regression"))
 _confusion = jax.jit(kp.confusion, static_argnames=("classes",))
 _squared_error = jax.jit(kp.squared_error)
+_all_finite = jax.jit(lambda x: jnp.isfinite(x).all())  # one fused pass: no (tokens, neurons) mask in memory
 _CHUNK = 16384  # tokens per evaluation pass, bounding the (tokens, settings, classes) outputs
 
 
-def confusion_counts(weight, bias, x: jax.Array, y: jax.Array, masks: jax.Array, classes: int) -> np.ndarray:
-    """Counts ``(settings, 3, classes)`` (gold, correct, predicted) for a stack of probes, in token chunks."""
+def confusion_counts(weight, bias, x: jax.Array, y: jax.Array, masks: jax.Array | None, classes: int) -> np.ndarray:
+    """Counts ``(settings, 3, classes)`` (gold, correct, predicted) for a stack of probes, in token chunks
+    (``masks=None``: every neuron)."""
     total = 0
     for start in range(0, x.shape[0], _CHUNK):
         part = slice(start, start + _CHUNK)
@@ -69,7 +71,7 @@ class Probe:
     def outputs(self, x) -> np.ndarray:
         """Logits ``(tokens, classes)`` (or regression outputs ``(tokens, 1)``)."""
         x = _activations(x, self.weight.shape[1])
-        return np.asarray(kp.outputs(self._params(), x, jnp.ones((1, x.shape[1]), x.dtype)))[:, 0]
+        return np.asarray(kp.outputs(self._params(), x, None))[:, 0]
 
     def predict(self, x) -> np.ndarray:
         """Predicted label values (classification) or real outputs (regression), one per token."""
@@ -79,14 +81,13 @@ class Probe:
     def evaluate(self, x, labels) -> dict:
         """Accuracy, macro F1 and per-class accuracy (classification) or MSE and R^2 (regression)."""
         x = _activations(x, self.weight.shape[1])
-        ones = jnp.ones((1, x.shape[1]), x.dtype)
         if self.task == "regression":
             y = _real_labels(labels, x.shape[0])
-            sse, sst = np.asarray(_squared_error(self._params(), x, jnp.asarray(y, x.dtype), ones), np.float64)[0]
+            sse, sst = np.asarray(_squared_error(self._params(), x, jnp.asarray(y, x.dtype), None), np.float64)[0]
             return {"tokens": int(len(y)), "mse": sse / len(y), "r2": 1.0 - sse / sst if sst > 0 else float("nan")}
         y = encode_labels(labels, self.classes, x.shape[0])
         weight, bias = self._params()
-        return metrics(confusion_counts(weight, bias, x, jnp.asarray(y), ones, len(self.classes))[0], self.classes)
+        return metrics(confusion_counts(weight, bias, x, jnp.asarray(y), None, len(self.classes))[0], self.classes)
 
     def _params(self):
         return jnp.asarray(self.weight)[None], jnp.asarray(self.bias)[None]
@@ -160,9 +161,8 @@ def _activations(x, neurons: int | None = None) -> jax.Array:
         raise JNeuronError(f"activations: the probe has {neurons} neurons, the input has {x.shape[1]} columns")
     dtype = np.float64 if jax.config.jax_enable_x64 and np.dtype(x.dtype) == np.float64 else np.float32
     device = jnp.asarray(x, dtype)
-    finite = jnp.isfinite(device)
-    if not bool(finite.all()):
-        row, column = np.argwhere(~np.asarray(finite))[0]
+    if not bool(_all_finite(device)):
+        row, column = np.argwhere(~np.isfinite(np.asarray(device)))[0]
         raise JNeuronError(f"activations: NaN or Inf at row {row}, neuron {column}")
     return device
 
@@ -284,7 +284,7 @@ def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10
     """
     l1v, l2v = float(_penalties(l1, "l1")[0]), float(_penalties(l2, "l2")[0])
     device, y, classes = _prepare(x, labels, task)
-    weight, bias = _fit(device, y, jnp.ones((1, device.shape[1]), device.dtype), [l1v], [l2v], len(classes),
+    weight, bias = _fit(device, y, None, [l1v], [l2v], len(classes),
                         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, squared=squared, shuffle=shuffle,
                         regression=task == "regression", mesh=resolve_mesh(devices, mesh))
     return _probe(weight[0], bias[0], classes, task, device.shape[1], neurons, l1=l1v, l2=l2v, squared=squared,
@@ -369,12 +369,11 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
     device, y, classes = _prepare(x_train, y_train, "classification")
     grid_l1 = np.repeat(l1s, len(l2s))
     grid_l2 = np.tile(l2s, len(l1s))
-    masks = jnp.ones((len(grid_l1), device.shape[1]), device.dtype)
-    weights, biases = _fit(device, y, masks, grid_l1, grid_l2, len(classes), epochs=epochs, batch_size=batch_size,
+    weights, biases = _fit(device, y, None, grid_l1, grid_l2, len(classes), epochs=epochs, batch_size=batch_size,
                            lr=lr, seed=seed, squared=squared, shuffle=shuffle, mesh=resolve_mesh(devices, mesh))
     val = _activations(x_val, device.shape[1])
     y_v = jnp.asarray(encode_labels(y_val, classes, val.shape[0]))
-    counts = confusion_counts(weights, biases, val, y_v, masks, len(classes))
+    counts = confusion_counts(weights, biases, val, y_v, None, len(classes))
     accuracy = (counts[:, 1].sum(1) / counts[:, 0].sum(1)).reshape(len(l1s), len(l2s))
     weights, biases = np.asarray(weights), np.asarray(biases)
     needed = np.array([len(probe_rankings.top_neurons(w, mass).union) for w in weights]).reshape(accuracy.shape)

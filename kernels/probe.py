@@ -5,7 +5,7 @@ A stack of probes is ``(weight, bias)`` with ``weight`` shaped ``(settings, clas
 the NeuroX / ``torch.nn.Linear`` layout) and neuron ``masks`` ``(settings, neurons)``: the effective weight is
 ``weight * mask``, so a masked neuron gets no gradient and, from the zero start, stays exactly zero. Training
 with a mask is therefore training on the selected columns only, and many masks or penalty settings train
-together, sharing every matrix product.
+together, sharing every matrix product. ``masks=None`` means every neuron, at no cost per step.
 
 >>> import jax, jax.numpy as jnp
 >>> x = jax.random.normal(jax.random.key(0), (64, 3)); y = (x[:, 1] > 0).astype(jnp.int32)
@@ -44,12 +44,17 @@ def penalty(w: jax.Array, l1, l2, squared: bool = False) -> jax.Array:
     return l1 * lasso + l2 * ridge
 
 
-def outputs(params, x: jax.Array, masks: jax.Array) -> jax.Array:
+def masked(weight: jax.Array, masks: jax.Array | None) -> jax.Array:
+    """The effective weight ``weight * mask`` of every setting (``masks=None``: the weight itself)."""
+    return weight if masks is None else weight * masks[:, None, :]
+
+
+def outputs(params, x: jax.Array, masks: jax.Array | None) -> jax.Array:
     """Outputs of a stack of probes: ``weight (settings, classes, neurons)``, ``bias (settings, classes)``,
-    ``masks (settings, neurons)``; returns ``(tokens, settings, classes)`` from one 2-D matrix product."""
+    ``masks (settings, neurons)`` or None; returns ``(tokens, settings, classes)`` from one 2-D matrix product."""
     weight, bias = params
     settings, classes, neurons = weight.shape
-    flat = (weight * masks[:, None, :]).reshape(settings * classes, neurons)
+    flat = masked(weight, masks).reshape(settings * classes, neurons)
     out = jnp.matmul(x, flat.T, precision=HIGHEST).reshape(x.shape[0], settings, classes)
     return out + bias[None]
 
@@ -71,7 +76,7 @@ def loss(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool)
     The settings are independent, so the gradient of the sum is each setting's own gradient.
     """
     data = data_loss(params, x, y, valid, masks, regression=regression) / jnp.maximum(jnp.sum(valid), 1)
-    return jnp.sum(data + penalty(params[0] * masks[:, None, :], l1, l2, squared))
+    return jnp.sum(data + penalty(masked(params[0], masks), l1, l2, squared))
 
 
 def data_gradient(params, x, y, valid, masks, *, regression: bool):
@@ -90,20 +95,20 @@ def data_gradient(params, x, y, valid, masks, *, regression: bool):
         d_out = jax.nn.softmax(out, axis=-1) - jax.nn.one_hot(y, classes, dtype=out.dtype)[:, None, :]
     d_out = d_out * valid[:, None, None]
     flat = d_out.reshape(x.shape[0], settings * classes)
-    d_weight = jnp.matmul(flat.T, x, precision=HIGHEST).reshape(weight.shape) * masks[:, None, :]
+    d_weight = masked(jnp.matmul(flat.T, x, precision=HIGHEST).reshape(weight.shape), masks)
     return d_weight, jnp.sum(d_out, axis=0)
 
 
 def penalty_gradient(weight, masks, l1, l2, squared: bool = False) -> jax.Array:
     """The (sub)gradient of :func:`penalty` of the masked weight: ``sign`` for L1 (0 at 0, as in torch),
     ``w / ||w||_F`` for the Frobenius norm (0 at ``w = 0``), ``2 w`` for its square."""
-    masked = weight * masks[:, None, :]
+    effective = masked(weight, masks)
     if squared:
-        ridge = 2 * masked
+        ridge = 2 * effective
     else:
-        norm = frobenius(masked)[:, None, None]
-        ridge = jnp.where(norm > 0, masked / jnp.where(norm > 0, norm, 1), 0)
-    return (l1[:, None, None] * jnp.sign(masked) + l2[:, None, None] * ridge) * masks[:, None, :]
+        norm = frobenius(effective)[:, None, None]
+        ridge = jnp.where(norm > 0, effective / jnp.where(norm > 0, norm, 1), 0)
+    return masked(l1[:, None, None] * jnp.sign(effective) + l2[:, None, None] * ridge, masks)
 
 
 def gradient(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool):
@@ -121,9 +126,10 @@ def _batch_mean_plus_penalty(summed, count, weight, masks, l1, l2, squared: bool
 def _start(x, masks, l1, l2, classes: int):
     """The training dtype, zero ``(weight, bias)`` for every setting, and the settings in that dtype."""
     dtype = jnp.result_type(x.dtype, jnp.float32)
-    settings = masks.shape[0]
+    l1, l2 = jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
+    settings = l1.shape[0]
     params = (jnp.zeros((settings, classes, x.shape[1]), dtype), jnp.zeros((settings, classes), dtype))
-    return dtype, params, masks.astype(dtype), jnp.asarray(l1, dtype), jnp.asarray(l2, dtype)
+    return dtype, params, None if masks is None else masks.astype(dtype), l1, l2
 
 
 def _adam(params, batch_gradient, batches, learning_rate: float):
@@ -143,8 +149,8 @@ def train(x, y, masks, l1, l2, rows, valid, *, classes: int, learning_rate: floa
           regression: bool = False):
     """Adam over the given minibatches, all of them inside one ``lax.scan`` (no Python per batch).
 
-    Trains one probe per setting (row of ``masks``, entry of ``l1`` and ``l2``) on the same batches, all in
-    the same matrix products; Adam is elementwise, so each equals a separate training. ``rows``
+    Trains one probe per setting (entry of ``l1`` and ``l2``, row of ``masks`` unless None) on the same batches,
+    all in the same matrix products; Adam is elementwise, so each equals a separate training. ``rows``
     ``(steps, batch_size)`` are the token indices of every batch of every epoch, ``valid`` marks real rows
     (a short last batch is padded). Starts from zero weights and bias; ``classes`` is 1 for regression.
     Returns ``(weight, bias)`` shaped ``(settings, classes, neurons)`` and ``(settings, classes)``.

@@ -76,6 +76,22 @@ def test_written_out_gradient_equals_autodiff_of_the_loss(rng, squared, regressi
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("squared", [False, True])
+def test_no_masks_is_every_neuron(rng, squared):
+    """masks=None (the single probe and the penalty grid) trains and evaluates as all-ones masks do."""
+    x = jnp.asarray(rng.normal(size=(40, 6)).astype(np.float32) + 2.0)
+    y = jnp.asarray(rng.integers(0, 3, 40).astype(np.int32))
+    rows, valid = batch_rows(40, 3, 8, seed=2)
+    l1, l2 = jnp.asarray([0.0, 1e-2]), jnp.asarray([1e-2, 0.0])
+    args = dict(classes=3, learning_rate=1e-2, squared=squared)
+    ones = kp.train(x, y, jnp.ones((2, 6)), l1, l2, rows, valid, **args)
+    none = kp.train(x, y, None, l1, l2, rows, valid, **args)
+    for a, b in zip(ones, none):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert np.abs(np.asarray(none[0])).max() > 1e-3  # it trained
+    np.testing.assert_array_equal(kp.confusion(none, x, y, None, 3), kp.confusion(none, x, y, jnp.ones((2, 6)), 3))
+
+
 def test_one_full_batch_adam_step_matches_numpy(rng):
     """From zero, Adam's first step is -lr * g / (|g| + eps): checks loss, gradient, bias and optimizer."""
     x = rng.normal(size=(16, 5)).astype(np.float32)
