@@ -1,12 +1,18 @@
 """The CPU path of the co-moment pass: each chunk centred and multiplied by numpy on the host.
 
 On a CPU nearly all of a pass's work is the chunk's cross-products and its centring. numpy's BLAS
-multiplies about 1.5x faster than XLA's CPU matmul, and numpy centres a chunk into a buffer kept from
-chunk to chunk about 4x faster than the compiled centring, which writes a fresh output every time
-(both measured on the benchmark's 3,847 x 4,096 chunks). Only the compensated merge stays compiled
-(:func:`jneuron.kernels.moments.merge_products`). The arithmetic is the compiled update's: a rough mean,
-the residual mean of the chunk about it (so offsets of 1e3 cost no digits), products of the centred chunk.
-A chunk holding a NaN or Inf goes through the compiled centring, which records where the first one is.
+multiplies about 1.5x faster than XLA's CPU matmul, and numpy centres a chunk in one subtraction into a
+buffer kept from chunk to chunk, 3-5x faster than the compiled centring, which makes several passes and
+writes a fresh output every time (measured on 3,847 x 4,096 chunks). Only the compensated merge stays
+compiled (:func:`jneuron.kernels.moments.merge_products`).
+
+Each chunk is centred about its rough mean ``p`` (its rows summed in the working dtype); values close to
+``p`` subtract exactly, so offsets of 1e3 cost no digits. The chunk's exact mean is ``p + drift``, with
+``drift`` the mean of the centred rows (summed in float64 by blocks), and the products about ``p``
+exceed the centred products by ``rows * drift drift^T``, which the merge takes off: the statistics are
+those of a chunk centred on its own mean, with one pass over the chunk instead of two. Arrays given
+model by model are centred straight into the buffer, never joined first. A chunk holding a NaN or Inf
+goes through the compiled centring, which records where the first one is.
 
 >>> import numpy as np
 >>> from jneuron.kernels import moments as km
@@ -43,7 +49,8 @@ class HostFold:
     """
 
     def __init__(self) -> None:
-        self._buffer: np.ndarray | None = None
+        self._buffer: np.ndarray | None = None  # the centred chunk
+        self._point: np.ndarray | None = None  # the point it is centred about (allocated once: see centre)
 
     def __call__(self, stats: Stats, chunk: np.ndarray | Sequence[np.ndarray], rows: int,
                  tiles: tuple[Tile, ...]) -> Stats:
@@ -74,6 +81,8 @@ class HostFold:
             joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             part, centred = kmoments.centre(joined, rows, dtype)
             return part, np.asarray(centred), np.zeros(width, dtype)
+        # the point lives in a buffer allocated with the chunk's: numpy's broadcast subtraction ran 2-3x
+        # slower against some freshly allocated small arrays on the benchmark machine
         shifted, point = self._buffers((rows, width), dtype)
         np.divide(sums, n, out=point)
         start = 0

@@ -266,7 +266,8 @@ def prepare_side(blocks: Blocks, i: int, method: str, keep, rtol: float) -> kcca
 
 
 def _cholesky_whitening(corr: np.ndarray, rtol: float, iterations: int = 30) -> kcca.Whitening | None:
-    """The whitening ``basis = L^-T`` (``corr = L L^T``), or None unless the smallest eigenvalue is 100x above the floor.
+    """The whitening ``basis = L^-T`` (``corr = L L^T``, applied by triangular solves), or None unless the
+    smallest eigenvalue is 100x above the floor.
 
     Both extreme eigenvalues are estimated by (inverse) power iteration from a fixed start; the estimates
     err towards each other, hence the margin. (Solves with ``L^T`` go through ``trans="T"``: passing
