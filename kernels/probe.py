@@ -82,21 +82,23 @@ def loss(params, x, y, valid, masks, l1, l2, *, squared: bool, regression: bool)
 def data_gradient(params, x, y, valid, masks, *, regression: bool):
     """The gradient of :func:`data_loss` summed over settings, written out: ``(d weight, d bias)``.
 
-    The weight gradient of every setting comes from one ``(settings * classes, tokens) x (tokens, neurons)``
-    product, laid out as the weight is; on a CPU that is about twice as fast as the product automatic
-    differentiation picks for these skinny shapes.
+    Both products keep the tokens last: the outputs come out ``(settings * classes, tokens)`` from
+    ``weight @ x^T``, and the weight gradient of every setting is one ``(settings * classes, tokens) x
+    (tokens, neurons)`` product, laid out as the weight is. On a CPU that is about twice as fast as the
+    product automatic differentiation picks for these skinny shapes, and 10-20% faster than taking the
+    outputs tokens first (as :func:`outputs` does for evaluation).
     """
-    weight = params[0]
+    weight, bias = params
     settings, classes, neurons = weight.shape
-    out = outputs(params, x, masks)
+    flat = masked(weight, masks).reshape(settings * classes, neurons)
+    out = jnp.matmul(flat, x.T, precision=HIGHEST).reshape(settings, classes, -1) + bias[:, :, None]
     if regression:
-        d_out = 2 * (out - y[:, None, None])
+        d_out = 2 * (out - y[None, None, :])
     else:
-        d_out = jax.nn.softmax(out, axis=-1) - jax.nn.one_hot(y, classes, dtype=out.dtype)[:, None, :]
-    d_out = d_out * valid[:, None, None]
-    flat = d_out.reshape(x.shape[0], settings * classes)
-    d_weight = masked(jnp.matmul(flat.T, x, precision=HIGHEST).reshape(weight.shape), masks)
-    return d_weight, jnp.sum(d_out, axis=0)
+        d_out = jax.nn.softmax(out, axis=1) - jax.nn.one_hot(y, classes, dtype=out.dtype).T[None]
+    d_out = d_out * valid[None, None, :]
+    d_weight = jnp.matmul(d_out.reshape(settings * classes, -1), x, precision=HIGHEST).reshape(weight.shape)
+    return masked(d_weight, masks), jnp.sum(d_out, axis=2)
 
 
 def penalty_gradient(weight, masks, l1, l2, squared: bool = False) -> jax.Array:
