@@ -121,6 +121,29 @@ def test_checkpointed_run_resumes_to_the_identical_result(tmp_path, models):
     assert again == []
 
 
+def test_arrays_in_memory_resume_and_match_the_joined_chunks(tmp_path, models):
+    """In-memory arrays are centred model by model (one of them float16); the result equals the pass over
+    joined chunks (what files and iterators get) and resumes from a checkpoint bit for bit."""
+    arrays = [models["a"], models["b"].astype(np.float16)]
+    source, tiles = jn.as_source(arrays), (Tile(0, 7, 7, 12), Tile(7, 12, 7, 12))
+    whole = accumulate(source, tiles, 64)
+    joined = accumulate(jn.as_source(lambda: iter([tuple(arrays)])), tiles, 64)
+    for got, want in zip(jax.tree.leaves(whole), jax.tree.leaves(joined)):
+        np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=1e-6, atol=1e-3)
+    seen = []
+
+    def stop_after_three(rows):
+        seen.append(rows)
+        if len(seen) == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        accumulate(source, tiles, 64, checkpoint=tmp_path / "ck", checkpoint_every=2, on_chunk=stop_after_three)
+    resumed = accumulate(source, tiles, 64, checkpoint=tmp_path / "ck")
+    for got, want in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_checkpoint_resume_from_an_iterator_source(tmp_path, models):
     x = np.hstack(list(models.values()))
     make = lambda: (x[i:i + 64] for i in range(0, 700, 64))  # noqa: E731
