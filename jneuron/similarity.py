@@ -23,7 +23,6 @@ the small ``d x d`` factorizations then run in host float64 (:mod:`jneuron.kerne
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -68,11 +67,12 @@ class CCAResult:
     kept_x: int
     kept_y: int
     tokens: int
-    _solve_directions: Callable[[], tuple[np.ndarray, np.ndarray]] = field(repr=False, compare=False)
+    _problem: tuple[kcca.Side, kcca.Side, np.ndarray] = field(repr=False, compare=False)  # prepared sides, cov_xy
 
     @cached_property
     def _directions(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._solve_directions()
+        r = kcca.correlate(*self._problem)
+        return r.a[:, : len(self.rho)], r.b[:, : len(self.rho)]
 
     @property
     def directions_x(self) -> np.ndarray:
@@ -295,14 +295,9 @@ def _cca_result(blocks: Blocks, i: int, j: int, method: str, keep, rtol: float,
     sx, sy = sides or (prepare_side(blocks, i, method, keep, rtol), prepare_side(blocks, j, method, keep, rtol))
     cxy = blocks.cov(i, j)
     valid = int(min(sx.whitening.kept, sy.whitening.kept))
-
-    def solve_directions() -> tuple[np.ndarray, np.ndarray]:
-        r = kcca.correlate(sx, sy, cxy)
-        return r.a[:, :valid], r.b[:, :valid]
-
     return CCAResult(method, kcca.correlations(sx, sy, cxy)[:valid], blocks.mean[blocks.columns(i)],
                      blocks.mean[blocks.columns(j)], int(sx.whitening.kept), int(sy.whitening.kept), blocks.count,
-                     solve_directions)
+                     (sx, sy, cxy))
 
 
 def _pwcca_result(blocks: Blocks, i: int, j: int, side: str, rtol: float,

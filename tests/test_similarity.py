@@ -122,6 +122,18 @@ def test_directions_give_canonical_variates(rng):
     assert r.directions_x.shape == (DX, DY) and r.directions_y.shape == (DY, DY)
 
 
+def test_directions_are_computed_when_read_and_survive_pickling(rng):
+    import pickle
+
+    x, y = _pair(rng, offset=1e3)
+    r = jn.cca(x, y, chunk_tokens=C)
+    assert "_directions" not in vars(r)  # nothing solved yet
+    copy = pickle.loads(pickle.dumps(r))
+    np.testing.assert_array_equal(copy.directions_x, r.directions_x)
+    assert "_directions" in vars(r) and r.directions_x is r.directions_x  # solved once, kept
+    assert json.loads(json.dumps(r.to_dict(directions=True)))["directions_y"] == r.directions_y.tolist()
+
+
 def test_planted_shared_subspace_shows_k_correlations_near_one(rng):
     k = 3
     x = rng.normal(size=(TOKENS, DX)).astype(np.float32)
