@@ -2,12 +2,13 @@
 
 JAX wraps a host numpy array as a CPU device array in place when its data starts on a 64-byte boundary
 (and is C-contiguous); numpy itself only guarantees 16 bytes, so an ordinary array is copied on every
-transfer. Chunks and chunk products are allocated here, so on a CPU each is written once.
+transfer. The CPU pass's chunk products are allocated here (:mod:`jneuron.host_fold`), so each is
+written once and merged where it lies.
 
 >>> import numpy as np
 >>> a = aligned_empty((3, 5), np.float32)
->>> a.shape, is_aligned(a)
-((3, 5), True)
+>>> a.shape, a.ctypes.data % ALIGNMENT
+((3, 5), 0)
 """
 
 from __future__ import annotations
@@ -25,7 +26,3 @@ def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     start = (-raw.ctypes.data) % ALIGNMENT
     return raw[start : start + size].view(dtype).reshape(shape)
 
-
-def is_aligned(array: np.ndarray) -> bool:
-    """Whether JAX can adopt ``array`` without copying it (aligned and C-contiguous)."""
-    return array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from jneuron._checks import as_2d
-from jneuron.aligned import aligned_empty
 from jneuron.errors import JNeuronError
 
 
@@ -53,10 +52,7 @@ class ArraySource:
         for begin in range(start, self.tokens, chunk_tokens):
             stop = min(begin + chunk_tokens, self.tokens)
             parts = [np.asarray(a[begin:stop], dtype=self.dtype) for a in self.arrays]
-            if len(parts) == 1:
-                yield parts[0]
-            else:  # side by side in a buffer the device can adopt (see jneuron.aligned)
-                yield np.concatenate(parts, axis=1, out=aligned_empty((stop - begin, sum(self.widths)), self.dtype))
+            yield parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def parts(self, chunk_tokens: int, start: int = 0) -> Iterator[list[np.ndarray]]:
         """The chunks of :meth:`chunks` as each model's rows, not joined (views where no conversion is due)."""

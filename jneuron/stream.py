@@ -18,7 +18,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jneuron.aligned import aligned_empty, is_aligned
 from jneuron.errors import JNeuronError
 from jneuron.host_fold import HostFold
 from jneuron.io_utils import atomic_write_bytes
@@ -101,8 +100,9 @@ def accumulate(
         if finished:
             _raise_on_bad_value(stats, source)
             return stats
-    fold = HostFold() if on_cpu() else kmoments.update
-    if isinstance(fold, HostFold) and observe is None and in_memory(source):
+    cpu = on_cpu()
+    fold = HostFold() if cpu else kmoments.update
+    if cpu and observe is None and in_memory(source):
         # numpy arrays in memory: each model's rows are centred straight into the fold's buffer, so there
         # is nothing to read ahead (and no joined copy competing with the BLAS for the cores)
         chunks = ((len(parts[0]), parts) for parts in source.parts(chunk_tokens, start=done * chunk_tokens))
@@ -140,8 +140,7 @@ def on_cpu() -> bool:
 
 
 def _padder(chunk_tokens: int) -> Callable[[np.ndarray], tuple[int, np.ndarray]]:
-    """Pad a chunk to ``chunk_tokens`` rows on the read-ahead thread, into an aligned buffer
-    (:mod:`jneuron.aligned`) that a CPU device adopts without a copy; a full aligned chunk passes as it is.
+    """Pad a chunk to ``chunk_tokens`` rows on the read-ahead thread.
 
     The chunk stays a host array: JAX's configuration (``jax.enable_x64`` contexts) is thread-local, so
     moving it to the device here would silently cast float64 to float32; the caller's thread does that.
@@ -149,12 +148,9 @@ def _padder(chunk_tokens: int) -> Callable[[np.ndarray], tuple[int, np.ndarray]]
 
     def pad(chunk: np.ndarray) -> tuple[int, np.ndarray]:
         rows = chunk.shape[0]
-        if rows == chunk_tokens and is_aligned(chunk):
-            return rows, chunk
-        padded = aligned_empty((chunk_tokens,) + chunk.shape[1:], chunk.dtype)
-        padded[:rows] = chunk
-        padded[rows:] = 0
-        return rows, padded
+        if rows < chunk_tokens:
+            chunk = np.pad(chunk, ((0, chunk_tokens - rows), (0, 0)))
+        return rows, chunk
 
     return pad
 

@@ -91,12 +91,13 @@ def init(dim: int, tiles: tuple[Tile, ...], dtype=jnp.float32) -> Stats:
 def chunk_stats(x: Array, n_valid: Array | int, tiles: tuple[Tile, ...], dtype=jnp.float32) -> Stats:
     """Co-moments of one chunk whose first ``n_valid`` rows are real (the rest is padding)."""
     stats, centred = centred_chunk(x, n_valid, dtype)
-    return with_products(stats, products(centred, tiles))
+    cross = (jnp.matmul(centred[:, t.r0 : t.r1].T, centred[:, t.c0 : t.c1], precision=HIGHEST) for t in tiles)
+    return stats._replace(cross=tuple(Pair(c, jnp.zeros_like(c)) for c in cross))
 
 
 def centred_chunk(x: Array, n_valid: Array | int, dtype=jnp.float32) -> tuple[Stats, Array]:
     """One chunk's statistics without cross-products (``cross == ()``), and the chunk centred on its mean
-    (padding rows and non-finite values are 0), from which :func:`products` takes the cross-products."""
+    (padding rows and non-finite values are 0), from which the cross-products are taken."""
     x = x.astype(dtype)
     rows = jnp.arange(x.shape[0])[:, None] < n_valid
     n = jnp.asarray(n_valid, count_dtype())
@@ -126,16 +127,6 @@ def centred_chunk(x: Array, n_valid: Array | int, dtype=jnp.float32) -> tuple[St
         bad_col=jnp.where(any_bad, first_col, NO_BAD_ROW).astype(count_dtype()),
     )
     return stats, centred
-
-
-def products(centred: Array, tiles: tuple[Tile, ...]) -> tuple[Array, ...]:
-    """The centred cross-product blocks ``C[:, r0:r1]^T C[:, c0:c1]``, at ``precision="highest"``."""
-    return tuple(jnp.matmul(centred[:, t.r0 : t.r1].T, centred[:, t.c0 : t.c1], precision=HIGHEST) for t in tiles)
-
-
-def with_products(stats: Stats, cross: tuple[Array, ...]) -> Stats:
-    """A chunk's statistics from :func:`centred_chunk` completed with its cross-product blocks."""
-    return stats._replace(cross=tuple(Pair(c, jnp.zeros_like(c)) for c in cross))
 
 
 def merge(a: Stats, b: Stats, tiles: tuple[Tile, ...]) -> Stats:
@@ -182,7 +173,7 @@ def centre(x: Array, n_valid: Array | int, dtype=jnp.float32) -> tuple[Stats, Ar
 
 @partial(jax.jit, static_argnames=("tiles",), donate_argnums=(0,))
 def merge_products(stats: Stats, chunk: Stats, cross: tuple[Array, ...], tiles: tuple[Tile, ...],
-                   drift: Array | None = None) -> Stats:
+                   drift: Array) -> Stats:
     """The second half: fold a chunk's statistics and its cross-product blocks into running statistics.
 
     ``cross`` are the chunk's products about a point ``drift`` below its mean (zero: about the mean
@@ -193,7 +184,7 @@ def merge_products(stats: Stats, chunk: Stats, cross: tuple[Array, ...], tiles: 
     """
     merged, weight, delta = _merge_vectors(stats, chunk)
     dtype = stats.mean.hi.dtype
-    drift = jnp.zeros_like(delta) if drift is None else jnp.asarray(drift, dtype)
+    drift = jnp.asarray(drift, dtype)
     count = chunk.count.astype(dtype)
 
     def corrected(t: Tile, c: Array) -> Array:
