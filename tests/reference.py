@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.tolerance import assert_close, tolerance
+
 
 def cross_model_reference(models: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best |rho| per (neuron, other model), signed rho and partner unit, from np.corrcoef (float64).
@@ -30,12 +32,13 @@ def cross_model_reference(models: list[np.ndarray]) -> tuple[np.ndarray, np.ndar
     return best, rho, unit
 
 
-def assert_cov_close(actual: np.ndarray, x: np.ndarray, tol: float = 1e-6, ddof: int = 1) -> None:
-    """Covariance (or centred cross-product, with ``ddof=None``) errors judged against sd_i * sd_j."""
+def assert_cov_close(actual: np.ndarray, x: np.ndarray, dtype=np.float32, ddof: int | None = 1) -> None:
+    """Covariance (or centred cross-product, with ``ddof=None``) within :func:`tests.tolerance.tolerance`
+    of the float64 answer, judged against ``sd_i * sd_j`` (times the token count for cross-products)."""
     x = np.asarray(x, np.float64)
     cov = np.cov(x, rowvar=False, ddof=ddof or 0) * (1 if ddof is not None else len(x))
     scale = np.sqrt(np.outer(np.diag(cov), np.diag(cov)))
-    assert np.all(np.abs(actual - cov) <= tol * scale + 1e-300), np.max(np.abs(actual - cov) / scale)
+    assert_close(actual, cov, tolerance(len(x), dtype), scale, "covariance")
 
 
 def x64():
