@@ -6,6 +6,7 @@
 (24,)
 """
 
+from jneuron import _interrupts  # noqa: F401  (first: Ctrl-C while the `jneuron` command starts is one line)
 from jneuron.crossmodel import CrossModelRanking as CrossModelRanking
 from jneuron.crossmodel import maxcorr as maxcorr
 from jneuron.crossmodel import mincorr as mincorr
@@ -47,6 +48,7 @@ from jneuron.store import StoreWriter as StoreWriter
 from jneuron.store import open_store as open_store
 from jneuron.store import write_store as write_store
 from jneuron.errors import FewTokensWarning as FewTokensWarning
+from jneuron.errors import Float64UnavailableWarning as Float64UnavailableWarning
 from jneuron.similarity import CCAResult as CCAResult
 from jneuron.similarity import CKAResult as CKAResult
 from jneuron.similarity import PWCCAResult as PWCCAResult

@@ -28,6 +28,7 @@ from jneuron.errors import DeadNeuronWarning, FewTokensWarning, JNeuronError
 from jneuron.kernels import hsic as khsic
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
+from jneuron.precision import follow_dtype
 from jneuron.sources import Source, as_source
 from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
 
@@ -105,7 +106,8 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
       widest: the widest set of neurons whose covariance is inverted (default: the widest group).
       mesh: shard the pass over this mesh (see :mod:`jneuron.sharding`).
 
-    Warns :class:`FewTokensWarning` when there are fewer tokens than neurons in some group.
+    Warns :class:`FewTokensWarning` when there are fewer tokens than neurons in some group. float64 groups
+    are accumulated in float64 (see :mod:`jneuron.precision`), others in compensated float32.
     """
     source = joint_source(groups)
     names, widths = tuple(source.names), tuple(source.widths)
@@ -114,30 +116,33 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     tiles, where = _plan(sorted(set(pairs)), bounds)
     chunk_tokens = chunk_tokens or default_chunk_tokens(int(starts[-1]), getattr(source, "tokens", None))
     norms = _RowNorms(bounds) if row_norms else None
-    stats = accumulate(source, tiles, chunk_tokens, observe=norms, mesh=mesh)
-    count = int(stats.count)
-    check_min_tokens(count, what, 4 if row_norms else 2)
-    widest = widest or max(widths)
-    if count <= widest:
-        warnings.warn(
-            f"{what}: {count} tokens for up to {widest} neurons; the covariance is rank deficient, so "
-            "correlations overfit (CCA and R^2 approach 1)", FewTokensWarning, stacklevel=3)
-    dead = constant_columns(count, kmoments.mean64(stats), kmoments.m2_64(stats), stats.mean.hi.dtype)
-    if dead.any():
-        owner = np.searchsorted(starts, np.flatnonzero(dead), side="right") - 1
-        shown = ", ".join(f"'{names[g]}' unit {c - starts[g]}" for g, c in zip(owner[:10], np.flatnonzero(dead)))
-        more = f" and {int(dead.sum()) - 10} more" if dead.sum() > 10 else ""
-        warnings.warn(f"{what}: {int(dead.sum())} constant neuron(s) get weight 0: {shown}{more}",
-                      DeadNeuronWarning, stacklevel=3)
-    live = (~dead).astype(np.float64)
-    cross = {}
-    for tile in range(len(tiles)):
-        band = kmoments.cross_value64(stats, tile)  # converted once, then cut into its blocks
-        for (i, j), (t, offset) in where.items():
-            if t == tile:
-                block = band[:, offset : offset + widths[j]]
-                cross[(i, j)] = block * live[starts[i] : starts[i + 1], None] * live[None, starts[j] : starts[j + 1]]
-    mean = kmoments.mean64(stats)
+    with follow_dtype(source.dtype):  # the pass, and reading its statistics, in the data's precision
+        stats = accumulate(source, tiles, chunk_tokens, observe=norms, mesh=mesh)
+        count = int(stats.count)
+        check_min_tokens(count, what, 4 if row_norms else 2)
+        widest = widest or max(widths)
+        if count <= widest:
+            warnings.warn(
+                f"{what}: {count} tokens for up to {widest} neurons; the covariance is rank deficient, so "
+                "correlations overfit (CCA and R^2 approach 1)", FewTokensWarning, stacklevel=3)
+        dead = constant_columns(count, kmoments.mean64(stats), kmoments.m2_64(stats), stats.mean.hi.dtype)
+        if dead.any():
+            owner = np.searchsorted(starts, np.flatnonzero(dead), side="right") - 1
+            shown = ", ".join(f"'{names[g]}' unit {c - starts[g]}"
+                              for g, c in zip(owner[:10], np.flatnonzero(dead)))
+            more = f" and {int(dead.sum()) - 10} more" if dead.sum() > 10 else ""
+            warnings.warn(f"{what}: {int(dead.sum())} constant neuron(s) get weight 0: {shown}{more}",
+                          DeadNeuronWarning, stacklevel=3)
+        live = (~dead).astype(np.float64)
+        cross = {}
+        for tile in range(len(tiles)):
+            band = kmoments.cross_value64(stats, tile)  # converted once, then cut into its blocks
+            for (i, j), (t, offset) in where.items():
+                if t == tile:
+                    block = band[:, offset : offset + widths[j]]
+                    cross[(i, j)] = (block * live[starts[i] : starts[i + 1], None]
+                                     * live[None, starts[j] : starts[j + 1]])
+        mean = kmoments.mean64(stats)
     moments = None if norms is None else (norms.q, norms.u, norms.reference)
     return Blocks(names, widths, count, mean, dead, np.dtype(stats.mean.hi.dtype), cross, moments)
 

@@ -33,6 +33,7 @@ from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.memory import release_freed_memory
+from jneuron.precision import follow_dtype
 from jneuron.ranking import NeuronIndex, Ranking, _plain
 from jneuron.sharding import resolve_mesh
 from jneuron.sources import Source, as_source
@@ -101,6 +102,8 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
 
     Returns:
       A :class:`CrossModelRanking`. Constant neurons score 0, are listed in ``dead`` and warned about.
+      Correlations are clipped to ``[-1, 1]`` (so scores lie in ``[0, 1]``). float64 activations are
+      correlated in float64 (see :mod:`jneuron.precision`), others in float32 with compensated sums.
     """
     return _rank(models, names, chunk_tokens, memory_budget, "maxcorr", resolve_mesh(devices, mesh), checkpoint,
                  on_chunk)
@@ -122,8 +125,9 @@ def _rank(models, names, chunk_tokens, memory_budget, method: str, mesh, checkpo
     source, neurons, model_widths = _prepare(models, names)
     tokens = getattr(source, "tokens", None)
     chunk_tokens = chunk_tokens or default_chunk_tokens(sum(model_widths), tokens)
-    best, unit, rho, dead = _best_partners(source, model_widths, chunk_tokens, memory_budget, mesh, checkpoint,
-                                           on_chunk)
+    with follow_dtype(source.dtype):
+        best, unit, rho, dead = _best_partners(source, model_widths, chunk_tokens, memory_budget, mesh, checkpoint,
+                                               on_chunk)
     if len(dead):
         shown = ", ".join(neurons.label(int(i)) for i in dead[:10])
         more = f" and {len(dead) - 10} more" if len(dead) > 10 else ""
@@ -247,11 +251,11 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
         if dead is None:
             m2 = kmoments.m2_64(stats)
             dead = constant_columns(count, kmoments.mean64(stats), m2, stats.mean.hi.dtype)
-            inv_sd = np.where(dead, 0.0, 1.0 / np.sqrt(np.where(dead, 1.0, m2))).astype(np.float32)
+            inv_sd = np.where(dead, 0.0, 1.0 / np.sqrt(np.where(dead, 1.0, m2))).astype(stats.mean.hi.dtype)
         for tile, cross in zip(tiles, stats.cross):
             model = int(owner[tile.r0])
             segments = table.segments(tile, model)
-            reduce = tile_reducer(cross.hi.shape, segments, mesh)
+            reduce = tile_reducer(cross.hi.shape, segments, mesh, dtype=cross.hi.dtype)
             rows, cols = reduce(cross, inv_sd[tile.r0 : tile.r1], inv_sd[tile.c0 : tile.c1])
             table.set_rows(tile, model, rows)
             table.improve_columns(tile, model, cols)

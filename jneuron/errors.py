@@ -11,3 +11,7 @@ class DeadNeuronWarning(UserWarning):
 
 class FewTokensWarning(UserWarning):
     """Fewer tokens than neurons: covariances are rank deficient and similarity measures overfit."""
+
+
+class Float64UnavailableWarning(UserWarning):
+    """float64 input is computed in float32: the platform (e.g. a TPU) has no float64. Given once per process."""

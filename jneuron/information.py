@@ -37,6 +37,7 @@ from jneuron.kernels import quantize as kquant
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS
+from jneuron.precision import follow_dtype, working_dtype
 from jneuron.ranking import NeuronIndex, Ranking, _plain
 from jneuron.sources import _chunk_parts, _float_dtype, _names
 from jneuron.sharding import resolve_mesh
@@ -124,6 +125,9 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
                        mesh=None) -> NeuronInformation:
     """Entropy, mutual information with the labels, KL selectivity and class selectivity of every neuron.
 
+    float64 activations are quantized and summed in float64 (see :mod:`jneuron.precision`), others in
+    float32 with compensated class sums.
+
     Args:
       acts: ``(tokens, neurons)`` activations: an array; a sequence or mapping of arrays (models side by
         side), or a mapping of model name to a mapping of layer name to array; or an iterable of chunks
@@ -161,10 +165,11 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     if bins < 2:
         raise JNeuronError(f"need at least 2 bins, got {bins}")
     stream = _Stream.build(acts, labels, names, classes, chunk_tokens)
-    mode, params, description = _quantizer(stream, quantize, threshold, bins, value_range, resolution)
     mesh = resolve_mesh(devices, mesh)
     tables = _tables if mesh is None else partial(_tables_sharded, mesh=mesh)
-    counts, sums, shift = tables(stream, mode, params, bins, counting)
+    with follow_dtype(stream.dtype):
+        mode, params, description = _quantizer(stream, quantize, threshold, bins, value_range, resolution)
+        counts, sums, shift = tables(stream, mode, params, bins, counting)
     class_counts = counts[0].sum(axis=0) if len(counts) else np.zeros(stream.classes, np.int64)
     if np.count_nonzero(class_counts) < 2:
         raise JNeuronError(f"need at least 2 classes among the labels, got {np.count_nonzero(class_counts)} "
@@ -352,7 +357,7 @@ def _arrays(acts, names) -> tuple[list, NeuronIndex]:
 
 def _quantizer(stream: _Stream, quantize: str, threshold, bins: int, value_range, resolution: int):
     """The kernel mode, its parameters (device arrays) and a JSON-ready description."""
-    dtype = jnp.float64 if stream.dtype == np.float64 and jax.config.read("jax_enable_x64") else jnp.float32
+    dtype = working_dtype(stream.dtype)
     if quantize == "threshold":
         value = np.broadcast_to(np.asarray(threshold, np.float64), (stream.width,))
         return "threshold", (jnp.asarray(value, dtype),), {"threshold": _scalar_or_list(value)}

@@ -53,7 +53,8 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
 
     Returns:
       A :class:`~jneuron.ranking.Ranking` (method ``"linreg_min"`` or ``"linreg_max"``, descending) with
-      details ``r2``: per neuron, the ``R^2`` from each model (None for its own). Constant neurons score 0.
+      details ``r2``: per neuron, the ``R^2`` from each model (None for its own), clipped to ``[0, 1]``.
+      Constant neurons score 0. float64 activations are fitted in float64 (see :mod:`jneuron.precision`).
     """
     if reduce not in ("min", "max"):
         raise JNeuronError(f"linreg_ranking: reduce must be 'min' or 'max', got {reduce!r}")
@@ -112,7 +113,7 @@ class DirectionRanking:
 
     Attributes:
       method: ``"svcca"`` or ``"cca"``.
-      rho: the directions' canonical correlations, descending.
+      rho: the directions' canonical correlations, descending, clipped to ``[0, 1]``.
       weights: ``(dx, k)``: direction ``i``'s activation is ``h_i = (x - mean) @ weights[:, i]``
         (unit variance, uncorrelated across directions).
       patterns: ``(dx, k)``: how each direction shows in the neurons, ``cov(x, h_i)``; activations

@@ -33,6 +33,7 @@ from scipy.optimize import linear_sum_assignment
 from jneuron.blocks import Blocks, stream_blocks
 from jneuron.errors import JNeuronError
 from jneuron.kernels import lasso as klasso
+from jneuron.precision import follow_dtype
 from jneuron.ranking import NeuronIndex, _plain
 from jneuron.sharding import resolve_mesh
 
@@ -45,7 +46,8 @@ class Matching:
       method: ``"bipartite"`` (one-to-one) or ``"semi"`` (each x unit to its best y unit).
       x_units, y_units: matched unit indices (sorted by x unit).
       rho: the signed correlation of each pair.
-      correlation: the full ``(dx, dy)`` between-net correlation matrix (dead units: 0).
+      correlation: the full ``(dx, dy)`` between-net correlation matrix (dead units: 0), clipped to
+        ``[-1, 1]`` (rounding can put ``|rho|`` a hair above 1).
       neurons_x, neurons_y: the units' identities.
     """
 
@@ -142,12 +144,12 @@ def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps:
     penalties = np.sort(np.asarray(penalties, np.float64))[::-1]
     if penalties.ndim != 1 or len(penalties) == 0 or np.any(penalties < 0):
         raise JNeuronError(f"penalties must be a non-empty list of non-negative numbers, got {penalties}")
-    dtype = np.float64 if blocks.accumulated_in == np.float64 else np.float32
-    coef, kkt = klasso.lasso_path(jnp.asarray(gram.astype(dtype)), jnp.asarray(cross.astype(dtype)),
-                                  jnp.asarray(penalties.astype(dtype)), sweeps)
-    coef = np.asarray(coef, np.float64)
+    with follow_dtype(blocks.accumulated_in) as dtype:
+        coef, kkt = klasso.lasso_path(jnp.asarray(gram, dtype), jnp.asarray(cross, dtype),
+                                      jnp.asarray(penalties, dtype), sweeps)
+        coef, kkt = np.asarray(coef, np.float64), np.asarray(kkt, np.float64)
     r2 = np.clip(2 * np.einsum("xy,pxy->py", cross, coef) - np.einsum("pxy,xz,pzy->py", coef, gram, coef), 0, 1)
-    return SparsePrediction(penalties, coef, r2, np.count_nonzero(coef, axis=1), np.asarray(kkt, np.float64))
+    return SparsePrediction(penalties, coef, r2, np.count_nonzero(coef, axis=1), kkt)
 
 
 def _standardised(blocks: Blocks, i: int, j: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from jneuron._checks import as_2d, check_min_tokens
 from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
+from jneuron.precision import follow_dtype
 from jneuron.sharding import resolve_mesh
 from jneuron.sources import as_source
 from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
@@ -27,12 +28,14 @@ from jneuron.stream import accumulate, constant_columns, default_chunk_tokens
 class CoMoments:
     """Count, mean and centred cross-product of ``(tokens, neurons)`` data, in host float64.
 
-    ``cross[i, j] = sum_t (x[t, i] - mean[i]) * (x[t, j] - mean[j])``.
+    ``cross[i, j] = sum_t (x[t, i] - mean[i]) * (x[t, j] - mean[j])``; ``accumulated_in`` is the dtype
+    of the streamed arithmetic (float64 for float64 data, else float32 with compensated sums).
     """
 
     count: int
     mean: np.ndarray
     cross: np.ndarray
+    accumulated_in: np.dtype = np.dtype(np.float32)
 
     def covariance(self, ddof: int = 1) -> np.ndarray:
         """The covariance matrix, ``cross / (count - ddof)``."""
@@ -41,11 +44,12 @@ class CoMoments:
 
     @property
     def dead(self) -> np.ndarray:
-        """Indices of constant neurons (zero spread, up to float32 rounding of their mean)."""
-        return np.flatnonzero(constant_columns(self.count, self.mean, np.diag(self.cross)))
+        """Indices of constant neurons (zero spread, up to the rounding of their mean in ``accumulated_in``)."""
+        return np.flatnonzero(constant_columns(self.count, self.mean, np.diag(self.cross), self.accumulated_in))
 
     def correlation(self) -> np.ndarray:
-        """Pearson correlations; a constant neuron correlates 0 with everything (itself included)."""
+        """Pearson correlations, clipped to ``[-1, 1]`` (rounding can put ``|rho|`` a hair above 1); a
+        constant neuron correlates 0 with everything (itself included)."""
         check_min_tokens(self.count, "correlation")
         scale = np.sqrt(np.maximum(np.diag(self.cross), 0.0))
         scale[self.dead] = np.inf
@@ -55,6 +59,9 @@ class CoMoments:
 
 def comoments(data, *, chunk_tokens: int | None = None, devices=None, mesh=None) -> CoMoments:
     """Stream ``data`` once and return its co-moments.
+
+    float64 data are accumulated in float64 (see :mod:`jneuron.precision`), anything else in
+    compensated float32; the result is host float64 either way.
 
     Args:
       data: a ``(tokens, neurons)`` array (numpy, memory-mapped or JAX), or any iterable of such chunks
@@ -71,7 +78,9 @@ def comoments(data, *, chunk_tokens: int | None = None, devices=None, mesh=None)
         raise JNeuronError(f"comoments: expected an array or an iterable of arrays, got {type(data).__name__}")
     width = source.widths[0]
     chunk_tokens = chunk_tokens or default_chunk_tokens(width, getattr(source, "tokens", None))
-    stats = accumulate(source, (Tile(0, width, 0, width),), chunk_tokens, mesh=resolve_mesh(devices, mesh))
-    count = int(stats.count)
-    check_min_tokens(count, "comoments", 1)
-    return CoMoments(count, kmoments.mean64(stats), kmoments.cross_value64(stats, 0))
+    with follow_dtype(source.dtype):
+        stats = accumulate(source, (Tile(0, width, 0, width),), chunk_tokens, mesh=resolve_mesh(devices, mesh))
+        count = int(stats.count)
+        check_min_tokens(count, "comoments", 1)
+        return CoMoments(count, kmoments.mean64(stats), kmoments.cross_value64(stats, 0),
+                         np.dtype(stats.mean.hi.dtype))

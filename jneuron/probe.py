@@ -26,6 +26,7 @@ from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.sharded import TOKENS
+from jneuron.precision import working_dtype
 from jneuron.ranking import NeuronIndex, _plain
 from jneuron.sharding import resolve_mesh
 
@@ -159,8 +160,7 @@ def _activations(x, neurons: int | None = None) -> jax.Array:
         raise JNeuronError(f"activations: no tokens (shape {tuple(x.shape)})")
     if neurons is not None and x.shape[1] != neurons:
         raise JNeuronError(f"activations: the probe has {neurons} neurons, the input has {x.shape[1]} columns")
-    dtype = np.float64 if jax.config.jax_enable_x64 and np.dtype(x.dtype) == np.float64 else np.float32
-    device = jnp.asarray(x, dtype)
+    device = jnp.asarray(x, working_dtype(x.dtype))
     if not bool(_all_finite(device)):
         row, column = np.argwhere(~np.isfinite(np.asarray(device)))[0]
         raise JNeuronError(f"activations: NaN or Inf at row {row}, neuron {column}")

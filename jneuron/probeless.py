@@ -14,6 +14,7 @@ come from one streamed pass of per-class sums, so the data never has to fit in m
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import jax
@@ -23,7 +24,9 @@ import numpy as np
 from jneuron._checks import as_2d
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
+from jneuron.precision import follow_dtype
 from jneuron.ranking import NeuronIndex, Ranking
+from jneuron.sources import _float_dtype
 
 _class_sums = jax.jit(kp.class_sums, static_argnames=("classes",))
 
@@ -46,71 +49,95 @@ class Probeless:
 
 
 def _chunks(data, labels, chunk_tokens: int):
+    """The non-empty ``(activations, labels)`` chunks, checked, each with the index of its first row."""
     if labels is None:
-        yield from data
-        return
-    x = as_2d(data, "activations")
-    values = np.asarray(labels)
-    if values.ndim != 1 or len(values) != x.shape[0]:
-        raise JNeuronError(f"labels: expected {x.shape[0]} labels (one per activation row), got shape {values.shape}")
-    for start in range(0, x.shape[0], chunk_tokens):
-        yield x[start:start + chunk_tokens], values[start:start + chunk_tokens]
-
-
-def class_means(data, labels=None, *, chunk_tokens: int = 16384):
-    """Per-class token counts and mean activations (float64), in one streamed pass.
-
-    Args:
-      data: activations ``(tokens, neurons)`` with ``labels``, or (``labels=None``) an iterable of
-        ``(activations_chunk, labels_chunk)`` pairs.
-
-    Returns:
-      ``(classes, counts, means)``: sorted label values, tokens per class, ``(classes, neurons)`` means.
-    """
-    sums: dict = {}
-    counts: dict = {}
-    shift = None
+        pairs = data
+    else:
+        acts = as_2d(data, "activations")
+        values = np.asarray(labels)
+        if values.ndim != 1 or len(values) != acts.shape[0]:
+            raise JNeuronError(f"labels: expected {acts.shape[0]} labels (one per activation row), "
+                               f"got shape {values.shape}")
+        pairs = ((acts[start:start + chunk_tokens], values[start:start + chunk_tokens])
+                 for start in range(0, acts.shape[0], chunk_tokens))
     seen = 0
-    for x, y in _chunks(data, labels, chunk_tokens):
+    for x, y in pairs:
         x = as_2d(x, "activations chunk")
         y = np.asarray(y)
         if y.dtype.kind == "O":
             y = y.astype(str)
         if y.ndim != 1 or len(y) != x.shape[0]:
             raise JNeuronError(f"labels chunk at token {seen}: expected {x.shape[0]} labels, got shape {y.shape}")
-        if len(y) == 0:
-            continue
-        chunk = np.asarray(x, np.float32)
+        if len(y):
+            yield x, y, seen
+            seen += len(y)
+
+
+def class_means(data, labels=None, *, chunk_tokens: int = 16384):
+    """Per-class token counts and mean activations (float64), in one streamed pass.
+
+    The sums run in the activations' precision (float64 for float64 input, see :mod:`jneuron.precision`;
+    else float32) about a per-neuron shift, the first chunk's mean rounded to that precision, which is
+    added back exactly: offsets cost no digits.
+
+    Args:
+      data: activations ``(tokens, neurons)`` with ``labels``, or (``labels=None``) an iterable of
+        ``(activations_chunk, labels_chunk)`` pairs.
+      labels: one label per activation row (strings or integers), or None.
+      chunk_tokens: rows summed per compiled step when ``data`` is one array.
+
+    Returns:
+      ``(classes, counts, means)``: sorted label values, tokens per class, ``(classes, neurons)`` means.
+
+    >>> x = np.array([[1e4 + 1.0], [1e4 + 3.0], [1e4 - 2.0]], np.float32)
+    >>> classes, counts, means = class_means(x, ["a", "a", "b"])
+    >>> classes.tolist(), counts.tolist(), means[:, 0].tolist()
+    (['a', 'b'], [2, 1], [10002.0, 9998.0])
+    """
+    chunks = _chunks(data, labels, chunk_tokens)
+    first = next(chunks, None)
+    if first is None:
+        raise JNeuronError("activations: no tokens")
+    with follow_dtype(_float_dtype(first[0].dtype)) as dtype:
+        sums, counts, shift = _class_sums_pass(itertools.chain([first], chunks), dtype)
+    classes = np.array(sorted(counts))
+    count = np.array([counts[c] for c in classes.tolist()], np.int64)
+    means = np.stack([sums[c] for c in classes.tolist()]) / count[:, None] + shift[None, :]
+    return classes, count, means
+
+
+def _class_sums_pass(chunks, dtype: np.dtype) -> tuple[dict, dict, np.ndarray]:
+    """Host float64 sums of ``x - shift`` and token counts per label, and ``shift`` (exactly the value
+    subtracted on the device: the first chunk's mean rounded to ``dtype``)."""
+    sums: dict = {}
+    counts: dict = {}
+    shift = None
+    for x, y, seen in chunks:
+        chunk = np.asarray(x, dtype)
         bad = ~np.isfinite(chunk)
         if bad.any():
             row, column = np.argwhere(bad)[0]
             raise JNeuronError(f"activations: NaN or Inf at row {seen + row}, neuron {column}")
         if shift is None:
-            shift = chunk.mean(axis=0, dtype=np.float64)
+            shift = chunk.mean(axis=0, dtype=np.float64).astype(dtype)
         elif chunk.shape[1] != len(shift):
             raise JNeuronError(f"activations chunk at token {seen}: {chunk.shape[1]} neurons, expected {len(shift)}")
         present, local = np.unique(y, return_inverse=True)
         slots = 1 << max(0, int(len(present) - 1).bit_length())  # few shapes, few compilations
         rows = 1 << max(0, int(len(y) - 1).bit_length())
-        padded = np.zeros((rows, chunk.shape[1]), np.float32)
+        padded = np.zeros((rows, chunk.shape[1]), dtype)
         padded[: len(y)] = chunk
         ids = np.zeros(rows, np.int32)
         ids[: len(y)] = local
-        valid = np.zeros(rows, np.float32)
+        valid = np.zeros(rows, dtype)
         valid[: len(y)] = 1
-        part, _ = _class_sums(jnp.asarray(padded), jnp.asarray(ids), jnp.asarray(valid),
-                              jnp.asarray(shift, jnp.float32), classes=slots)
+        part, _ = _class_sums(jnp.asarray(padded), jnp.asarray(ids), jnp.asarray(valid), jnp.asarray(shift),
+                              classes=slots)
         part = np.asarray(part, np.float64)
         for slot, label in enumerate(present.tolist()):
             sums[label] = sums.get(label, 0.0) + part[slot]
             counts[label] = counts.get(label, 0) + int(np.sum(local == slot))
-        seen += len(y)
-    if not counts:
-        raise JNeuronError("activations: no tokens")
-    classes = np.array(sorted(counts))
-    count = np.array([counts[c] for c in classes.tolist()], np.int64)
-    means = np.stack([sums[c] for c in classes.tolist()]) / count[:, None] + shift[None, :]
-    return classes, count, means
+    return sums, counts, shift.astype(np.float64)
 
 
 def pairwise_distance_sums(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

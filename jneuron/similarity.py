@@ -10,6 +10,11 @@ the small ``d x d`` factorizations then run in host float64 (:mod:`jneuron.kerne
 - PWCCA (Morcos et al., 2018): canonical correlations averaged with weights ``alpha_i ~ sum_j |<h_i, z_j>|``.
 - Linear CKA (Kornblith et al., 2019) in feature space, optionally debiased (unbiased HSIC).
 
+float64 layers are accumulated in float64 (see :mod:`jneuron.precision`), others in compensated float32.
+Bounded results stay in their bounds whatever the rounding: canonical correlations (and their means,
+PWCCA included) are clipped to ``[0, 1]``, CKA to ``[0, 1]`` and debiased CKA (which can be negative) to
+at most 1.
+
 >>> import numpy as np, jneuron as jn
 >>> rng = np.random.default_rng(0)
 >>> x = rng.normal(size=(2000, 6))
@@ -17,7 +22,7 @@ the small ``d x d`` factorizations then run in host float64 (:mod:`jneuron.kerne
 >>> r = jn.cca(x, y)
 >>> np.round(r.rho, 2).tolist()
 [1.0, 1.0, 0.07, 0.04, 0.01]
->>> round(jn.cka(x, x @ np.linalg.qr(rng.normal(size=(6, 6)))[0]).value, 6)
+>>> round(jn.cka(x, x @ np.linalg.qr(rng.normal(size=(6, 6)))[0]).value, 4)
 1.0
 """
 
@@ -50,7 +55,7 @@ class CCAResult:
 
     Attributes:
       method: ``"cca"`` or ``"svcca"``.
-      rho: canonical correlations, descending, in ``[0, 1]``; ``min(kept_x, kept_y)`` of them.
+      rho: canonical correlations, descending, clipped to ``[0, 1]``; ``min(kept_x, kept_y)`` of them.
       directions_x: ``(dx, len(rho))``: ``(x - mean_x) @ directions_x`` are the canonical variates
         (unit variance, uncorrelated); dead neurons get weight 0.
       directions_y: the same for ``y``.
@@ -106,10 +111,10 @@ class PWCCAResult:
     """Projection-weighted CCA.
 
     Attributes:
-      value: the PWCCA similarity for the chosen ``side``.
+      value: the PWCCA similarity for the chosen ``side``, clipped to ``[0, 1]``.
       side: ``"x"`` (weights from x's neurons, Morcos et al.'s ``pwcca(x, y)``), ``"y"``, or
         ``"symmetric"`` (the mean of both directions).
-      value_x, value_y: the similarity with weights from x and from y.
+      value_x, value_y: the similarity with weights from x and from y (each clipped to ``[0, 1]``).
       weights_x, weights_y: the weights ``alpha`` of each canonical correlation (each sums to 1).
       cca: the underlying :class:`CCAResult`.
     """
@@ -131,7 +136,13 @@ class PWCCAResult:
 
 @dataclass(frozen=True)
 class CKAResult:
-    """Linear CKA between two layers (``debiased``: from the unbiased HSIC estimator)."""
+    """Linear CKA between two layers (``debiased``: from the unbiased HSIC estimator).
+
+    Attributes:
+      value: the CKA, clipped to ``[0, 1]``; debiased, clipped to at most 1 (it can be negative).
+      debiased: whether ``value`` comes from the unbiased HSIC estimator.
+      tokens: tokens seen.
+    """
 
     value: float
     debiased: bool
@@ -196,7 +207,8 @@ def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int
     its canonical variate ``h_i`` accounts for: ``alpha_i ~ sum_j |<h_i / |h_i|, z_j>|``. The measure is
     not symmetric: ``side="x"`` takes the weights from ``x`` (the paper's ``pwcca(x, y)``), ``"y"`` from
     ``y``, ``"symmetric"`` averages the two. Both are always reported. Works whichever side is wider
-    (there are ``min(kept_x, kept_y)`` canonical pairs on both sides). Other arguments as for :func:`cca`.
+    (there are ``min(kept_x, kept_y)`` canonical pairs on both sides). The values are clipped to
+    ``[0, 1]`` (the weights sum to 1 only up to rounding). Other arguments as for :func:`cca`.
 
     >>> import numpy as np, jneuron as jn
     >>> rng = np.random.default_rng(0)
@@ -216,7 +228,9 @@ def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, device
 
     ``CKA = ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F)``. With ``debiased=True`` every HSIC is the unbiased
     estimator (Song et al., 2012), for which the pass also accumulates fourth moments (row norms); it
-    needs at least 4 tokens. ``chunk_tokens``, ``devices`` and ``mesh`` as for :func:`cca`.
+    needs at least 4 tokens. The value is clipped with ``np.clip`` to ``[0, 1]`` (debiased: to at most 1,
+    since the unbiased estimator can be negative), so rounding never reports a CKA above 1.
+    ``chunk_tokens``, ``devices`` and ``mesh`` as for :func:`cca`.
 
     >>> import numpy as np, jneuron as jn
     >>> rng = np.random.default_rng(0)
@@ -308,18 +322,19 @@ def _pwcca_result(blocks: Blocks, i: int, j: int, side: str, rtol: float,
         return PWCCAResult(0.0, side, 0.0, 0.0, empty, empty, r)
     wx = np.asarray(kcca.projection_weights(blocks.cov(i, i), r.directions_x))
     wy = np.asarray(kcca.projection_weights(blocks.cov(j, j), r.directions_y))
-    vx, vy = float(wx @ r.rho), float(wy @ r.rho)
+    vx, vy = (float(np.clip(w @ r.rho, 0.0, 1.0)) for w in (wx, wy))  # weights sum to 1 up to rounding
     value = {"x": vx, "y": vy, "symmetric": (vx + vy) / 2}[side]
     return PWCCAResult(value, side, vx, vy, wx, wy, r)
 
 
 def _cka_value(blocks: Blocks, i: int, j: int, debiased: bool) -> float:
+    """CKA clipped to ``[0, 1]`` (debiased: to at most 1; it can be negative), whatever the rounding."""
     cxx, cyy, cxy = blocks.cross(i, i), blocks.cross(j, j), blocks.cross(i, j)
     if not debiased:
-        return float(kcca.linear_cka(cxx, cyy, cxy))
+        return float(np.clip(kcca.linear_cka(cxx, cyy, cxy), 0.0, 1.0))
     hsic = {(g, h): _hsic(blocks, g, h) for g, h in ((i, j), (i, i), (j, j))}
     den = np.sqrt(max(hsic[(i, i)], 0.0) * max(hsic[(j, j)], 0.0))
-    return float(hsic[(i, j)] / den) if den > 0 else 0.0
+    return float(np.minimum(hsic[(i, j)] / den, 1.0)) if den > 0 else 0.0
 
 
 def _hsic(blocks: Blocks, g: int, h: int) -> float:

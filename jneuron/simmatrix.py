@@ -38,7 +38,8 @@ class SimilarityMatrix:
     Attributes:
       metric: one of ``"cca"`` (mean canonical correlation), ``"svcca"`` (mean rho after the SVD
         step), ``"pwcca"`` (weights from the row layer), ``"cka"``, ``"cka_debiased"``.
-      values: ``(len(names_a), len(names_b))`` similarities.
+      values: ``(len(names_a), len(names_b))`` similarities, each within its metric's bounds (``[0, 1]``;
+        debiased CKA at most 1).
       names_a, names_b: layer names.
       tokens: tokens seen.
       kept_a, kept_b: per layer, the dimensions kept by the whitening (SVCCA: the principal directions).

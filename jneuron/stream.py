@@ -12,7 +12,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -25,6 +24,7 @@ from jneuron.kernels import moments as kmoments
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import Stats, Tile
 from jneuron.kernels.sharded import NEURONS, TOKENS
+from jneuron.precision import default_platform, working_dtype
 from jneuron.prefetch import prefetch
 from jneuron.sources import ArraySource, Source
 
@@ -41,13 +41,6 @@ def default_chunk_tokens(width: int, tokens: int | None = None) -> int:
         return rows
     chunks = -(-tokens // rows)
     return -(-tokens // chunks)
-
-
-def accumulation_dtype(source: Source):
-    """float64 where the caller gave float64 and JAX has it enabled; else compensated float32."""
-    if source.dtype == np.float64 and jax.config.read("jax_enable_x64"):
-        return jnp.float64
-    return jnp.float32
 
 
 def accumulate(
@@ -70,7 +63,9 @@ def accumulate(
     a deeper queue would only hold more chunks). With a ``mesh`` (see :mod:`jneuron.sharding`) each chunk's tokens
     are split over its ``"tokens"`` axis and the cross-products' rows over its ``"neurons"`` axis; with
     several processes each reads its own ``source``. Raises :class:`JNeuronError` naming the model, row
-    and neuron of the first NaN or Inf.
+    and neuron of the first NaN or Inf. The statistics are float64 for a float64 ``source`` inside
+    :func:`jneuron.precision.follow_dtype`, else compensated float32 (see
+    :func:`jneuron.precision.working_dtype`).
 
     Args:
       mesh: shard the pass over this mesh.
@@ -91,7 +86,7 @@ def accumulate(
         _raise_on_bad_value(stats, source)
         return stats
     width = sum(source.widths)
-    stats = kmoments.init(width, tiles, accumulation_dtype(source))
+    stats = kmoments.init(width, tiles, working_dtype(source.dtype))
     done = 0
     file = None
     if checkpoint is not None:
@@ -135,8 +130,7 @@ def in_memory(source: Source) -> bool:
 
 def on_cpu() -> bool:
     """Whether JAX computes on the CPU here (its default device)."""
-    device = jax.config.jax_default_device
-    return getattr(device, "platform", device or jax.default_backend()) == "cpu"
+    return default_platform() == "cpu"
 
 
 def _padder(chunk_tokens: int) -> Callable[[np.ndarray], tuple[int, np.ndarray]]:
@@ -227,7 +221,7 @@ def _comoment_reduction(mesh: Mesh, dim: int, tiles: tuple[Tile, ...], dtype):
 
 def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: int, mesh: Mesh, on_chunk, observe,
                         checkpoint, checkpoint_every: int) -> Stats:
-    dtype = accumulation_dtype(source)
+    dtype = working_dtype(source.dtype)
     reduction, to_stats = _comoment_reduction(mesh, sum(source.widths), tiles, dtype)
     file = None if checkpoint is None else _checkpoint_file(checkpoint, source, tiles, chunk_tokens, dtype, mesh)
     total = fold_sharded(source, reduction, chunk_tokens, mesh, on_chunk=on_chunk, observe=observe,
@@ -279,7 +273,7 @@ def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: in
     position = _process_offset(source) + done * local_rows
     for chunk in () if finished else _agreed_chunks(_skip(source, local_rows, done)):
         rows = 0 if chunk is None else chunk.shape[0]
-        padded = np.zeros((local_rows, dim), np.dtype(accumulation_dtype(source)))
+        padded = np.zeros((local_rows, dim), np.dtype(working_dtype(source.dtype)))
         if rows:
             padded[:rows] = chunk
         n_valid = np.asarray(ksharded.shard_rows(rows, shard_size, local), kmoments.count_dtype())

@@ -35,21 +35,23 @@ _PROBE_RUNS = 3
 
 
 def tile_reducer(shape: tuple[int, int], segments: tuple[tuple[int, int], ...], mesh: Mesh | None = None,
-                 kernel: str = "auto") -> Callable:
+                 kernel: str = "auto", dtype=jnp.float32) -> Callable:
     """``reduce(cross, inv_sd_rows, inv_sd_cols) -> (row partners, column partners)`` for tiles of ``shape``.
 
     Args:
       shape: the cross-product tile's ``(rows, columns)``.
       segments: the column segments (one per partner model), as in :func:`jneuron.kernels.maxcorr.reduce_tile`.
       mesh: split the rows over the mesh's ``"neurons"`` axis (when it has one of size > 1).
-      kernel: ``"auto"`` (timed choice on GPU/TPU, pure JAX on CPU), ``"jax"`` or ``"pallas"``.
+      kernel: ``"auto"`` (timed choice on GPU/TPU, pure JAX on CPU and for float64 tiles), ``"jax"`` or
+        ``"pallas"`` (float32 only).
+      dtype: the tile's dtype.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r}: expected one of {KERNELS}")
     shards = ksharded.axis_size(mesh, NEURONS) if mesh is not None else 1
     band = (-(-shape[0] // shards), shape[1])
     if kernel == "auto":
-        kernel = choose_kernel(band, segments, jax.default_backend())
+        kernel = "jax" if jnp.dtype(dtype) == jnp.float64 else choose_kernel(band, segments, jax.default_backend())
     return _local(segments, kernel) if shards == 1 else _sharded(mesh, segments, kernel)
 
 

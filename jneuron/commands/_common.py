@@ -2,7 +2,8 @@
 
 Inputs are paths to activation files or stores of any format :func:`jneuron.open` reads (zarr store
 folder, ``.npy``, ``.npz``, NeuroX ``.hdf5``/``.json``), each optionally ending in ``#selector`` to keep
-some models or layers (``acts.zarr#mlp0/layers/0,mlp1``). Outputs go to ``--out``, written atomically.
+some models or layers (``acts.zarr#mlp0/layers/0,mlp1``). Outputs go to ``--out``, each file written
+atomically and the run's files together (:mod:`jneuron.commands._outputs`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ DTYPES = ("float32", "float64")
 
 
 def add_out_argument(parser: argparse.ArgumentParser, default: str = "jneuron-output") -> None:
-    """The ``--out`` folder every command writes its results to."""
+    """The ``--out`` folder every command writes its results to; the command line stages it (``out_set``),
+    so the run's results appear there together or not at all."""
     parser.add_argument("--out", type=Path, default=Path(default), help=f"folder for the results (default {default})")
+    parser.set_defaults(out_set=True)
 
 
 def add_text_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +41,7 @@ def add_text_arguments(parser: argparse.ArgumentParser) -> None:
 def add_streaming_arguments(parser: argparse.ArgumentParser) -> None:
     """``--dtype``, ``--chunk-tokens``, ``--devices`` and ``--progress``, for commands that stream inputs."""
     parser.add_argument("--dtype", choices=DTYPES, default=None,
-                        help="compute dtype (default float32; float64 turns on JAX's 64-bit mode for this run)")
+                        help="compute dtype (default float32, or float64 for float64 inputs)")
     add_chunk_argument(parser)
     add_devices_argument(parser)
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
@@ -69,15 +72,10 @@ def _positive_int(text: str) -> int:
 
 
 def compute_dtype(args: argparse.Namespace) -> np.dtype | None:
-    """The ``--dtype`` asked for; float64 enables JAX's 64-bit mode for this (command line) process."""
+    """The ``--dtype`` asked for: the inputs are read as it, and the analyses compute in it (float64 in a
+    local 64-bit mode, see :mod:`jneuron.precision`; JAX's global flag is never changed)."""
     name = getattr(args, "dtype", None)
-    if name is None:
-        return None
-    if name == "float64":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
-    return np.dtype(name)
+    return None if name is None else np.dtype(name)
 
 
 def select_device(spec: str | None):
