@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jneuron.commands._common import write_json
+from jneuron.commands._common import add_out_argument, write_json
 from jneuron.crossmodel import CrossModelRanking, maxcorr
 from jneuron.cumulative_ablation import cumulative_ablation
 from jneuron.datasets import Dataset, load_digits
@@ -41,7 +41,7 @@ HELP = "train small models on the bundled digits data, run the analyses end to e
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder for the results")
+    add_out_argument(parser, "demo-output")
     parser.add_argument("--models", type=int, default=3, help="models to train, with seeds 0, 1, ... (default 3)")
     parser.add_argument("--epochs", type=int, default=30, help="training epochs per model (default 30)")
     parser.add_argument("--top", type=int, default=10, help="neurons to print per ranking (default 10)")

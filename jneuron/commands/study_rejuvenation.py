@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jneuron.commands._common import add_out_argument
 from jneuron.datasets import load_digits
 from jneuron.errors import JNeuronError
 from jneuron.flax.rejuvenation import BNMLP, bn_scale_l1, dead_neurons, rejuvenate, utilization
@@ -24,7 +25,7 @@ HELP = "Neural Rejuvenation on the bundled digits: utilization and accuracy befo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("rejuvenation-output"), help="folder for the results")
+    add_out_argument(parser, "rejuvenation-output")
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="hidden widths (default 64 64)")
     parser.add_argument("--epochs", type=int, default=30, help="epochs before rejuvenating (default 30)")
     parser.add_argument("--epochs-after", type=int, default=20, help="epochs after rejuvenating (default 20)")

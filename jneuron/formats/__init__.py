@@ -22,6 +22,7 @@ from jneuron.formats._source import Column as Column
 from jneuron.formats._source import FileSource as FileSource
 from jneuron.formats._source import Text as Text
 from jneuron.formats._source import combine as combine
+from jneuron.io_utils import clean_leftovers
 
 SUFFIXES = (".npy", ".npz", ".hdf5", ".h5", ".json", ".jsonl", ".zarr")
 
@@ -46,6 +47,8 @@ def open_activations(path: str | Path, select: str | Sequence[str] | None = None
       dtype: read chunks as this dtype (default float32, or float64 if the file is float64).
     """
     path, selector = split_selector(path)
+    if not path.exists():
+        clean_leftovers(path)  # a store whose replacement was cut short comes back (see jneuron.io_utils)
     if not path.exists():
         raise JNeuronError(f"no such file or store: {path}")
     suffix = path.suffix.lower()

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+import ml_dtypes
 import numpy as np
 
 from jneuron.errors import JNeuronError
@@ -67,6 +68,9 @@ class FileSource:
     reiterable = True
 
     def __post_init__(self):
+        for column in self.columns:
+            if column.width < 1:
+                raise JNeuronError(f"{self.path}: '{column.label}' has no neurons (shape (tokens, 0))")
         seen = []
         for column in self.columns:
             if seen and column.model != seen[-1] and column.model in seen:
@@ -141,8 +145,7 @@ class FileSource:
                 available = ", ".join(c.label for c in self.columns)
                 raise JNeuronError(f"{self.path}: no model or layer '{term}' (available: {available})")
             chosen += [c for c in matches if c not in chosen]
-        grouped = [c for model in dict.fromkeys(c.model for c in chosen) for c in chosen if c.model == model]
-        return replace(self, columns=tuple(grouped))
+        return replace(self, columns=group_by_model(chosen))
 
     def with_dtype(self, dtype) -> FileSource:
         """The same source, read as ``dtype`` (``None`` keeps the default)."""
@@ -153,6 +156,64 @@ class FileSource:
         if len(self.names) != 1:
             raise JNeuronError(f"{self.path}: only a one-model source can be renamed, this one has {self.names}")
         return replace(self, columns=tuple(replace(c, model=model) for c in self.columns))
+
+
+def group_by_model(columns: Sequence[Column]) -> tuple[Column, ...]:
+    """The columns with each model's layers side by side: models in order of first appearance, each
+    model's layers in their own order (a store may be written layer by layer: ``a/l0, b/l0, a/l1``)."""
+    models = dict.fromkeys(c.model for c in columns)
+    return tuple(c for model in models for c in columns if c.model == model)
+
+
+def column_dtype(stored, where: str) -> np.dtype:
+    """The dtype a column stored as ``stored`` is read as, or a one-line error naming ``where``.
+
+    Booleans, integers and floats up to 64 bits are read as they are. bfloat16 and the other ml_dtypes
+    types (float8, int4, ...) are read as float32, which holds all their values exactly; a ``.npy`` file
+    records bfloat16 only as 2 raw bytes (``|V2``), which is read as bfloat16. Complex numbers, strings,
+    objects, dates, records and other raw bytes are refused.
+    """
+    stored = np.dtype(stored)
+    if _is_ml_dtype(stored) or _is_raw_bfloat16(stored):
+        return np.dtype(np.float32)
+    if stored.kind in "biuf" and stored.itemsize <= 8:
+        return stored
+    raise JNeuronError(f"{where}: {_refusal(stored)}")
+
+
+def to_column_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``values`` as read from a file, converted to their :func:`column_dtype` ``dtype`` (unchanged if it is theirs)."""
+    if values.dtype == dtype:
+        return values
+    if _is_raw_bfloat16(values.dtype):
+        values = values.view(ml_dtypes.bfloat16)
+    return values.astype(dtype)
+
+
+def _is_ml_dtype(dtype: np.dtype) -> bool:
+    return dtype.type.__module__.partition(".")[0] == "ml_dtypes"
+
+
+def _is_raw_bfloat16(dtype: np.dtype) -> bool:
+    return dtype.type is np.void and dtype.names is None and dtype.itemsize == 2
+
+
+def _refusal(dtype: np.dtype) -> str:
+    """Why values of ``dtype`` are not activations, in a few words."""
+    if dtype.kind == "c":
+        return f"complex values are not supported (dtype {dtype})"
+    if dtype.kind in "SUT":
+        return f"strings are not activations (dtype {dtype})"
+    reasons = {"O": "Python objects are not activations", "M": "dates are not activations",
+               "m": "time spans are not activations", "f": "floats wider than 64 bits are not supported"}
+    if dtype.kind in reasons:
+        return f"{reasons[dtype.kind]} (dtype {dtype})"
+    if dtype.names is not None:
+        return f"structured records are not activations (dtype {dtype}); save one numeric array per layer"
+    if dtype.itemsize == 1:
+        return ("1-byte raw values (|V1): a float8 or int4 type the file does not name; "
+                "save the activations as float32")
+    return f"unsupported dtype {dtype.str} (raw bytes); save the activations as float32"
 
 
 def _match(columns: Sequence[Column], term: str, models: int) -> list[Column]:

@@ -1,6 +1,9 @@
 """NumPy files: ``.npy`` (memory-mapped, one model) and ``.npz`` (one model or layer per key).
 
 An ``.npz`` key ``"model/layer"`` names a layer of a model; a key without ``/`` is a one-layer model.
+Values are read as :func:`~jneuron.formats._source.column_dtype` says (bfloat16 as float32; complex,
+strings and other non-numbers refused). A ``.npy`` file cut short while it is mapped is an error at the
+next read, not a crash (reading a mapped page past the end of a file kills the process with SIGBUS).
 
 >>> import numpy as np, tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "a.npz")
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from jneuron.errors import JNeuronError
-from jneuron.formats._source import Column, FileSource
+from jneuron.formats._source import Column, FileSource, column_dtype, group_by_model, to_column_dtype
 
 
 def open_npy(path: str | Path) -> FileSource:
@@ -30,8 +33,21 @@ def open_npy(path: str | Path) -> FileSource:
         raise JNeuronError(f"{path}: not a readable .npy file (corrupt or truncated?): {error}") from None
     if array.ndim != 2:
         raise JNeuronError(f"{path}: expected a 2-D (tokens, neurons) array, got shape {array.shape}")
-    column = Column(path.stem, "", array.shape[1], array.dtype, lambda i, j: array[i:j])
-    return FileSource(str(path), (column,), array.shape[0])
+    dtype = column_dtype(array.dtype, str(path))
+    size = array.offset + array.nbytes
+
+    def read(i: int, j: int) -> np.ndarray:
+        _check_size(path, size)
+        return to_column_dtype(array[i:j], dtype)
+
+    return FileSource(str(path), (Column(path.stem, "", array.shape[1], dtype, read),), array.shape[0])
+
+
+def _check_size(path: Path, size: int) -> None:
+    """Refuse to touch a mapped ``.npy`` that no longer holds its ``size`` bytes."""
+    now = path.stat().st_size
+    if now < size:
+        raise JNeuronError(f"{path}: the file was cut to {now} bytes while being read (its array needs {size})")
 
 
 def open_npz(path: str | Path) -> FileSource:
@@ -47,28 +63,27 @@ def open_npz(path: str | Path) -> FileSource:
         raise JNeuronError(f"{path}: the archive holds no arrays")
     cache: dict[str, np.ndarray] = {}
 
-    def reader(key: str):
+    def reader(key: str, dtype: np.dtype):
         def read(i: int, j: int) -> np.ndarray:
             if key not in cache:
                 with np.load(path) as archive:
-                    cache[key] = archive[key]
+                    cache[key] = to_column_dtype(archive[key], dtype)
             return cache[key][i:j]
 
         return read
 
     columns = []
     for key in keys:
-        shape, dtype = shapes[key]
+        shape, stored = shapes[key]
         if len(shape) != 2:
             raise JNeuronError(f"{path}: array '{key}' has shape {shape}; expected 2-D (tokens, neurons)")
         model, _, layer = key.partition("/")
-        columns.append(Column(model, layer, shape[1], dtype, reader(key)))
-    order = {m: i for i, m in enumerate(dict.fromkeys(c.model for c in columns))}
-    columns.sort(key=lambda c: order[c.model])
+        dtype = column_dtype(stored, f"{path}: array '{key}'")
+        columns.append(Column(model, layer, shape[1], dtype, reader(key, dtype)))
     tokens = {c.label: shapes[c.label if c.layer else c.model][0][0] for c in columns}
     if len(set(tokens.values())) != 1:
         raise JNeuronError(f"{path}: arrays have mismatched token counts: {tokens}")
-    return FileSource(str(path), tuple(columns), next(iter(tokens.values())))
+    return FileSource(str(path), group_by_model(columns), next(iter(tokens.values())))
 
 
 def _shape(archive, key: str) -> tuple[tuple[int, ...], np.dtype]:

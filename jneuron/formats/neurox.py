@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from jneuron.errors import JNeuronError
-from jneuron.formats._source import Column, FileSource, Text
+from jneuron.formats._source import Column, FileSource, Text, column_dtype, to_column_dtype
 
 _OCCURRENCE = re.compile(r" \(Occurrence \d+\)$")
 
@@ -106,11 +106,11 @@ def open_neurox_hdf5(path: str | Path, tokens=None, labels=None) -> FileSource:
                     break
                 lo, hi = max(i, starts[s]) - starts[s], min(j, starts[s + 1]) - starts[s]
                 parts.append(datasets[s][layer, lo:hi, :])
-            return np.concatenate(parts, axis=0) if parts else np.zeros((0, width), datasets[0].dtype)
+            return to_column_dtype(np.concatenate(parts, axis=0), dtype) if parts else np.zeros((0, width), dtype)
 
         return read
 
-    dtype = datasets[0].dtype
+    dtype = column_dtype(datasets[0].dtype, str(path))
     columns = tuple(Column(path.stem, str(layer), width, dtype, reader(layer)) for layer in range(layers))
     words = [_OCCURRENCE.sub("", sentence).split(" ") for sentence, _ in order]
     text = _text(words, lengths, str(path), tokens, labels) if tokens is not None or labels is not None else None

@@ -30,7 +30,6 @@ import html
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,11 +174,12 @@ class Report:
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/index.html`` and ``folder/img/*.png`` atomically (built aside, then renamed)."""
-        from jneuron.store import _replace_folder
+        from jneuron.io_utils import aside, clean_leftovers, make_folder, replace_path
 
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        clean_leftovers(folder)
+        temporary = make_folder(aside(folder))
         try:
             (temporary / "img").mkdir()
             names = []
@@ -192,7 +192,7 @@ class Report:
                     section_names.append(name)
                 names.append(section_names)
             (temporary / "index.html").write_text(self.html(names), encoding="utf-8")
-            _replace_folder(temporary, folder)
+            replace_path(temporary, folder)
         except BaseException:
             shutil.rmtree(temporary, ignore_errors=True)
             raise
