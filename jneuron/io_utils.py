@@ -35,7 +35,7 @@ def aside(target: str | Path, kind: str = "tmp") -> Path:
     """A fresh path next to ``target`` owned by this process: ``.NAME.<pid>.<8 hex digits>.<kind>``.
 
     ``kind`` is ``"tmp"`` (being written), ``"old"`` (a replaced version, about to be deleted) or
-    ``"ready"`` (a complete output set being moved in, see :func:`move_into`).
+    ``"ready"`` (complete, being moved in entry by entry with :func:`move_into`).
     """
     target = Path(target)
     return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.{kind}"
@@ -127,16 +127,14 @@ def clean_leftovers(target: str | Path) -> None:
     """Settle what killed processes left next to ``target``; entries of running processes are not touched.
 
     ``tmp``: removed (it never became ``target``). ``old``: put back at ``target`` if ``target`` is missing
-    (the process died between the two renames of :func:`replace_path`), removed otherwise. ``ready``: a
-    complete output set whose moves into ``target`` were cut short: the moves are finished.
+    (the process died between the two renames of :func:`replace_path`), removed otherwise. ``ready``
+    entries are left to their owner (:mod:`jneuron.commands._outputs` finishes their moves).
     """
     target = Path(target)
     for path, kind, pid in leftovers(target):
-        if process_running(pid):
+        if kind == "ready" or process_running(pid):
             continue
-        if kind == "ready":
-            move_into(path, target)
-        elif kind == "old" and not os.path.lexists(target):
+        if kind == "old" and not os.path.lexists(target):
             os.rename(path, target)
         else:
             _remove(path)

@@ -1,7 +1,7 @@
 """A command's outputs reach ``--out`` as one set, with the usual permissions, leaving nothing behind.
 
-Kills are simulated by leaving what a killed run leaves (``.OUT.<pid>.<hex>.tmp`` or ``.ready`` of a
-process that has ended), or by failing a rename halfway through the moves.
+Kills are simulated by leaving what a killed run leaves (``OUT/.jneuron-run.<pid>.<hex>.tmp`` or ``.ready``
+of a process that has ended), or by failing a rename halfway through the moves.
 """
 
 import os
@@ -104,11 +104,11 @@ def test_unwritable_out_fails_before_computing(inputs, capsys, monkeypatch):
 
 def test_run_killed_before_its_commit_is_cleaned_by_the_next(inputs, capsys):
     (inputs / "res").mkdir()
-    dead = leave(inputs / "res", "tmp")
+    dead = leave(inputs / "res" / "jneuron-run", "tmp")
     dead.mkdir()
     (dead / "maxcorr.json").write_text("{}")
     assert maxcorr(capsys, inputs)[0] == 0
-    assert not dead.exists() and hidden(inputs) == []
+    assert not dead.exists() and hidden(inputs / "res") == []
     assert sorted(os.listdir(inputs / "res")) == ["maxcorr.csv", "maxcorr.json"]
 
 
@@ -128,12 +128,12 @@ def test_run_killed_during_its_moves_is_finished_by_the_next(inputs, capsys, mon
     monkeypatch.undo()
     assert [p.name for p in moved] == ["maxcorr.csv"]
     assert (inputs / "res" / "maxcorr.csv").read_text() == "B" and (inputs / "res" / "maxcorr.json").read_text() != "B"
-    for path, kind, _ in io_utils.leftovers(inputs / "res"):  # as the killed run left it
-        path.rename(leave(inputs / "res", kind))
+    for path, kind, _ in io_utils.leftovers(inputs / "res" / "jneuron-run"):  # as the killed run left it
+        path.rename(leave(inputs / "res" / "jneuron-run", kind))
     monkeypatch.setattr(_crossmodel, "run", lambda args, method: None)  # run C writes nothing
     assert maxcorr(capsys, inputs)[0] == 0
     assert [(inputs / "res" / n).read_text() for n in ("maxcorr.csv", "maxcorr.json")] == ["B", "B"]
-    assert hidden(inputs) == []
+    assert hidden(inputs / "res") == []
 
 
 def write_set(folder: Path, content: str) -> None:
@@ -148,17 +148,16 @@ def test_two_runs_never_mix_their_sets(tmp_path):
     second.commit()
     first.commit()
     assert {p.read_text() for p in (tmp_path / "res").iterdir()} == {"first"}
-    assert hidden(tmp_path) == []
 
 
 def test_a_commit_waits_for_the_lock_of_another(tmp_path):
     outputs = _outputs.OutputSet(tmp_path / "res")
     write_set(outputs.folder, "x")
-    with _outputs._locked(tmp_path):
+    with _outputs._locked(tmp_path / "res"):
         committing = threading.Thread(target=outputs.commit)
         committing.start()
         committing.join(0.3)
-        assert committing.is_alive() and not (tmp_path / "res").exists()
+        assert committing.is_alive() and not (tmp_path / "res" / "maxcorr.json").exists()
     committing.join(10)
     assert sorted(os.listdir(tmp_path / "res")) == ["maxcorr.csv", "maxcorr.json"]
 
@@ -179,3 +178,25 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(inputs):
     assert len(rest) == 1 and rest[0].rstrip() in ("jneuron: interrupted", "jneuron maxcorr: interrupted"), rest
     assert not (inputs / "res").exists() and hidden(inputs) == []
 
+
+
+def test_ctrl_c_during_the_moves_waits_until_the_set_is_in_place(tmp_path, monkeypatch):
+    outputs = _outputs.OutputSet(tmp_path / "res")
+    write_set(outputs.folder, "x")
+    real = io_utils.replace_path
+
+    def interrupted_then_move(new, path):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(new, path)
+
+    monkeypatch.setattr(io_utils, "replace_path", interrupted_then_move)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.commit()
+    assert sorted(os.listdir(tmp_path / "res")) == ["maxcorr.csv", "maxcorr.json"]
+
+
+def test_out_may_be_the_working_directory_holding_other_files(inputs, capsys, monkeypatch):
+    monkeypatch.chdir(inputs)
+    code, out, _ = run_cli(capsys, "maxcorr", "a.npy", "b.npy", "--out", ".", "--no-plot")
+    assert code == 0 and "wrote ./maxcorr.json, ./maxcorr.csv" in out
+    assert sorted(os.listdir(inputs)) == ["a.npy", "b.npy", "maxcorr.csv", "maxcorr.json"]
