@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from jneuron import io_utils
-from jneuron.cli import main
 from jneuron.commands import _crossmodel, _outputs
 from jneuron.errors import JNeuronError
 from tests.test_damaged_inputs import leave, one_line, run_cli

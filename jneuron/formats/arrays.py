@@ -28,12 +28,17 @@ def open_npy(path: str | Path) -> FileSource:
     """A ``(tokens, neurons)`` ``.npy`` file as a one-model source named by the file's stem (memory-mapped)."""
     path = Path(path)
     try:
-        array = np.load(path, mmap_mode="r")
+        with open(path, "rb") as stream:
+            shape, stored = _header(stream)
     except (ValueError, OSError, EOFError) as error:
         raise JNeuronError(f"{path}: not a readable .npy file (corrupt or truncated?): {error}") from None
-    if array.ndim != 2:
-        raise JNeuronError(f"{path}: expected a 2-D (tokens, neurons) array, got shape {array.shape}")
-    dtype = column_dtype(array.dtype, str(path))
+    dtype = column_dtype(stored, str(path))  # before mapping: numpy cannot map objects
+    if len(shape) != 2:
+        raise JNeuronError(f"{path}: expected a 2-D (tokens, neurons) array, got shape {shape}")
+    try:
+        array = np.load(path, mmap_mode="r")  # refuses a file shorter than its header says
+    except (ValueError, OSError, EOFError) as error:
+        raise JNeuronError(f"{path}: not a readable .npy file (corrupt or truncated?): {error}") from None
     size = array.offset + array.nbytes
 
     def read(i: int, j: int) -> np.ndarray:
@@ -89,7 +94,12 @@ def open_npz(path: str | Path) -> FileSource:
 def _shape(archive, key: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of one archive member from its header, without reading the data."""
     with archive.zip.open(f"{key}.npy") as member:
-        version = np.lib.format.read_magic(member)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read_header(member)
+        return _header(member)
+
+
+def _header(stream) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the header of a ``.npy`` stream."""
+    version = np.lib.format.read_magic(stream)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(stream)
     return shape, dtype
