@@ -1,24 +1,59 @@
-# Set-up and everyday commands. A fresh machine needs only Python 3.11+.
+# Set-up and everyday commands. A fresh machine needs only Python 3.11+ (and, for `make test`, Chromium,
+# which the `chromium` target installs from Debian's packages when run as root).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers: `auto` is one per core; `make test JOBS=0` runs in this one process.
+JOBS   ?= auto
+PYTEST := $(PY) -m pytest -q -n $(JOBS) --durations=25
 
-.PHONY: demo test bench bench-gpu clean env
+.PHONY: demo test test-numerics chromium bench bench-gpu clean env
 
 env: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,bench,files,plots]"
+	$(PY) -m pip install -q -e ".[test,bench,files]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/jneuron demo --out demo-output
 
-test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --doctest-modules tests jneuron kernels
+# The suite; every docstring example runs once, collected by --doctest-modules (pyproject's addopts).
+test: $(STAMP) chromium
+	$(PYTEST) -m "not slow" tests jneuron kernels
+
+# The numerical tests again under a second set of kernels, so that a tolerance tuned to one machine's
+# rounding fails here: OpenBLAS's Sandybridge kernels (AVX, no FMA) instead of the Haswell/Zen ones
+# (AVX2 + FMA) it picks on an AVX2 machine, and XLA's generated CPU code limited to AVX (no FMA
+# contraction; exp/log and friends round differently). The device count conftest sets stays in.
+NUMERIC_TESTS := tests/test_moments.py tests/test_compensated.py tests/test_crossmodel.py
+NUMERIC_TESTS += tests/test_similarity.py tests/test_linreg.py tests/test_matching.py
+NUMERIC_TESTS += tests/test_probeless_ablation_labels.py tests/test_probe.py tests/test_information.py
+NUMERIC_TESTS += tests/test_flax_control.py tests/test_onlstm.py tests/test_conductance.py
+NUMERIC_TESTS += tests/test_sharded.py tests/test_multidevice.py tests/test_multihost.py
+NUMERIC_TESTS += tests/test_streaming_io.py
+NUMERIC_TESTS += $(wildcard tests/test_float64.py tests/test_bounds.py)  # once they are in the tree
+SECOND_KERNEL := OPENBLAS_CORETYPE=Sandybridge
+SECOND_KERNEL += XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_cpu_max_isa=AVX"
+
+test-numerics: $(STAMP)
+	$(SECOND_KERNEL) $(PYTEST) -m "not slow" $(NUMERIC_TESTS)
+
+# The report test renders the report in headless Chromium: installed here when missing and we are root.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1 \
+	    && ! command -v google-chrome >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium (Debian's package) for the report test"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "make test needs headless Chromium for the report test: run 'sudo apt-get update && sudo apt-get install -y chromium'" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 # Each benchmark prints its ratios and writes bench/results/<name>.json.
 BENCHES := bench/crossmodel.py

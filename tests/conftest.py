@@ -2,7 +2,11 @@
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+# One CPU device per test process (pytest-xdist workers included), kept beside whatever XLA_FLAGS the caller
+# sets (`make test-numerics` adds --xla_cpu_max_isa=AVX); a device count already given wins.
+_flags = os.environ.get("XLA_FLAGS", "")
+if "--xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=1".strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

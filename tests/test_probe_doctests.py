@@ -1,4 +1,8 @@
-"""The `>>>` examples of the probe modules run and print what they say (slow: each compiles a probe)."""
+"""The probe modules document themselves with runnable examples.
+
+The examples themselves run once, collected by ``--doctest-modules`` (pyproject's ``addopts``); this only
+checks that each module still has some, so an example deleted by mistake is noticed.
+"""
 
 import doctest
 import importlib
@@ -9,8 +13,7 @@ MODULES = ["jneuron.probe", "jneuron.probe_rankings", "jneuron.probeless", "jneu
            "jneuron.labels", "jneuron.kernels.probe"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", MODULES)
-def test_examples_run(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 0 and result.failed == 0
+def test_module_has_docstring_examples(name):
+    tests = doctest.DocTestFinder().find(importlib.import_module(name))
+    assert sum(len(t.examples) for t in tests) > 0, f"{name} has no >>> examples"

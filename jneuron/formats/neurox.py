@@ -71,7 +71,10 @@ def _check_lengths(lines: list[list[str]], lengths: np.ndarray, where: str) -> N
 
 def open_neurox_hdf5(path: str | Path, tokens=None, labels=None) -> FileSource:
     """A NeuroX HDF5 file: one column group per layer; rows are words, sentences in index order."""
-    import h5py
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - depends on the installed extras
+        raise JNeuronError("NeuroX .hdf5 files need h5py: pip install 'jneuron[files]'") from None
 
     path = Path(path)
     try:

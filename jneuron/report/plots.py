@@ -19,7 +19,7 @@ def _pyplot():
     except ImportError:  # pragma: no cover - depends on the installed extras
         from jneuron.errors import JNeuronError
 
-        raise JNeuronError("plots need matplotlib: pip install 'jneuron[plots]'") from None
+        raise JNeuronError("plots need matplotlib (a jneuron dependency): pip install matplotlib") from None
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
