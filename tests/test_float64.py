@@ -125,9 +125,10 @@ def assert_class_means(actual, x, labels, dtype) -> None:
     assert_close(actual, expected, 1.0, scale, "class means")
 
 
-def test_comoments_covariance_and_mean(layers):
+@pytest.mark.parametrize("devices", [None, 1])  # the host fold; the compiled, sharded pass (a 1-device mesh)
+def test_comoments_covariance_and_mean(layers, devices):
     x = layers["a"]
-    m = jn.comoments(x)
+    m = jn.comoments(x, devices=devices)
     assert m.accumulated_in == np.float64
     assert_float64(m.mean, m.cross, m.covariance())
     bound = tolerance(TOKENS, np.float64)
@@ -135,10 +136,10 @@ def test_comoments_covariance_and_mean(layers):
     assert_close(m.mean, exact_mean(x), 1.0, bound * x.std(axis=0) + tolerance(1, np.float64) * np.abs(x.mean(0)))
 
 
-@pytest.mark.parametrize("method", ["maxcorr", "mincorr"])
-def test_cross_model_scores_and_partners(layers, method):
+@pytest.mark.parametrize("method, devices", [("maxcorr", None), ("mincorr", None), ("maxcorr", 1)])
+def test_cross_model_scores_and_partners(layers, method, devices):
     models = [layers["a"], layers["b"], layers["c"]]
-    r = getattr(jn, method)(models)
+    r = getattr(jn, method)(models, devices=devices)
     best, rho, unit = cross_model_reference(models)
     assert_float64(r.scores, r.score_matrix, r.partner_rho)
     bound = tolerance(TOKENS, np.float64)
