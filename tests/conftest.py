@@ -1,6 +1,7 @@
 """Strict test settings: shape and dtype slips fail loudly (equinox-style)."""
 
 import os
+import re
 
 # One CPU device per test process (pytest-xdist workers included), kept beside whatever XLA_FLAGS the caller
 # sets (`make test-numerics` adds --xla_cpu_max_isa=AVX); a device count already given wins.
@@ -23,3 +24,16 @@ settings.load_profile("ci")
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(20261120)
+
+
+@pytest.fixture
+def cpu_devices_env():
+    """``env = cpu_devices_env(8)``: this process's environment for a subprocess on N forced CPU devices,
+    keeping the caller's other XLA flags (``make test-numerics`` limits XLA's CPU code to AVX)."""
+
+    def make(devices: int) -> dict[str, str]:
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
+        return {**os.environ, "JAX_PLATFORMS": "cpu",
+                "XLA_FLAGS": f"{flags.strip()} --xla_force_host_platform_device_count={devices}".strip()}
+
+    return make
