@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 import jneuron as jn
 from jneuron.errors import JNeuronError
+from tests.tolerance import assert_close, tolerance
 
 
 def reference_top(abs_w, percentage, descending=True):
@@ -119,7 +120,9 @@ def test_ordering_invariant_to_scaling_a_class_and_permuting_neurons(seed, scale
     perm = np.random.default_rng(seed).permutation(40)
     permuted = jn.neuron_ordering(w[:, perm], stride=50)
     assert permuted.details["step"].tolist() == base.details["step"][perm].tolist()
-    np.testing.assert_allclose(permuted.scores, base.scores[perm], rtol=1e-12, atol=1e-15)
+    # shares of a class's mass (scale 1): float64 cumulative sums over the 40 neurons, taken in the same sorted
+    # order either way (ties aside)
+    assert_close(permuted.scores, base.scores[perm], tolerance(40, np.float64), what="scores")
 
 
 def test_ties_break_by_index_and_dead_neurons_come_last():
@@ -144,7 +147,7 @@ def test_threshold_random_and_overlap():
     assert table["names"] == [0, 1] and table["shared"].tolist() == [[2, 0], [0, 1]]
     assert table["jaccard"][0, 1] == 0.0
     across = jn.neuron_overlap({"pos": [1, 2, 3], "ner": [3, 4]})
-    assert across["shared"][0, 1] == 1 and across["jaccard"][0, 1] == pytest.approx(0.25)
+    assert across["shared"][0, 1] == 1 and across["jaccard"][0, 1] == 0.25  # 1 / 4, correctly rounded: exact
 
 
 def test_bad_weights_and_arguments():
