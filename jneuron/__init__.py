@@ -49,6 +49,7 @@ from jneuron.store import open_store as open_store
 from jneuron.store import write_store as write_store
 from jneuron.errors import FewTokensWarning as FewTokensWarning
 from jneuron.errors import Float64UnavailableWarning as Float64UnavailableWarning
+from jneuron.errors import StaleCheckpointWarning as StaleCheckpointWarning
 from jneuron.similarity import CCAResult as CCAResult
 from jneuron.similarity import CKAResult as CKAResult
 from jneuron.similarity import PWCCAResult as PWCCAResult

@@ -125,7 +125,8 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
             warnings.warn(
                 f"{what}: {count} tokens for up to {widest} neurons; the covariance is rank deficient, so "
                 "correlations overfit (CCA and R^2 approach 1)", FewTokensWarning, stacklevel=3)
-        dead = constant_columns(count, kmoments.mean64(stats), kmoments.m2_64(stats), stats.mean.hi.dtype)
+        dead = constant_columns(count, kmoments.mean64(stats, scaled=True), kmoments.m2_64(stats, scaled=True),
+                                stats.mean.hi.dtype)
         if dead.any():
             owner = np.searchsorted(starts, np.flatnonzero(dead), side="right") - 1
             shown = ", ".join(f"'{names[g]}' unit {c - starts[g]}"
@@ -176,7 +177,15 @@ def _plan(pairs, bounds) -> tuple[tuple[Tile, ...], dict]:
 
 
 class _RowNorms:
-    """Sums the row-norm moments of every chunk, around the first chunk's mean (host float64)."""
+    """Sums the row-norm moments of every chunk, around the first chunk's mean (host float64).
+
+    The moments are fourth powers of the values: for float32 data of scale ``1e8`` they overflow, below
+    ``1e-12`` they underflow. Each chunk's column groups are therefore scaled by powers of two (exact)
+    that put their largest value near 1 when it is out of ``2**±ROW_NORM_RANGE``, and the scaling is
+    undone in float64, which holds every float32 value's fourth powers.
+    """
+
+    ROW_NORM_RANGE = 20  # (2**20)**4 = 2**80: times widths and rows, still far from float32's 2**128
 
     def __init__(self, bounds):
         self.bounds = bounds
@@ -187,6 +196,29 @@ class _RowNorms:
         if self.reference is None:
             self.reference = np.asarray(chunk[:rows], np.float64).mean(0)
         shifted = chunk - self.reference.astype(chunk.dtype)
+        groups = self._exponents(shifted[:rows])
+        columns = np.concatenate([np.full(b - a, e, np.int32) for (a, b), e in zip(self.bounds, groups)])
+        if groups.any():
+            shifted = np.ldexp(shifted, columns[None, :]).astype(chunk.dtype, copy=False)
         q, u = khsic.row_norm_moments(shifted, rows, self.bounds)
-        self.q = self.q + np.asarray(jax.device_get(q), np.float64)
-        self.u = self.u + np.asarray(jax.device_get(u), np.float64)
+        q = np.asarray(jax.device_get(q), np.float64)
+        u = np.asarray(jax.device_get(u), np.float64)
+        if groups.any():  # Q[g, h] holds 2**(2 e_g + 2 e_h) times its value, U[g, j] 2**(2 e_g + e_j)
+            q = np.ldexp(q, -2 * (groups[:, None] + groups[None, :]))
+            u = np.ldexp(u, -(2 * groups[:, None] + columns[None, :]))
+        self.q = self.q + q
+        self.u = self.u + u
+
+    def _exponents(self, shifted: np.ndarray) -> np.ndarray:
+        """Per group: 0, or the exponent putting its largest finite ``|value|`` in ``[0.5, 1)`` when that
+        is out of range."""
+        out = np.zeros(len(self.bounds), np.int32)
+        if not len(shifted):
+            return out
+        peak = np.fmax(np.fmax.reduce(shifted, axis=0), -np.fmin.reduce(shifted, axis=0)).astype(np.float64)
+        for g, (a, b) in enumerate(self.bounds):
+            top = peak[a:b][np.isfinite(peak[a:b])]
+            top = float(top.max()) if len(top) else 0.0
+            if top > 0 and not 2.0**-self.ROW_NORM_RANGE <= top <= 2.0**self.ROW_NORM_RANGE:
+                out[g] = -np.frexp(top)[1]
+        return out

@@ -248,10 +248,12 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
         stats = accumulate(source, tiles, chunk_tokens, mesh=mesh, checkpoint=checkpoint, on_chunk=on_chunk)
         count = int(stats.count)
         check_min_tokens(count, "cross-model correlation")
+        # correlations are read where the pass kept them: in the scaled domain of data whose range needed
+        # scaling (kernels.moments.Scale), where cross / sqrt(m2_i m2_j) is the same and nothing overflows
+        m2 = kmoments.m2_64(stats, scaled=True)
         if dead is None:
-            m2 = kmoments.m2_64(stats)
-            dead = constant_columns(count, kmoments.mean64(stats), m2, stats.mean.hi.dtype)
-            inv_sd = np.where(dead, 0.0, 1.0 / np.sqrt(np.where(dead, 1.0, m2))).astype(stats.mean.hi.dtype)
+            dead = constant_columns(count, kmoments.mean64(stats, scaled=True), m2, stats.mean.hi.dtype)
+        inv_sd = np.where(dead, 0.0, 1.0 / np.sqrt(np.where(dead, 1.0, m2))).astype(stats.mean.hi.dtype)
         for tile, cross in zip(tiles, stats.cross):
             model = int(owner[tile.r0])
             segments = table.segments(tile, model)

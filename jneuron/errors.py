@@ -15,3 +15,8 @@ class FewTokensWarning(UserWarning):
 
 class Float64UnavailableWarning(UserWarning):
     """float64 input is computed in float32: the platform (e.g. a TPU) has no float64. Given once per process."""
+
+
+class StaleCheckpointWarning(UserWarning):
+    """A checkpoint was written for other data or settings (other files, other contents, a changed file);
+    the pass starts over and replaces it."""

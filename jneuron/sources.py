@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -74,6 +74,7 @@ class IteratorSource:
     dtype: np.dtype
     reiterable: bool
     tokens: int | None = None
+    first: object = field(default=None, compare=False, repr=False)  # the first item (a checkpoint's binding)
 
     def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
         for index, item in enumerate(self.make_iterator()):
@@ -165,4 +166,4 @@ def _iterator_source(make_iterator, names, reiterable: bool) -> IteratorSource:
     def iterate() -> Iterator:
         return first_pass.pop() if first_pass else make_iterator()
 
-    return IteratorSource(iterate, model_names, widths, dtype, reiterable)
+    return IteratorSource(iterate, model_names, widths, dtype, reiterable, first=first)

@@ -11,6 +11,14 @@ pairwise formula::
 All running sums are compensated :class:`~jneuron.kernels.compensated.Pair` values, so the merge keeps
 float64-level accuracy even where the platform computes in float32. Counts are integers.
 
+Data whose values are too large or too small for their products to stay in the dtype's range (float32
+beyond about ``2**±42``: ``x * 1e20``, ``x * 1e-30``, one entry of ``1e30``) are *scaled*: every neuron
+is multiplied by a power of two chosen from its magnitude (:func:`choose_exponents`), which is exact
+in binary floating point, and the statistics kept are those of the scaled data, with the exponents in
+``Stats.scale``. Scale-invariant quantities (correlations) are read in the scaled domain
+(``scaled=True``); :func:`mean64`, :func:`m2_64` and :func:`cross_value64` undo the scaling in host
+float64, which holds every float32 value's products. Ordinary data are never scaled (``scale`` is None).
+
 Which cross-product blocks are kept is static: a tuple of :class:`Tile` ``(r0, r1, c0, c1)`` selects
 ``X[:, r0:r1]^T X[:, c0:c1]``. The full covariance is one tile ``(0, D, 0, D)``; MaxCorr keeps only
 the blocks between different models. Per-feature sums of squares (the diagonal) are always kept.
@@ -57,6 +65,25 @@ class Tile(NamedTuple):
     c1: int
 
 
+class Scale(NamedTuple):
+    """Power-of-two exponents of scaled statistics: they are those of ``x[:, j] * 2**feature[j]``.
+
+    ``rows[i]`` and ``cols[i]`` are the exponents of tile ``i``'s rows and columns (the tiles are static,
+    so they are kept here for :func:`cross_value64`).
+    """
+
+    feature: Array
+    rows: tuple[Array, ...]
+    cols: tuple[Array, ...]
+
+
+def make_scale(exponents, tiles: tuple[Tile, ...]) -> Scale:
+    """A :class:`Scale` from per-feature integer exponents."""
+    e = np.asarray(exponents, np.int32)
+    return Scale(jnp.asarray(e), tuple(jnp.asarray(e[t.r0 : t.r1]) for t in tiles),
+                 tuple(jnp.asarray(e[t.c0 : t.c1]) for t in tiles))
+
+
 class Stats(NamedTuple):
     """Running co-moments of a ``(tokens, D)`` stream (a pytree; jit-, vmap- and shard-friendly).
 
@@ -66,6 +93,8 @@ class Stats(NamedTuple):
       m2: per-feature centred sum of squares, compensated, shape ``(D,)``.
       cross: one compensated centred cross-product block per :class:`Tile`.
       bad_row, bad_col: position of the first non-finite input value seen (``-1`` if none).
+      scale: None, or the :class:`Scale` of data that needed scaling (the other fields are then the
+        statistics of the scaled data; see the module docstring).
     """
 
     count: Array
@@ -74,6 +103,7 @@ class Stats(NamedTuple):
     cross: tuple[Pair, ...]
     bad_row: Array
     bad_col: Array
+    scale: Scale | None = None
 
 
 def init(dim: int, tiles: tuple[Tile, ...], dtype=jnp.float32) -> Stats:
@@ -136,7 +166,7 @@ def merge(a: Stats, b: Stats, tiles: tuple[Tile, ...]) -> Stats:
         comp.add(comp.add_pairs(ca, cb), weight * jnp.outer(delta[t.r0 : t.r1], delta[t.c0 : t.c1]))
         for t, ca, cb in zip(tiles, a.cross, b.cross)
     )
-    return merged._replace(cross=cross)
+    return merged._replace(cross=cross, scale=a.scale)
 
 
 def _merge_vectors(a: Stats, b: Stats) -> tuple[Stats, Array, Array]:
@@ -160,8 +190,11 @@ def _merge_vectors(a: Stats, b: Stats) -> tuple[Stats, Array, Array]:
 
 @partial(jax.jit, static_argnames=("tiles",), donate_argnums=(0,))
 def update(stats: Stats, x: Array, n_valid: Array | int, tiles: tuple[Tile, ...]) -> Stats:
-    """Fold one chunk (first ``n_valid`` rows real) into running statistics."""
+    """Fold one chunk (first ``n_valid`` rows real) into running statistics (scaled by ``stats.scale``
+    when set; :func:`rescaled` changes the scale)."""
     dtype = stats.mean.hi.dtype
+    if stats.scale is not None:
+        x = jnp.ldexp(jnp.asarray(x).astype(dtype), stats.scale.feature[None, :])
     return merge(stats, chunk_stats(x, n_valid, tiles, dtype), tiles)
 
 
@@ -193,25 +226,107 @@ def merge_products(stats: Stats, chunk: Stats, cross: tuple[Array, ...], tiles: 
                 + weight * jnp.outer(delta[rows], delta[cols]))
 
     return merged._replace(cross=tuple(comp.add(running, corrected(t, c))
-                                       for t, running, c in zip(tiles, stats.cross, cross)))
+                                       for t, running, c in zip(tiles, stats.cross, cross)), scale=stats.scale)
+
+
+# --- scaling ---------------------------------------------------------------------------------------
+
+
+def range_exponent(dtype) -> int:
+    """Values (centred, or their largest) beyond ``2**±range_exponent`` are scaled: 42 for float32, so
+    products stay below ``2**84`` (sums of ``2**44`` of them fit) and above ``2**-84`` (far from
+    underflow); 341 for float64."""
+    return int(np.finfo(dtype).maxexp) // 3
+
+
+def out_of_range(size: np.ndarray, dtype) -> np.ndarray:
+    """Which per-feature sizes (a spread or a largest value, in the scaled domain) need scaling."""
+    limit = 2.0 ** range_exponent(dtype)
+    size = np.asarray(size, np.float64)
+    return ~np.isfinite(size) | (size > limit) | ((size > 0) & (size < 1 / limit))
+
+
+def exponents(stats: Stats) -> np.ndarray:
+    """The per-feature exponents of ``stats`` (zeros when unscaled)."""
+    if stats.scale is None:
+        return np.zeros(stats.mean.hi.shape[-1], np.int32)
+    return np.asarray(stats.scale.feature, np.int32)
+
+
+def magnitude(stats: Stats) -> np.ndarray:
+    """Root mean square of each feature's values so far, unscaled (host float64; 0 before any token)."""
+    count = int(stats.count)
+    if count == 0:
+        return np.zeros(stats.mean.hi.shape[-1])
+    mean, m2 = comp.value64(stats.mean), comp.value64(stats.m2)
+    rms = np.sqrt(np.maximum(m2, 0.0) / count + mean * mean)
+    return np.where(np.isfinite(rms), np.ldexp(rms, -exponents(stats)), 0.0)
+
+
+def choose_exponents(current: np.ndarray, running: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """Exponents ``e`` putting each feature's magnitude ``max(running, peak)`` (unscaled) in ``[0.5, 1)``
+    after scaling by ``2**e``; ``current`` where a feature has no magnitude yet (all zero)."""
+    size = np.fmax(np.asarray(running, np.float64), np.asarray(peak, np.float64))
+    size = np.where(np.isfinite(size), size, 0.0)
+    _, exp = np.frexp(size)
+    return np.where(size > 0, -exp, current).astype(np.int32)
+
+
+def rescale(stats: Stats, shift: Array, tiles: tuple[Tile, ...]) -> Stats:
+    """The statistics multiplied by ``2**shift`` per feature (means), ``2**(2 shift)`` (sums of squares)
+    and ``2**(shift_row + shift_col)`` (cross-products): exact in binary floating point, but for parts
+    that leave the dtype's range (negligible next to the values the new scale was chosen for).
+    ``scale`` is left as it is (pure; jit- and vmap-able)."""
+    shift = jnp.asarray(shift, jnp.int32)
+
+    def times(pair: Pair, e) -> Pair:
+        return Pair(jnp.ldexp(pair.hi, e), jnp.ldexp(pair.lo, e))
+
+    cross = tuple(times(c, shift[t.r0 : t.r1, None] + shift[None, t.c0 : t.c1]) for t, c in zip(tiles, stats.cross))
+    return stats._replace(mean=times(stats.mean, shift), m2=times(stats.m2, 2 * shift), cross=cross)
+
+
+_rescale = jax.jit(rescale, static_argnames=("tiles",))
+
+
+def rescaled(stats: Stats, new: np.ndarray, tiles: tuple[Tile, ...]) -> Stats:
+    """``stats`` moved to the per-feature exponents ``new`` (scale attached)."""
+    new = np.asarray(new, np.int32)
+    shift = new - exponents(stats)
+    moved = stats._replace(scale=None)
+    if shift.any():
+        moved = _rescale(moved, shift, tiles)
+    return moved._replace(scale=make_scale(new, tiles))
+
+
+@jax.jit
+def abs_max(x: Array) -> Array:
+    """Each column's largest finite ``|x|`` (padding rows are zeros, so they never count)."""
+    return jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0), axis=0)
 
 
 def clear_caches() -> None:
     """Drop the compiled updates (one per tile layout): a run with many layouts would otherwise keep them all."""
-    for function in (update, centre, merge_products):
+    for function in (update, centre, merge_products, _rescale):
         function.clear_cache()
 
 
-def mean64(stats: Stats) -> np.ndarray:
-    """The per-feature means as host float64."""
-    return comp.value64(stats.mean)
+def mean64(stats: Stats, scaled: bool = False) -> np.ndarray:
+    """The per-feature means as host float64 (``scaled``: of the scaled data, see :class:`Scale`)."""
+    value = comp.value64(stats.mean)
+    return value if scaled or stats.scale is None else np.ldexp(value, -exponents(stats))
 
 
-def m2_64(stats: Stats) -> np.ndarray:
-    """The per-feature centred sums of squares as host float64."""
-    return comp.value64(stats.m2)
+def m2_64(stats: Stats, scaled: bool = False) -> np.ndarray:
+    """The per-feature centred sums of squares as host float64 (``scaled``: of the scaled data)."""
+    value = comp.value64(stats.m2)
+    return value if scaled or stats.scale is None else np.ldexp(value, -2 * exponents(stats))
 
 
-def cross_value64(stats: Stats, tile: int) -> np.ndarray:
-    """One cross-product tile as host float64."""
-    return comp.value64(stats.cross[tile])
+def cross_value64(stats: Stats, tile: int, scaled: bool = False) -> np.ndarray:
+    """One cross-product tile as host float64 (``scaled``: of the scaled data)."""
+    value = comp.value64(stats.cross[tile])
+    if scaled or stats.scale is None:
+        return value
+    rows, cols = (np.asarray(e[tile], np.int32) for e in (stats.scale.rows, stats.scale.cols))
+    return np.ldexp(value, -(rows[:, None] + cols[None, :]))
