@@ -348,9 +348,12 @@ def _warn_stale(file: Path, stored: str | None, binding: str) -> None:
     if stored is None:
         why = "it predates data binding"
     else:
-        old, new = json.loads(stored), json.loads(binding)
-        changed = [k for k in new["layout"] if old["layout"].get(k) != new["layout"][k]]
-        changed += [k for k in new["data"] if old["data"].get(k) != new["data"][k]]
+        try:
+            old, new = json.loads(stored), json.loads(binding)
+            changed = [k for k in new["layout"] if old["layout"].get(k) != new["layout"][k]]
+            changed += [k for k in new["data"] if old["data"].get(k) != new["data"][k]]
+        except (ValueError, KeyError, TypeError, AttributeError):  # another version's binding
+            changed = []
         names = {"files": "the files changed since", "content": "the data differ", "checksums": "the data differ"}
         why = ", ".join(dict.fromkeys(names.get(k, k) for k in changed)) or "its binding differs"
     warnings.warn(f"{file}: checkpoint written for other data ({why}); starting over", StaleCheckpointWarning,
