@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jneuron.cli import main
+from tests.test_cli_io import demo_run  # noqa: F401  (a fixture: the demo runs once for both files)
 
 
 def test_help_lists_commands(capsys):
@@ -45,11 +46,11 @@ def test_maxcorr_command_bad_file_is_one_line_and_exit_2(tmp_path, rng, capsys, 
     assert not (tmp_path / "out").exists()
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--epochs", "2", "--top", "3"]) == 0
-    out = capsys.readouterr().out
+def test_demo_runs_end_to_end(demo_run):
+    code, out, folder = demo_run  # the demo's default 3 models, one epoch each
+    assert code == 0
     assert "maxcorr: top 3" in out and "mincorr: top 3" in out
-    maxcorr = json.loads((tmp_path / "maxcorr.json").read_text())
+    maxcorr = json.loads((folder / "maxcorr.json").read_text())
     assert maxcorr["models"] == ["mlp0", "mlp1", "mlp2"] and len(maxcorr["neurons"]) == 3 * (64 + 32)
     assert all(len(n["partners"]) == 2 for n in maxcorr["neurons"])
 

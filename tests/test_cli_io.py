@@ -1,6 +1,7 @@
 """The command line on small stores and files: outputs, progress, and one-line errors with exit codes."""
 
 import argparse
+import contextlib
 import io
 import json
 
@@ -11,6 +12,7 @@ import jneuron as jn
 from jneuron.cli import main
 from jneuron.commands import _common
 from jneuron.progress import Progress
+from tests.tolerance import assert_close, tolerance
 
 
 @pytest.fixture
@@ -20,6 +22,22 @@ def files(tmp_path, rng):
         x = np.hstack([rng.normal(size=(600, 5)), shared * (i + 1)]).astype(np.float32)
         np.save(tmp_path / f"m{i}.npy", x)
     return tmp_path
+
+
+_DEMO = {}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The demo (3 models, 1 epoch, top 3), run once for the whole session: ``(exit code, stdout, output
+    folder)``. tests/test_cli.py imports this fixture; the cache makes one run serve both files."""
+    if "run" not in _DEMO:
+        out = tmp_path_factory.mktemp("demo") / "demo"
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            code = main(["demo", "--models", "3", "--epochs", "1", "--out", str(out), "--top", "3"])
+        _DEMO["run"] = (code, stdout.getvalue(), out)
+    return _DEMO["run"]
 
 
 def run_cli(capsys, *argv):
@@ -37,7 +55,8 @@ def test_convert_then_maxcorr_and_mincorr(files, capsys):
                            "--chunk-tokens", 128)
     assert code == 0 and out.splitlines()[0].split()[1] in ("m0/5", "m1/5", "m2/5")
     data = json.loads((files / "res" / "maxcorr.json").read_text())
-    assert data["method"] == "maxcorr" and abs(data["neurons"][0]["score"] - 1.0) < 1e-5
+    assert data["method"] == "maxcorr"  # the top neuron's partner is an exact multiple of it: |rho| = 1
+    assert_close(data["neurons"][0]["score"], 1.0, tolerance(600), what="top score")
     csv = (files / "res" / "maxcorr.csv").read_text().splitlines()
     assert csv[0] == "rank,neuron,model,layer,unit,score,partners" and len(csv) == 1 + 18
     assert (files / "res" / "maxcorr.png").read_bytes()[:4] == b"\x89PNG"
@@ -160,18 +179,17 @@ def test_progress_line_reports_rate_and_time_left():
     assert quiet.getvalue() == ""
 
 
-def test_demo_writes_store_results_and_report(tmp_path, capsys):
-    import jax
-
-    with jax.numpy_dtype_promotion("standard"):  # as users run it: optax's Adam mixes int counts and floats
-        code, out, _ = run_cli(capsys, "demo", "--models", 2, "--epochs", 1, "--out", tmp_path / "demo", "--top", 2)
-    assert code == 0 and f"report: {(tmp_path / 'demo' / 'report' / 'index.html').resolve()}" in out
-    store = jn.open(tmp_path / "demo" / "activations.zarr")
-    assert store.layers == {f"mlp{i}": (("layers/0", 64), ("layers/1", 32)) for i in range(2)}
+def test_demo_writes_store_results_and_report(demo_run):
+    # run under the suite's strict dtype promotion (tests/conftest.py): what passes there runs as well
+    # under the standard promotion users have
+    code, out, folder = demo_run
+    assert code == 0 and f"report: {(folder / 'report' / 'index.html').resolve()}" in out
+    store = jn.open(folder / "activations.zarr")
+    assert store.layers == {f"mlp{i}": (("layers/0", 64), ("layers/1", 32)) for i in range(3)}
     assert store.tokens == 1797 and store.text().labels[:3] == ("0", "1", "2")
-    page = (tmp_path / "demo" / "report" / "index.html").read_text()
+    page = (folder / "report" / "index.html").read_text()
     for title in ("maxcorr: top 20 neurons", "mincorr: top 20 neurons", "Mean best |correlation| between models",
                   "Top tokens of mlp"):
         assert title in page
     assert page.count('class="tokimg"') >= 12
-    assert json.loads((tmp_path / "demo" / "maxcorr.json").read_text())["method"] == "maxcorr"
+    assert json.loads((folder / "maxcorr.json").read_text())["method"] == "maxcorr"

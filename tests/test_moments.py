@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import jneuron as jn
 from jneuron.kernels import moments as km
-from tests.reference import assert_cov_close, x64
+from tests.reference import assert_cov_close, assert_mean_close, x64
+from tests.tolerance import assert_close, covariance_scale, tolerance
 
 
 def reference_cov(x):
@@ -22,37 +23,41 @@ def test_correlation_matches_float64_with_offsets_and_chunks(rng, offset, chunks
     stats = jn.comoments(np.array_split(x, chunks))
     ref = np.corrcoef(x.astype(np.float64), rowvar=False)
     assert stats.count == 4000
-    np.testing.assert_allclose(stats.correlation(), ref, atol=1e-6)
+    bound = tolerance(4000)  # float32 products over 4,000 tokens; centring on each chunk's mean is exact
+    assert_close(stats.correlation(), ref, bound, what="correlation")
     assert_cov_close(stats.covariance(), x)
-    spread = x.astype(np.float64).std(0)
-    assert np.all(np.abs(stats.mean - x.astype(np.float64).mean(0)) <= 1e-7 * spread)
+    # the mean is the chunk's rough mean plus the (compensated) mean of the residuals about it: off by the
+    # residuals' rounding, a share of the spread, never of the offset (magnitude 0: losing the offset fails)
+    assert_mean_close(stats.mean, x, bound)
 
 
 def test_chunked_equals_whole(rng):
     x = (rng.normal(size=(3001, 5)) + 1e3).astype(np.float32)
     whole = jn.comoments(x).correlation()
-    np.testing.assert_allclose(jn.comoments(x, chunk_tokens=128).correlation(), whole, atol=1e-6)
-    np.testing.assert_allclose(jn.comoments(iter(np.array_split(x, 13))).correlation(), whole, atol=1e-6)
+    bound = 2 * tolerance(3001)  # two float32 computations of the same correlations
+    assert_close(jn.comoments(x, chunk_tokens=128).correlation(), whole, bound, what="chunked vs whole")
+    assert_close(jn.comoments(iter(np.array_split(x, 13))).correlation(), whole, bound, what="13 chunks vs whole")
 
 
 def test_generator_of_chunks_streams(rng):
     x = rng.normal(size=(1000, 4)).astype(np.float32)
     stats = jn.comoments(x[i : i + 100] for i in range(0, 1000, 100))
-    np.testing.assert_allclose(stats.correlation(), np.corrcoef(x.astype(np.float64), rowvar=False), atol=1e-6)
+    assert_close(stats.correlation(), np.corrcoef(x.astype(np.float64), rowvar=False), tolerance(1000),
+                 what="correlation")
 
 
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 def test_half_precision_input_is_accumulated_in_float32(rng, dtype):
     x = rng.normal(size=(2000, 6)).astype(dtype)
     exact = np.corrcoef(x.astype(np.float64), rowvar=False)
-    np.testing.assert_allclose(jn.comoments(x).correlation(), exact, atol=1e-6)
+    assert_close(jn.comoments(x).correlation(), exact, tolerance(2000), what="correlation")  # float32 arithmetic
 
 
 def test_float64_input_with_x64_is_float64_accurate(rng):
     x = rng.normal(size=(500, 4)) + 1e6
     with x64():
         stats = jn.comoments(x)
-    assert_cov_close(stats.covariance(), x, tol=1e-12)
+    assert_cov_close(stats.covariance(), x, dtype=np.float64)
 
 
 def test_dead_neuron_correlates_zero(rng):
@@ -82,12 +87,11 @@ def test_update_works_with_and_without_jit(rng):
     jitted = km.update(km.init(3, tiles), x, 60, tiles)
     with jax.disable_jit():
         eager = km.update(km.init(3, tiles), x, 60, tiles)
-    np.testing.assert_allclose(km.cross_value64(jitted, 0), km.cross_value64(eager, 0), rtol=1e-5, atol=1e-5)
-    full = np.zeros((3, 3))
-    full[0:2, 1:3] = km.cross_value64(jitted, 0)
+    scale = (60 * covariance_scale(x[:60]))[0:2, 1:3]  # centred cross-products: n * sd_i * sd_j
+    # jit may fuse and order the float32 sums differently from eager execution: two computations
+    assert_close(km.cross_value64(jitted, 0), km.cross_value64(eager, 0), 2 * tolerance(60), scale, "jit vs eager")
     reference = np.cov(x[:60].astype(np.float64), rowvar=False, ddof=0) * 60
-    sd = np.sqrt(np.diag(reference))
-    assert np.all(np.abs(full[0:2, 1:3] - reference[0:2, 1:3]) <= 1e-6 * np.outer(sd, sd)[0:2, 1:3])
+    assert_close(km.cross_value64(jitted, 0), reference[0:2, 1:3], tolerance(60), scale, "cross-products")
 
 
 def test_padding_rows_are_ignored(rng):
@@ -142,16 +146,21 @@ def test_pearson_is_invariant_under_affine_maps(scale, sign, shift):
     # float64 input: in float32, rounding a*x + 1e3 would destroy the input itself, not our arithmetic
     x = np.random.default_rng(1).normal(size=(400, 4))
     a = np.asarray(scale) * np.asarray(sign)
+    y = x * a + np.asarray(shift)
     with x64():
-        base, moved = jn.comoments(x).correlation(), jn.comoments(x * a + np.asarray(shift)).correlation()
-    np.testing.assert_allclose(moved, base * np.outer(np.sign(a), np.sign(a)), atol=1e-9)
+        base, moved = jn.comoments(x).correlation(), jn.comoments(y).correlation()
+    # float64 arithmetic; rounding a * x + shift moved each value by eps * |shift| / (|a| sd) of its spread
+    magnitude = float(np.max(np.abs(y.mean(0)) / y.std(0)))
+    bound = tolerance(400, np.float64) + tolerance(400, np.float64, magnitude=magnitude)
+    assert_close(moved, base * np.outer(np.sign(a), np.sign(a)), bound, what="correlation after affine maps")
 
 
 def test_float32_offset_input_matches_its_float64_reference(rng):
     # the float32 path: offsets up to 1e3 cost no digits beyond the input's own rounding
     x = (rng.normal(size=(2000, 4)) * [0.01, 1, 10, 100] + [1e3, -1e3, 5, 0]).astype(np.float32)
-    np.testing.assert_allclose(jn.comoments(x, chunk_tokens=256).correlation(),
-                               np.corrcoef(x.astype(np.float64), rowvar=False), atol=1e-6)
+    # magnitude 0 although column 0 sits 1e5 spreads from 0: centring is exact, so the offset costs nothing
+    assert_close(jn.comoments(x, chunk_tokens=256).correlation(), np.corrcoef(x.astype(np.float64), rowvar=False),
+                 tolerance(2000), what="correlation")
 
 
 @pytest.mark.parametrize("rows", [64, 37])
@@ -169,12 +178,14 @@ def test_host_fold_equals_the_compiled_update(rng, rows):
     assert int(host.count) == int(compiled.count) == 64 + rows
     reference = np.concatenate([first, x[:rows]]).astype(np.float64)
     centred = reference - reference.mean(0)
+    bound = tolerance(len(reference))  # float32 sums over the 64 + rows tokens; exact centring (magnitude 0)
+    scale = len(reference) * covariance_scale(reference)  # centred cross-products: n * sd_i * sd_j
     for stats in (host, compiled):
-        np.testing.assert_allclose(km.mean64(stats), reference.mean(0), rtol=0, atol=1e-5)
-        np.testing.assert_allclose(km.m2_64(stats), (centred**2).sum(0), rtol=1e-5)
+        assert_mean_close(km.mean64(stats), reference, bound)
+        assert_close(km.m2_64(stats), (centred**2).sum(0), bound, np.diag(scale), "sums of squares")
         for i, t in enumerate(tiles):
             exact = centred[:, t.r0 : t.r1].T @ centred[:, t.c0 : t.c1]
-            np.testing.assert_allclose(km.cross_value64(stats, i), exact, rtol=0, atol=1e-4 * np.abs(exact).max())
+            assert_close(km.cross_value64(stats, i), exact, bound, scale[t.r0 : t.r1, t.c0 : t.c1], "cross-products")
 
 
 def test_host_fold_finds_the_first_bad_value(rng):

@@ -1,6 +1,5 @@
 """Runs ``tests/multidevice/check_*.py`` in their own pytest process on 8 forced CPU devices."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +10,8 @@ HERE = Path(__file__).parent
 
 
 @pytest.mark.multidevice
-def test_sharded_checks_on_eight_cpu_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+def test_sharded_checks_on_eight_cpu_devices(cpu_devices_env):
+    env = cpu_devices_env(8)  # keeps the caller's other XLA flags (make test-numerics: --xla_cpu_max_isa=AVX)
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "python_files=check_*.py",
                "--rootdir", str(HERE.parent), "-c", str(HERE.parent / "pyproject.toml"), str(HERE / "multidevice")]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

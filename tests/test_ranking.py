@@ -28,7 +28,7 @@ def test_to_json_writes_plain_json_with_details(tmp_path):
                 dead=np.array([0]), details={"extra": np.array([[1.0, np.nan], [2.0, 3.0]])})
     data = json.loads(r.to_json(tmp_path / "r.json").read_text())
     assert data["neurons"][0] == {"rank": 0, "index": 1, "model": "m", "layer": "", "unit": 1, "label": "m/1",
-                                  "score": pytest.approx(0.7), "extra": [2.0, 3.0]}
+                                  "score": float(np.float32(0.7)), "extra": [2.0, 3.0]}  # exact: the float32 held
     assert data["neurons"][1]["extra"] == [1.0, None]
     assert data["dead"][0]["index"] == 0
 

@@ -20,6 +20,8 @@ from jneuron.kernels.compensated import Pair
 from jneuron.kernels.moments import Tile
 from jneuron.sharding import resolve_mesh
 from jneuron.tilereduce import choose_kernel, tile_reducer
+from tests.reference import assert_mean_close, exact_mean, mean_scale
+from tests.tolerance import assert_close, covariance_scale, tolerance
 
 
 def test_one_device_mesh_equals_unsharded(rng):
@@ -27,9 +29,10 @@ def test_one_device_mesh_equals_unsharded(rng):
     single = jn.comoments(x, chunk_tokens=50)
     sharded = jn.comoments(x, chunk_tokens=50, devices=1)
     assert sharded.count == single.count == 203
-    np.testing.assert_allclose(sharded.mean, single.mean, atol=1e-9)
-    # on a CPU the unsharded products come from numpy's BLAS, the sharded ones from XLA: float32 rounding apart
-    np.testing.assert_allclose(sharded.cross, single.cross, rtol=1e-6, atol=1e-6 * np.abs(single.cross).max())
+    # on a CPU the unsharded products come from numpy's BLAS, the sharded ones from XLA: two float32
+    # computations, each within one bound (means: of the spread; cross-products: of n sd_i sd_j)
+    assert_close(sharded.mean, single.mean, 1.0, 2 * mean_scale(x, tolerance(203)), "mean")
+    assert_close(sharded.cross, single.cross, 2 * tolerance(203), 203 * covariance_scale(x), "cross-products")
 
 
 def test_mesh_arguments_are_checked():
@@ -61,10 +64,11 @@ def test_jitted_merge_keeps_compensated_mean():
     for rows in (slice(22, 44), slice(88, 110), slice(154, 176)):
         stats = kmoments.update(stats, x[rows], 22, tiles)
     seen = x[np.r_[22:44, 88:110, 154:176]].astype(np.float64)
-    assert np.abs(kmoments.mean64(stats) - seen.mean(0)).max() < 1e-7
-    centred = seen - seen.mean(0)
+    # within the float32 sums' bound of the spread (the bug was off by an ulp of 1e4, ~1e-3: 30x the bound)
+    assert_mean_close(kmoments.mean64(stats), seen, tolerance(66))
+    centred = seen - exact_mean(seen)
     want = centred.T @ centred
-    np.testing.assert_allclose(kmoments.cross_value64(stats, 0), want, atol=1e-6 * np.abs(want).max())
+    assert_close(kmoments.cross_value64(stats, 0), want, tolerance(66), 66 * covariance_scale(seen), "cross-products")
 
 
 def _tile(rng, rows, cols, dead=()):
