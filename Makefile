@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# pytest-xdist workers: `auto` is one per core; `make test JOBS=0` runs in this one process.
+# pytest-xdist workers: `auto` is one per core; `make test JOBS=0` runs in this one process. Each test
+# file stays on one worker (--dist loadscope), so module- and session-scoped fixtures are built once.
 JOBS   ?= auto
-PYTEST := $(PY) -m pytest -q -n $(JOBS) --durations=25
+PYTEST := $(PY) -m pytest -q -n $(JOBS) --dist loadscope --durations=25
 
 .PHONY: demo test test-numerics chromium bench bench-gpu clean env
 

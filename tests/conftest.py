@@ -37,3 +37,9 @@ def cpu_devices_env():
                 "XLA_FLAGS": f"{flags.strip()} --xla_force_host_platform_device_count={devices}".strip()}
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start their own multi-device processes run first: under pytest-xdist they are the
+    longest single items, and started last they would leave one worker running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("multidevice") is None)
