@@ -138,7 +138,7 @@ class CumulativeAblation:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
         except ImportError:  # pragma: no cover - depends on the install
-            raise JNeuronError("plotting needs matplotlib: pip install 'jneuron[plots]'") from None
+            raise JNeuronError("plotting needs matplotlib (a dependency of jneuron): pip install matplotlib") from None
         panels = ["whole network"] if scope == "network" else list(self.layers)
         figure = Figure(figsize=(5.2 * len(panels), 3.8))
         FigureCanvasAgg(figure)

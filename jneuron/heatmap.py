@@ -33,7 +33,7 @@ def plot_similarity(matrix, path: str | Path | None = None, *, ax=None, cmap: st
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise JNeuronError("plotting needs matplotlib: pip install 'jneuron[plots]'") from None
+        raise JNeuronError("plotting needs matplotlib (a dependency of jneuron): pip install matplotlib") from None
     values = matrix.values
     if ax is None:
         rows, cols = values.shape

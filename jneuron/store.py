@@ -43,7 +43,7 @@ def _zarr():
     try:
         import zarr
     except ImportError:  # pragma: no cover - depends on the installed extras
-        raise JNeuronError("activation stores need zarr>=3: pip install 'jneuron[files]'") from None
+        raise JNeuronError("activation stores need zarr>=3 (a dependency of jneuron): pip install 'zarr>=3'") from None
     return zarr
 
 

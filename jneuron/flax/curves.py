@@ -101,7 +101,7 @@ class AblationCurve:
             from matplotlib.backends.backend_agg import FigureCanvasAgg
             from matplotlib.figure import Figure
         except ImportError:  # pragma: no cover - depends on the install
-            raise JNeuronError("plotting needs matplotlib: pip install 'jneuron[plots]'") from None
+            raise JNeuronError("plotting needs matplotlib (a dependency of jneuron): pip install matplotlib") from None
         figure = Figure(figsize=(5.5, 3.6))
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
