@@ -39,7 +39,7 @@ from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype, working_dtype
 from jneuron.ranking import NeuronIndex, Ranking, _plain
-from jneuron.sources import _chunk_parts, _float_dtype, _names
+from jneuron.sources import _chunk_parts, float_dtype, _names
 from jneuron.sharding import resolve_mesh
 from jneuron.stream import default_chunk_tokens, fold_sharded
 
@@ -215,7 +215,7 @@ class _Stream:
             if tokens == 0:
                 raise JNeuronError("no tokens to analyse")
             classes = int(labels.max()) + 1 if classes is None else int(classes)
-            dtype = _float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
+            dtype = float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
             width = sum(a.shape[1] for a in arrays)
             rows = min(chunk_tokens or default_chunk_tokens(width, tokens), tokens, kinfo.MAX_CHUNK_TOKENS)
 
@@ -249,7 +249,7 @@ class _Stream:
         parts = list(x0) if isinstance(x0, (tuple, list)) else [x0]
         model_names = _names(None, names, len(parts))
         widths = tuple(as_2d(p, f"chunk 0, model '{n}'").shape[1] for p, n in zip(parts, model_names))
-        dtype = _float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
+        dtype = float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
         rows = chunk_tokens or min(default_chunk_tokens(sum(widths)), max(len(np.asarray(first[1])), 1))
         rows = min(rows, kinfo.MAX_CHUNK_TOKENS)
         pending = [iterator]

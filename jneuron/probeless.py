@@ -26,7 +26,7 @@ from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
 from jneuron.precision import follow_dtype
 from jneuron.ranking import NeuronIndex, Ranking
-from jneuron.sources import _float_dtype
+from jneuron.sources import float_dtype
 
 _class_sums = jax.jit(kp.class_sums, static_argnames=("classes",))
 
@@ -98,7 +98,7 @@ def class_means(data, labels=None, *, chunk_tokens: int = 16384):
     first = next(chunks, None)
     if first is None:
         raise JNeuronError("activations: no tokens")
-    with follow_dtype(_float_dtype(first[0].dtype)) as dtype:
+    with follow_dtype(float_dtype(first[0].dtype)) as dtype:
         sums, counts, shift = _class_sums_pass(itertools.chain([first], chunks), dtype)
     classes = np.array(sorted(counts))
     count = np.array([counts[c] for c in classes.tolist()], np.int64)

@@ -21,7 +21,7 @@ from jneuron._checks import as_2d
 from jneuron.errors import JNeuronError
 
 
-def _float_dtype(dtype) -> np.dtype:
+def float_dtype(dtype) -> np.dtype:
     """float64 stays float64; everything else (f16, bf16, ints, bool) is read as float32."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
@@ -43,7 +43,7 @@ class ArraySource:
 
     @property
     def dtype(self) -> np.dtype:
-        return _float_dtype(np.result_type(*[np.dtype(a.dtype) for a in self.arrays]))
+        return float_dtype(np.result_type(*[np.dtype(a.dtype) for a in self.arrays]))
 
     reiterable = True
 
@@ -96,7 +96,7 @@ def _chunk_parts(item, index: int, names, widths) -> list[np.ndarray]:
     for array, name, width in zip(arrays, names, widths):
         if array.shape[1] != width:
             raise JNeuronError(f"chunk {index}, model '{name}': expected {width} neurons, got {array.shape[1]}")
-    dtype = _float_dtype(np.result_type(*[a.dtype for a in arrays]))
+    dtype = float_dtype(np.result_type(*[a.dtype for a in arrays]))
     return [a.astype(dtype, copy=False) for a in arrays]
 
 
@@ -160,7 +160,7 @@ def _iterator_source(make_iterator, names, reiterable: bool) -> IteratorSource:
     parts = list(first) if isinstance(first, (tuple, list)) else [first]
     model_names = _names(None, names, len(parts))
     widths = tuple(as_2d(p, f"chunk 0, model '{n}'").shape[1] for p, n in zip(parts, model_names))
-    dtype = _float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
+    dtype = float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
     first_pass = [itertools.chain([first], iterator)]
 
     def iterate() -> Iterator:
