@@ -24,19 +24,18 @@ demo: $(STAMP)
 
 # The suite; every docstring example runs once, collected by --doctest-modules (pyproject's addopts).
 test: $(STAMP) chromium
-	$(PYTEST) -m "not slow" tests jneuron kernels
+	$(PYTEST) -m "not slow" tests jneuron
 
 # The numerical tests again under a second set of kernels, so that a tolerance tuned to one machine's
 # rounding fails here: OpenBLAS's Sandybridge kernels (AVX, no FMA) instead of the Haswell/Zen ones
 # (AVX2 + FMA) it picks on an AVX2 machine, and XLA's generated CPU code limited to AVX (no FMA
 # contraction; exp/log and friends round differently). The device count conftest sets stays in.
-NUMERIC_TESTS := tests/test_moments.py tests/test_compensated.py tests/test_crossmodel.py
-NUMERIC_TESTS += tests/test_similarity.py tests/test_linreg.py tests/test_matching.py
-NUMERIC_TESTS += tests/test_probeless_ablation_labels.py tests/test_probe.py tests/test_information.py
-NUMERIC_TESTS += tests/test_flax_control.py tests/test_onlstm.py tests/test_conductance.py
-NUMERIC_TESTS += tests/test_sharded.py tests/test_multidevice.py tests/test_multihost.py
-NUMERIC_TESTS += tests/test_streaming_io.py
-NUMERIC_TESTS += $(wildcard tests/test_float64.py tests/test_bounds.py)  # once they are in the tree
+NUMERIC_TESTS := tests/kernels tests/crossmodel tests/similarity tests/probing/test_probe.py
+NUMERIC_TESTS += tests/streaming/test_comoments.py tests/streaming/test_streaming_io.py
+NUMERIC_TESTS += tests/streaming/test_multidevice.py tests/streaming/test_multihost.py
+NUMERIC_TESTS += tests/test_information.py tests/test_float64.py tests/test_bounds.py
+NUMERIC_TESTS += tests/data/test_labels_probeless_ablation.py tests/flax/test_control.py
+NUMERIC_TESTS += tests/models/test_onlstm.py tests/flax/test_conductance.py
 SECOND_KERNEL := OPENBLAS_CORETYPE=Sandybridge
 SECOND_KERNEL += XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_cpu_max_isa=AVX"
 

@@ -88,6 +88,6 @@ def run_child(args: list[str]) -> dict:
 
 def write_results(name: str, results: dict) -> Path:
     """Write ``bench/results/<name>.json`` atomically."""
-    from jneuron.io_utils import atomic_write_text
+    from jneuron.data.atomic import atomic_write_text
 
     return atomic_write_text(RESULTS / f"{name}.json", json.dumps(results, indent=1))

@@ -21,8 +21,8 @@ import numpy as np
 from flax import nnx
 
 from jneuron import flax as jnf
-from jneuron.datasets import load_digits
-from jneuron.io_utils import atomic_write_text
+from jneuron.data.atomic import atomic_write_text
+from jneuron.data.bundled import load_digits
 from jneuron.models import MLP
 
 MASKS = 100

@@ -16,12 +16,12 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import best_time  # noqa: E402
 from flax import nnx
 
+from jneuron.data.atomic import atomic_write_text
 from jneuron.flax import conductance
-from jneuron.io_utils import atomic_write_text
 from jneuron.models import MLP
-from _common import best_time  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "conductance.json"
 

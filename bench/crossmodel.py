@@ -53,7 +53,7 @@ def block_maxima(corr: np.ndarray, widths: list[int]) -> np.ndarray:
 def speed(models: int, width: int, tokens: int) -> dict:
     data = make_models(models, width, tokens)
     # compile once on a slice with the same chunk shape, so the timed run measures the computation
-    chunk = jn.stream.default_chunk_tokens(models * width, tokens)
+    chunk = jn.streaming.passes.default_chunk_tokens(models * width, tokens)
     jn.maxcorr([m[: 2 * chunk] for m in data], chunk_tokens=chunk)
     t_jneuron, ranking = timed(lambda: jn.maxcorr(data, chunk_tokens=chunk))
 

@@ -38,17 +38,17 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import best_time  # noqa: E402
 
-from jneuron import blocks as jblocks
-from jneuron import probe as jprobe
-from jneuron.crossmodel import plan_passes
-from jneuron.io_utils import atomic_write_text
+from jneuron.crossmodel.maxcorr import plan_passes
+from jneuron.data.atomic import atomic_write_text
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import maxcorr_pallas as kpallas
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
-from _common import best_time  # noqa: E402
+from jneuron.probing import probe as jprobe
+from jneuron.streaming import blocks as jblocks
 
 HIGHEST, DEFAULT = jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT
 SIZES = {

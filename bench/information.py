@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jneuron as jn
-from jneuron.io_utils import atomic_write_text
+from jneuron.data.atomic import atomic_write_text
 from jneuron.kernels import information as kinfo
 
 HIGHEST = jax.lax.Precision.HIGHEST

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jneuron as jn
-from jneuron.io_utils import atomic_write_text
+from jneuron.data.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 NEUROX_PYTHON = ROOT / ".venv-neurox" / "bin" / "python"

@@ -20,6 +20,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
 from _common import best_time  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "scaling.json"
@@ -100,7 +101,7 @@ def main() -> None:
               f"{r['maxcorr_sharded_s']:>7.3f}s {r['maxcorr_sharded_s'] / r['maxcorr_unsharded_s']:>7.2f}x "
               f"{r['maxcorr_sharded_s'] / r['numpy_maxcorr_s']:>7.2f}x {r['max_abs_corr_diff']:>9.1e} "
               f"{'same' if r['same_partners'] else 'DIFFER':>8}")
-    from jneuron.io_utils import atomic_write_text
+    from jneuron.data.atomic import atomic_write_text
 
     meta = {"tokens": args.tokens, "width": args.width, "models": args.models, "repeats": args.repeats,
             "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": f"{os.cpu_count()}-core CPU"}

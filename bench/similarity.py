@@ -26,12 +26,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import peak_rss_bytes, rss_bytes
 
 import jneuron as jn
-from jneuron.io_utils import atomic_write_text
-from jneuron.stream import default_chunk_tokens
-
-from _common import peak_rss_bytes, rss_bytes
+from jneuron.data.atomic import atomic_write_text
+from jneuron.streaming.passes import default_chunk_tokens
 
 HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -5,9 +5,9 @@ Phases, each in its own process so peak memory (ru_maxrss) is measured per phase
   generate  write the store: MODELS models x WIDTH neurons x TOKENS tokens, float32, uncompressed zarr v3
             (each model = a shared signal mixed in + its own noise, so the correlations are not trivial);
   read      the I/O floor: read every chunk of the store, no compute;
-  memory    the baseline: the same MaxCorr (jneuron.stream.accumulate + reductions) on chunks already in
+  memory    the baseline: the same MaxCorr (jneuron.streaming.passes.accumulate + reductions) on chunks already in
             memory (a pool of chunks cycled to the same token count, no file I/O);
-  stream    jneuron: ``jn.maxcorr(jn.open(store))`` with the background prefetch.
+  stream    jneuron: ``jn.maxcorr(jn.open_activations(store))`` with the background prefetch.
 
 Prints throughputs (tokens/s) and the ratio stream/memory, writes bench/results/streaming.json atomically,
 and deletes the store unless --keep. Run heavy: ``flock /tmp/jneuron-heavy.lock python bench/streaming.py``.
@@ -57,7 +57,7 @@ def generate(args) -> dict:
 def read(args) -> dict:
     import jneuron as jn
 
-    source = jn.open(args.store)
+    source = jn.open_activations(args.store)
     start = time.perf_counter()
     rows = sum(c.shape[0] for c in source.chunks(args.chunk_tokens))
     seconds = time.perf_counter() - start
@@ -75,7 +75,7 @@ def _maxcorr(source, args) -> tuple[dict, object]:
 
 
 def _passes(args) -> int:
-    from jneuron.crossmodel import passes_needed
+    from jneuron.crossmodel.maxcorr import passes_needed
 
     return passes_needed([args.width] * args.models)
 
@@ -101,7 +101,7 @@ def memory(args) -> dict:
 def stream(args) -> dict:
     import jneuron as jn
 
-    source = jn.open(args.store)
+    source = jn.open_activations(args.store)
     if args.tokens_compute < source.tokens:  # the first tokens_compute rows of the store
         from dataclasses import replace
 
@@ -147,7 +147,7 @@ def main() -> None:
         print(json.dumps(PHASES[args.phase](args)))
         return
     sys.path.insert(0, str(HERE.parent))
-    from jneuron.io_utils import atomic_write_text
+    from jneuron.data.atomic import atomic_write_text
 
     free = shutil.disk_usage(args.store.parent if args.store.parent.exists() else HERE).free
     size = args.tokens * args.models * args.width * 4

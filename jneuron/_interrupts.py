@@ -1,7 +1,7 @@
 """Ctrl-C while the ``jneuron`` command starts up: one line on stderr and exit code 130, not a traceback.
 
 The console script imports the package, and with it JAX and Flax (seconds), before
-:func:`jneuron.cli.main` can catch anything. ``jneuron/__init__`` imports this module first; in the
+:func:`jneuron.cli.main.main` can catch anything. ``jneuron/__init__`` imports this module first; in the
 ``jneuron`` command (and only there: a program importing jneuron keeps Python's own KeyboardInterrupt)
 it installs a SIGINT handler for that window, and :func:`hand_back` restores Python's handler once
 ``main`` is ready to catch KeyboardInterrupt itself.

@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jneuron._checks import as_2d
+from jneuron.data.atomic import atomic_write_json
+from jneuron.data.source import _chunk_parts, _names, float_dtype
 from jneuron.errors import JNeuronError
-from jneuron.io_utils import atomic_write_json
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import quantize as kquant
@@ -38,10 +39,9 @@ from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype, working_dtype
-from jneuron.ranking import NeuronIndex, Ranking, _plain
-from jneuron.sources import _chunk_parts, float_dtype, _names
-from jneuron.sharding import resolve_mesh
-from jneuron.stream import default_chunk_tokens, fold_sharded
+from jneuron.results import NeuronIndex, Ranking, _plain
+from jneuron.streaming.mesh import resolve_mesh
+from jneuron.streaming.passes import default_chunk_tokens, fold_sharded
 
 MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
@@ -150,7 +150,7 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
       counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU) or ``"segment"`` (segment
         sums, the default on CPU, where they are faster than a matrix product); the counts are identical.
       devices: shard the tokens of the counting pass over this many devices (or these devices);
-        see :mod:`jneuron.sharding`. Counts are int32 per device (up to 2**31 tokens in all).
+        see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens in all).
       mesh: or a ``("tokens"[, "neurons"])`` mesh (tokens only are split here; with several processes
         each passes its own tokens).
     """

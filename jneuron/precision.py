@@ -12,7 +12,7 @@ computed in float32, with compensated accumulation, and :class:`~jneuron.errors.
 says so once per process.
 
 JAX's configuration is thread-local: work started inside the context on another thread (the read-ahead
-of :mod:`jneuron.prefetch`) must not create JAX arrays; it only reads and pads host arrays.
+of :mod:`jneuron.streaming.prefetch`) must not create JAX arrays; it only reads and pads host arrays.
 
 >>> import jax, numpy as np
 >>> with follow_dtype(np.float64) as dtype:

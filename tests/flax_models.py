@@ -1,8 +1,8 @@
 """Small non-MLP models for the adapter tests: a transformer-style encoder and a CNN (Flax NNX); and the error
 scales their tests bound rounding with (see ``tests/tolerance.py``)."""
 
-import jax
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

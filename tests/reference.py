@@ -63,7 +63,7 @@ def working_dtype(*arrays) -> type:
 
 def floor_of(dtype) -> float:
     """The relative eigenvalue floor jneuron's whitening uses for co-moments accumulated in ``dtype``
-    (``jneuron.similarity.RTOL_FLOAT32`` / ``RTOL_FLOAT64``)."""
+    (``jneuron.similarity.measures.RTOL_FLOAT32`` / ``RTOL_FLOAT64``)."""
     return 1e-10 if np.dtype(dtype) == np.float64 else 1e-6
 
 

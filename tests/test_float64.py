@@ -11,11 +11,16 @@ import pytest
 
 import jneuron as jn
 from jneuron import precision
-from jneuron.blocks import stream_blocks
-from jneuron.cli import main
-from jneuron.probeless import class_means
+from jneuron.cli.main import main
+from jneuron.probing.probeless import class_means
+from jneuron.streaming.blocks import stream_blocks
 from tests.reference import cross_model_reference
-from tests.tolerance import assert_close, correlation_condition, covariance_scale, tolerance
+from tests.tolerance import (
+    assert_close,
+    correlation_condition,
+    covariance_scale,
+    tolerance,
+)
 
 TOKENS = 3000
 OFFSET = 1e4

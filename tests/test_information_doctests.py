@@ -10,7 +10,7 @@ import importlib
 import pytest
 
 MODULES = ["jneuron.kernels.quantize", "jneuron.kernels.information", "jneuron.information",
-           "jneuron.cumulative_ablation"]
+           "jneuron.flax.cumulative_ablation"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_every_package_is_listed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
-    found = {"jneuron.kernels"}
+    found = set()
     for init in (ROOT / "jneuron").rglob("__init__.py"):
         found.add(".".join(init.parent.relative_to(ROOT).parts))
     assert found == listed, f"missing from pyproject: {found - listed}; listed but absent: {listed - found}"
@@ -23,7 +23,7 @@ def _third_party_imports(guarded: bool) -> dict[str, set[str]]:
     """Top-level third-party modules imported by jneuron's sources: those inside a ``try`` that catches
     ImportError (``guarded=True``, an optional extra) or all the others."""
     found: dict[str, set[str]] = {}
-    for folder in ("jneuron", "kernels"):
+    for folder in ("jneuron",):
         for path in (ROOT / folder).rglob("*.py"):
             tree = ast.parse(path.read_text(), str(path))
             in_guard = set()
@@ -43,7 +43,7 @@ def _third_party_imports(guarded: bool) -> dict[str, set[str]]:
                     continue
                 for name in names:
                     top = name.split(".")[0]
-                    if top not in sys.stdlib_module_names and top not in ("jneuron", "kernels"):
+                    if top not in sys.stdlib_module_names and top != "jneuron":
                         found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
     return found
 

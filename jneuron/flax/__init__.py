@@ -39,10 +39,6 @@ from jneuron.flax.controls import neuron_stats as neuron_stats
 from jneuron.flax.curves import AblationCurve as AblationCurve
 from jneuron.flax.curves import ablation_curve as ablation_curve
 from jneuron.flax.linen import Linen as Linen
-from jneuron.flax.onlstm import ONLSTM as ONLSTM
-from jneuron.flax.onlstm import ONLSTMCell as ONLSTMCell
-from jneuron.flax.onlstm import build_tree as build_tree
-from jneuron.flax.onlstm import cumax as cumax
 from jneuron.flax.paths import module_paths as module_paths
 from jneuron.flax.rejuvenation import BNMLP as BNMLP
 from jneuron.flax.rejuvenation import SRLinear as SRLinear
@@ -50,3 +46,7 @@ from jneuron.flax.rejuvenation import bn_scale_l1 as bn_scale_l1
 from jneuron.flax.rejuvenation import dead_neurons as dead_neurons
 from jneuron.flax.rejuvenation import rejuvenate as rejuvenate
 from jneuron.flax.rejuvenation import utilization as utilization
+from jneuron.models.onlstm import ONLSTM as ONLSTM
+from jneuron.models.onlstm import ONLSTMCell as ONLSTMCell
+from jneuron.models.onlstm import build_tree as build_tree
+from jneuron.models.onlstm import cumax as cumax

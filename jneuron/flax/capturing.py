@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jneuron.data.source import IteratorSource, as_source
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
-from jneuron.sources import IteratorSource, as_source
 
 
 class Tap(nnx.Module):

@@ -27,7 +27,7 @@ from flax import nnx
 
 from jneuron.errors import JNeuronError
 from jneuron.flax.paths import find, path_text, replace
-from jneuron.ranking import NeuronIndex, Ranking
+from jneuron.results import NeuronIndex, Ranking
 
 HIGHEST = jax.lax.Precision.HIGHEST
 Target = int | Callable[[jax.Array], jax.Array] | None

@@ -1,7 +1,7 @@
 """Ablation curves: a model's metric as the first k neurons of a ranking are removed, every k in one call.
 
 Neurons are named by flat index over the given layers concatenated layer-major (``column = offset of
-the layer + unit``, as everywhere in jneuron), so any :class:`~jneuron.ranking.Ranking` over those
+the layer + unit``, as everywhere in jneuron), so any :class:`~jneuron.results.Ranking` over those
 layers (MaxCorr, probe weights, information measures) plugs in directly. Removal is zero or mean
 (bias-balanced) ablation, over the whole network or within one layer at a time; all masks (and the
 intact baseline) run as one ``jax.vmap`` over one compiled program.
@@ -33,12 +33,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jneuron.data.atomic import atomic_write_bytes, atomic_write_json
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, layer_means, sweep
 from jneuron.flax.capturing import as_inputs, output_shapes
-from jneuron.io_utils import atomic_write_bytes, atomic_write_json
-from jneuron.ranking import Ranking, _plain
+from jneuron.results import Ranking, _plain
 
 METRICS = ("accuracy", "loss")
 SCOPES = ("network", "layer")
@@ -191,7 +191,7 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
       inputs: the model's input array (batch first), or a tuple of arrays.
       labels: the labels the metric compares outputs with (e.g. ``(batch,)`` integer classes).
       order: removal order over the layers' neurons, concatenated layer-major: a
-        :class:`~jneuron.ranking.Ranking` (its ``.order``; reverse it, ``r.order[::-1]``, to remove the
+        :class:`~jneuron.results.Ranking` (its ``.order``; reverse it, ``r.order[::-1]``, to remove the
         lowest-ranked first), flat indices, or ``(layer, unit)`` pairs. It may list only some neurons.
       layers: the layer paths the flat indices run over, in column order.
       ks: numbers of neurons to remove (0 gives the intact model).

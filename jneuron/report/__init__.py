@@ -2,9 +2,10 @@
 
 >>> import jneuron.report as jr
 >>> sorted(n for n in dir(jr) if not n.startswith("_"))
-['Report', 'neuron_view', 'neuron_view_html', 'plots', 'register']
+['Report', 'heatmap', 'neuron_view', 'neuron_view_html', 'plot_similarity', 'plots', 'register']
 """
 
 from jneuron.report._builder import Report as Report
 from jneuron.report._builder import register as register
 from jneuron.report.neuron_view import neuron_view_html as neuron_view_html
+from jneuron.report.heatmap import plot_similarity as plot_similarity

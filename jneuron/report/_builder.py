@@ -4,7 +4,7 @@ A :class:`Report` is a list of sections. Add them directly (``add_ranking``, ``a
 ``add_curves``, ``add_class_counts``, ``add_neuron_view``, ``add_html``) or from result objects and
 result JSON files with :meth:`Report.add_result`, which recognises these shapes:
 
-- a ranking (a :class:`~jneuron.ranking.Ranking`, or a dict with ``"method"`` and ``"neurons"``
+- a ranking (a :class:`~jneuron.results.Ranking`, or a dict with ``"method"`` and ``"neurons"``
   records holding ``"label"`` and ``"score"``): a bar chart of the top neurons, coloured by model;
 - ``{"matrix": [[...]], "rows": [...], "columns": [...]}``: a heatmap (e.g. layer similarities);
 - ``{"curves": {name: {"x": [...], "y": [...]}}, "xlabel": ..., "ylabel": ...}``: line plots
@@ -174,7 +174,12 @@ class Report:
 
     def write(self, folder: str | Path) -> Path:
         """Write ``folder/index.html`` and ``folder/img/*.png`` atomically (built aside, then renamed)."""
-        from jneuron.io_utils import aside, clean_leftovers, make_folder, replace_path
+        from jneuron.data.atomic import (
+            aside,
+            clean_leftovers,
+            make_folder,
+            replace_path,
+        )
 
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,141 @@
+"""The result type of every neuron ranking: scores, order, and who each neuron is.
+
+>>> import numpy as np
+>>> idx = NeuronIndex.from_widths(("a", "b"), (2, 1))
+>>> r = Ranking("demo", np.array([0.2, 0.9, 0.2]), idx)
+>>> r.order.tolist(), [n["label"] for n in r.top(2)]
+([1, 0, 2], ['a/1', 'a/0'])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from jneuron.data.atomic import atomic_write_json
+
+
+@dataclass(frozen=True)
+class NeuronIndex:
+    """Identity of every neuron of a flat, layer-major column layout: (model, layer, unit) per column."""
+
+    models: tuple[str, ...]
+    layers: tuple[str, ...]
+    model: np.ndarray  # per column: index into models
+    layer: np.ndarray  # per column: index into layers
+    unit: np.ndarray  # per column: unit within its layer
+
+    @classmethod
+    def from_widths(cls, models: Sequence[str], widths: Sequence[int], layer: str = "") -> NeuronIndex:
+        """One layer per model (named ``layer``), widths side by side."""
+        return cls.from_layers([(m, [(layer, w)]) for m, w in zip(models, widths)])
+
+    @classmethod
+    def from_layers(cls, spec: Sequence[tuple[str, Sequence[tuple[str, int]]]]) -> NeuronIndex:
+        """From ``[(model, [(layer, width), ...]), ...]`` in column order (layer-major within a model)."""
+        models, layers, model_ids, layer_ids, units = [], [], [], [], []
+        for model_name, model_layers in spec:
+            models.append(model_name)
+            for layer_name, width in model_layers:
+                if layer_name not in layers:
+                    layers.append(layer_name)
+                model_ids.append(np.full(width, len(models) - 1))
+                layer_ids.append(np.full(width, layers.index(layer_name)))
+                units.append(np.arange(width))
+        cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)  # noqa: E731
+        return cls(tuple(models), tuple(layers), cat(model_ids), cat(layer_ids), cat(units))
+
+    def __len__(self) -> int:
+        return len(self.unit)
+
+    def label(self, i: int) -> str:
+        """``model/layer/unit`` (the layer is omitted when unnamed)."""
+        layer = self.layers[self.layer[i]]
+        parts = [self.models[self.model[i]], layer, str(self.unit[i])] if layer else [
+            self.models[self.model[i]], str(self.unit[i])]
+        return "/".join(parts)
+
+    def record(self, i: int) -> dict:
+        """The identity of neuron ``i`` as a plain dict."""
+        return {
+            "index": int(i),
+            "model": self.models[self.model[i]],
+            "layer": self.layers[self.layer[i]],
+            "unit": int(self.unit[i]),
+            "label": self.label(i),
+        }
+
+    def model_slice(self, model: int) -> slice:
+        """The contiguous columns of one model."""
+        columns = np.flatnonzero(self.model == model)
+        return slice(int(columns[0]), int(columns[-1]) + 1)
+
+
+def _plain(value):
+    """Make numpy values JSON-ready (NaN becomes None)."""
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Neurons scored by one method and ordered best first (ties broken by the lower flat index).
+
+    Attributes:
+      method: the method's name, e.g. ``"maxcorr"``.
+      scores: one score per neuron (flat, layer-major index).
+      neurons: the identity of every neuron.
+      descending: whether a higher score ranks first.
+      dead: flat indices of constant neurons (scored by convention, see the method).
+      details: per-method arrays keyed by name, first axis over neurons (e.g. best partners).
+    """
+
+    method: str
+    scores: np.ndarray
+    neurons: NeuronIndex
+    descending: bool = True
+    dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    details: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def order(self) -> np.ndarray:
+        """Flat neuron indices, best first; equal scores keep index order."""
+        key = -self.scores if self.descending else self.scores
+        return np.lexsort((np.arange(len(self.scores)), key))
+
+    def top(self, k: int) -> list[dict]:
+        """The best ``k`` neurons as records: identity, score and per-method details."""
+        return [self._record(int(i), rank) for rank, i in enumerate(self.order[:k])]
+
+    def _record(self, i: int, rank: int) -> dict:
+        record = {"rank": rank, **self.neurons.record(i), "score": float(self.scores[i])}
+        record.update({name: _plain(values[i]) for name, values in self.details.items()})
+        return record
+
+    def to_dict(self) -> dict:
+        """Everything, as JSON-ready plain Python."""
+        return {
+            "method": self.method,
+            "descending": self.descending,
+            "models": list(self.neurons.models),
+            "layers": list(self.neurons.layers),
+            "neurons": [self._record(int(i), rank) for rank, i in enumerate(self.order)],
+            "dead": [self.neurons.record(int(i)) for i in self.dead],
+        }
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically (a temporary file renamed into place)."""
+        return atomic_write_json(path, self.to_dict())

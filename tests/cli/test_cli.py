@@ -1,0 +1,56 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jneuron.cli.main import main
+from tests.cli.test_cli_io import demo_run  # noqa: F401  (a fixture: the demo runs once for both files)
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "demo" in out and "maxcorr" in out
+
+
+def test_console_script_runs():
+    result = subprocess.run([sys.executable, "-m", "jneuron.cli.main", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: jneuron" in result.stdout
+
+
+def test_maxcorr_command_writes_ranking(tmp_path, rng, capsys):
+    shared = rng.normal(size=(200, 1))
+    np.save(tmp_path / "a.npy", np.hstack([shared, rng.normal(size=(200, 2))]).astype(np.float32))
+    np.save(tmp_path / "b.npy", np.hstack([rng.normal(size=(200, 1)), 3 * shared]).astype(np.float32))
+    code = main(["maxcorr", str(tmp_path / "a.npy"), str(tmp_path / "b.npy"), "--out", str(tmp_path / "out")])
+    assert code == 0
+    data = json.loads((tmp_path / "out" / "maxcorr.json").read_text())
+    assert {data["neurons"][0]["label"], data["neurons"][1]["label"]} == {"a/0", "b/1"}
+    assert "a/0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content, message", [(None, "no such file"), (b"not numpy", "not a readable .npy")])
+def test_maxcorr_command_bad_file_is_one_line_and_exit_2(tmp_path, rng, capsys, content, message):
+    good = tmp_path / "good.npy"
+    np.save(good, rng.normal(size=(10, 2)))
+    bad = tmp_path / "bad.npy"
+    if content is not None:
+        bad.write_bytes(content)
+    assert main(["maxcorr", str(good), str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_runs_end_to_end(demo_run):
+    code, out, folder = demo_run  # the demo's default 3 models, one epoch each
+    assert code == 0
+    assert "maxcorr: top 3" in out and "mincorr: top 3" in out
+    maxcorr = json.loads((folder / "maxcorr.json").read_text())
+    assert maxcorr["models"] == ["mlp0", "mlp1", "mlp2"] and len(maxcorr["neurons"]) == 3 * (64 + 32)
+    assert all(len(n["partners"]) == 2 for n in maxcorr["neurons"])
+
