@@ -1,6 +1,6 @@
 """Argument, input and output helpers shared by the subcommands, so every command behaves the same way.
 
-Inputs are paths to activation files or stores of any format :func:`jneuron.open` reads (zarr store
+Inputs are paths to activation files or stores of any format :func:`jneuron.open_activations` reads (zarr store
 folder, ``.npy``, ``.npz``, NeuroX ``.hdf5``/``.json``), each optionally ending in ``#selector`` to keep
 some models or layers (``acts.zarr#mlp0/layers/0,mlp1``). Outputs go to ``--out``, each file written
 atomically and the run's files together (:mod:`jneuron.cli.outputs`).

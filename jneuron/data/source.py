@@ -147,7 +147,7 @@ def as_source(models, names: Sequence[str] | None = None) -> Source:
 
 
 def _is_source(value) -> bool:
-    """Any object with the source interface (e.g. a file source from ``jn.open``) is a source."""
+    """Any object with the source interface (e.g. a file source from ``jn.open_activations``) is a source."""
     return all(hasattr(value, a) for a in ("names", "widths", "dtype", "reiterable", "chunks"))
 
 

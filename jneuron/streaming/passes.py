@@ -190,7 +190,7 @@ def checkpoint_binding(source: Source, chunk_tokens: int) -> tuple[dict, dict]:
     """What a checkpoint of a pass over ``source`` is bound to: ``(identity, state)``, both JSON-ready.
 
     ``identity`` names the data: the source's kind, model names, widths, token count and dtype; for
-    files (:func:`jneuron.open`), the files' resolved paths and the selected (model, layer) columns; for
+    files (:func:`jneuron.open_activations`), the files' resolved paths and the selected (model, layer) columns; for
     memory-mapped arrays, their files. It picks the checkpoint file, so each data set (a loop over
     layers, say) keeps its own. ``state`` says whether the data are still the same: every file's size
     and modification time (every file in a store's folder), and a blake2b hash of the first and last
