@@ -34,8 +34,8 @@ from jneuron.errors import JNeuronError as JNeuronError
 from jneuron.errors import StaleCheckpointWarning as StaleCheckpointWarning
 
 # Information measures and cumulative ablation (Amjad et al., 2018)
+from jneuron.flax.ablation import balance_bias as balance_bias
 from jneuron.flax.cumulative_ablation import CumulativeAblation as CumulativeAblation
-from jneuron.flax.cumulative_ablation import balance_bias as balance_bias
 from jneuron.flax.cumulative_ablation import cumulative_ablation as cumulative_ablation
 from jneuron.information import NeuronInformation as NeuronInformation
 from jneuron.information import neuron_information as neuron_information

@@ -22,14 +22,12 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jneuron._checks import as_2d
-from jneuron.data.atomic import atomic_write_json
 from jneuron.data.source import _chunk_parts, _names, float_dtype
 from jneuron.errors import JNeuronError
 from jneuron.kernels import compensated as comp
@@ -39,7 +37,7 @@ from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype, working_dtype
-from jneuron.results import NeuronIndex, Ranking, _plain
+from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import default_chunk_tokens, fold_sharded
 
@@ -52,7 +50,7 @@ _FLUSH_TOKENS = 2**31 - 1  # int32 device counts are moved to host int64 before 
 
 
 @dataclass(frozen=True)
-class NeuronInformation:
+class NeuronInformation(Result):
     """Per-neuron information measures, the exact tables behind them, and who each neuron is.
 
     Attributes:
@@ -107,15 +105,11 @@ class NeuronInformation:
         return {
             "unit": self.unit,
             "label_entropy": self.label_entropy,
-            "quantization": _plain(dict(self.quantization)),
-            "class_counts": _plain(self.counts[0].sum(axis=0)) if len(self.counts) else [],
+            "quantization": to_plain(dict(self.quantization)),
+            "class_counts": to_plain(self.counts[0].sum(axis=0)) if len(self.counts) else [],
             "dead": [self.neurons.record(int(i)) for i in self.dead],
             "neurons": self.table(),
         }
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON, atomically."""
-        return atomic_write_json(path, self.to_dict())
 
 
 def neuron_information(acts, labels=None, *, quantize: str = "threshold", threshold: float = 0.5,

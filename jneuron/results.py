@@ -1,4 +1,12 @@
-"""The result type of every neuron ranking: scores, order, and who each neuron is.
+"""The result contract, who each neuron is, and the result of every neuron ranking.
+
+Every result type of jneuron is a frozen dataclass that
+
+- gives everything as plain JSON types with ``to_dict()`` (:func:`to_plain` turns numpy values into them),
+- writes that atomically with ``to_json(path)`` (the :class:`Result` mixin),
+- names its neurons with a :class:`NeuronIndex` (model, layer, unit) when it holds per-neuron values
+  (``neurons``; ``neurons_x``/``neurons_y`` for two-sided results),
+- and does not draw itself: figures are drawn by :mod:`jneuron.report.figures`.
 
 >>> import numpy as np
 >>> idx = NeuronIndex.from_widths(("a", "b"), (2, 1))
@@ -17,6 +25,57 @@ from pathlib import Path
 import numpy as np
 
 from jneuron.data.atomic import atomic_write_json
+
+
+def to_plain(value):
+    """``value`` as plain JSON types: numpy arrays and scalars become lists and numbers, mappings get string
+    keys, tuples become lists, and NaN becomes ``None`` (JSON has no NaN).
+
+    >>> to_plain({"a": np.array([1.5, np.nan]), 2: (np.int64(3),)})
+    {'a': [1.5, None], '2': [3]}
+    """
+    if isinstance(value, np.ndarray):
+        return to_plain(value.tolist())
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (np.floating, float)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.str_):
+        return str(value)
+    return value
+
+
+class Result:
+    """The shared half of the result contract: ``to_json`` writes ``to_dict()`` atomically.
+
+    A result type is a frozen dataclass deriving from this mixin and defining ``to_dict()`` (plain JSON types).
+
+    >>> import dataclasses, json, tempfile, os
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class Score(Result):
+    ...     value: float
+    ...     def to_dict(self):
+    ...         return {"value": self.value}
+    >>> path = Score(0.5).to_json(os.path.join(tempfile.mkdtemp(), "score.json"))
+    >>> json.loads(path.read_text())
+    {'value': 0.5}
+    """
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict:  # pragma: no cover - every result type defines it
+        """Everything, as JSON-ready plain Python."""
+        raise NotImplementedError(f"{type(self).__name__} does not define to_dict()")
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write :meth:`to_dict` as JSON, atomically (a temporary file renamed into place); returns the path."""
+        return atomic_write_json(path, self.to_dict())
 
 
 @dataclass(frozen=True)
@@ -69,29 +128,18 @@ class NeuronIndex:
             "label": self.label(i),
         }
 
+    def records(self) -> list[dict]:
+        """Every neuron's identity, in column order (see :meth:`record`)."""
+        return [self.record(i) for i in range(len(self))]
+
     def model_slice(self, model: int) -> slice:
         """The contiguous columns of one model."""
         columns = np.flatnonzero(self.model == model)
         return slice(int(columns[0]), int(columns[-1]) + 1)
 
 
-def _plain(value):
-    """Make numpy values JSON-ready (NaN becomes None)."""
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (np.floating, float)):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 @dataclass(frozen=True)
-class Ranking:
+class Ranking(Result):
     """Neurons scored by one method and ordered best first (ties broken by the lower flat index).
 
     Attributes:
@@ -122,7 +170,7 @@ class Ranking:
 
     def _record(self, i: int, rank: int) -> dict:
         record = {"rank": rank, **self.neurons.record(i), "score": float(self.scores[i])}
-        record.update({name: _plain(values[i]) for name, values in self.details.items()})
+        record.update({name: to_plain(values[i]) for name, values in self.details.items()})
         return record
 
     def to_dict(self) -> dict:
@@ -136,6 +184,3 @@ class Ranking:
             "dead": [self.neurons.record(int(i)) for i in self.dead],
         }
 
-    def to_json(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON, atomically (a temporary file renamed into place)."""
-        return atomic_write_json(path, self.to_dict())

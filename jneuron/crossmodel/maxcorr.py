@@ -35,7 +35,7 @@ from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
-from jneuron.results import NeuronIndex, Ranking, _plain
+from jneuron.results import NeuronIndex, Ranking, to_plain
 from jneuron.streaming.memory import release_freed_memory
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import accumulate, constant_columns, default_chunk_tokens
@@ -63,7 +63,7 @@ class CrossModelRanking(Ranking):
         own = self.neurons.model[i]
         starts = np.searchsorted(self.neurons.model, np.arange(len(self.neurons.models)))
         return [
-            {**self.neurons.record(int(starts[m] + self.partner_unit[i, m])), "rho": _plain(self.partner_rho[i, m])}
+            {**self.neurons.record(int(starts[m] + self.partner_unit[i, m])), "rho": to_plain(self.partner_rho[i, m])}
             for m in range(len(self.neurons.models))
             if m != own
         ]
@@ -76,7 +76,7 @@ class CrossModelRanking(Ranking):
         return {**super()._record(i, rank), "partners": self.partners(i)}
 
     def to_dict(self) -> dict:
-        return {**super().to_dict(), "score_matrix": _plain(self.score_matrix)}
+        return {**super().to_dict(), "score_matrix": to_plain(self.score_matrix)}
 
 
 def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,

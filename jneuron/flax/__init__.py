@@ -21,6 +21,7 @@ from jneuron.flax.ablation import AblationMask as AblationMask
 from jneuron.flax.ablation import AblationValue as AblationValue
 from jneuron.flax.ablation import Masked as Masked
 from jneuron.flax.ablation import ablate as ablate
+from jneuron.flax.ablation import balance_bias as balance_bias
 from jneuron.flax.ablation import layer_means as layer_means
 from jneuron.flax.ablation import sweep as sweep
 from jneuron.flax.capturing import Capture as Capture

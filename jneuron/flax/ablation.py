@@ -23,7 +23,7 @@ True
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -199,3 +199,37 @@ def sweep(variant: nnx.Module, fn: Callable, *args, masks: Mapping[str, object] 
             variable.set_value(given.get(layer, jnp.broadcast_to(current, (count, *current.shape))))
     graphdef, mask_state, value_state, rest = nnx.split(stacked, AblationMask, AblationValue, ...)
     return _sweep(graphdef, fn, batch_size, mask_state, value_state, rest, args)
+
+
+def balance_bias(model: nnx.Module, layer: str, next_layer: str, removed: Sequence[int], means) -> nnx.Module:
+    """A copy of ``model`` with units ``removed`` of ``layer`` cut and their mean contribution in ``next_layer``.
+
+    ``next_layer`` must be a dense layer (``kernel (inputs, outputs)``, ``bias``) reading ``layer``'s output
+    directly: the fold is ``b_k += sum_{j removed} w_jk * E[t_j]`` and ``w_jk = 0``. On such a layer it
+    equals mean ablation (``jneuron.flax.ablate(..., mode="mean")``) exactly up to float rounding.
+
+    >>> import numpy as np
+    >>> from jneuron.models import MLP
+    >>> model = MLP(8, (4, 4), 3, rngs=nnx.Rngs(0))
+    >>> folded = balance_bias(model, "layers/0", "layers/1", [0, 2], np.ones(4, np.float32))
+    >>> kernel = np.asarray(folded.layers[1].kernel[...])      # rows 0 and 2 (the removed inputs) are cut
+    >>> bool(kernel[[0, 2]].any()), bool(kernel[1].any())
+    (False, True)
+    """
+    variant = nnx.clone(model)
+    dense = paths.find(variant, next_layer)
+    if not (hasattr(dense, "kernel") and hasattr(dense, "bias") and dense.bias is not None):
+        raise JNeuronError(f"'{next_layer}' is not a dense layer with a kernel and a bias")
+    kernel = dense.kernel[...]
+    removed = np.asarray(removed, np.int64)
+    means = np.asarray(means)
+    if kernel.ndim != 2 or means.shape != (kernel.shape[0],):
+        raise JNeuronError(f"'{next_layer}' reads {kernel.shape[0]} inputs but means has shape {means.shape}")
+    if removed.size and (removed.min() < 0 or removed.max() >= kernel.shape[0]):
+        raise JNeuronError(f"removed units must lie in 0..{kernel.shape[0] - 1} (the width of '{layer}')")
+    keep = np.ones(kernel.shape[0], np.float32)
+    keep[removed] = 0
+    folded = jnp.dot(jnp.asarray((1 - keep) * means, kernel.dtype), kernel, precision=jax.lax.Precision.HIGHEST)
+    dense.bias.set_value(dense.bias[...] + folded)
+    dense.kernel.set_value(kernel * jnp.asarray(keep, kernel.dtype)[:, None])
+    return variant

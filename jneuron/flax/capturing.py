@@ -28,6 +28,7 @@ from flax import nnx
 from jneuron.data.source import IteratorSource, as_source
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
+from jneuron.results import NeuronIndex, Result, to_plain
 
 
 class Tap(nnx.Module):
@@ -121,9 +122,10 @@ def flatten(output: np.ndarray, first_sample: int = 0) -> tuple[np.ndarray, np.n
 
 
 @dataclass(frozen=True)
-class Capture:
+class Capture(Result):
     """Captured activations: ``activations[layer]`` is ``(tokens, neurons)``; ``positions[layer]`` gives each
-    row's ``[sample, *position]``; ``shapes[layer]`` is one sample's output shape (e.g. ``(time, d)``)."""
+    row's ``[sample, *position]``; ``shapes[layer]`` is one sample's output shape (e.g. ``(time, d)``);
+    ``neurons`` names every layer's columns, layer-major."""
 
     activations: Mapping[str, np.ndarray]
     positions: Mapping[str, np.ndarray]
@@ -139,6 +141,17 @@ class Capture:
     @property
     def widths(self) -> tuple[int, ...]:
         return tuple(a.shape[1] for a in self.activations.values())
+
+    @property
+    def neurons(self) -> NeuronIndex:
+        """Every layer's neurons, layer-major, in one model ``"model"``."""
+        return NeuronIndex.from_layers([("model", list(zip(self.layers, self.widths)))])
+
+    def to_dict(self) -> dict:
+        """Activations, positions and shapes per layer, with the neurons, as JSON-ready plain Python (for
+        large captures write a store instead: :func:`jneuron.write_store`)."""
+        return {"activations": to_plain(dict(self.activations)), "positions": to_plain(dict(self.positions)),
+                "shapes": to_plain(dict(self.shapes)), "neurons": self.neurons.records()}
 
 
 def _run(model: nnx.Module, inputs, layers: tuple[str, ...], batch_size: int | None

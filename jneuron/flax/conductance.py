@@ -27,7 +27,7 @@ from flax import nnx
 
 from jneuron.errors import JNeuronError
 from jneuron.flax.paths import find, path_text, replace
-from jneuron.results import NeuronIndex, Ranking
+from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 
 HIGHEST = jax.lax.Precision.HIGHEST
 Target = int | Callable[[jax.Array], jax.Array] | None
@@ -57,7 +57,7 @@ class _Tap(nnx.Module):
 
 
 @dataclass(frozen=True)
-class Conductance:
+class Conductance(Result):
     """Total conductance of every neuron of one layer, per input.
 
     Attributes:
@@ -79,6 +79,14 @@ class Conductance:
     per_feature: np.ndarray | None = None
 
     @property
+    def neurons(self) -> NeuronIndex:
+        """The identity of the layer's neurons (the columns of ``values``), in one model ``"model"``."""
+        return self._neurons("model")
+
+    def _neurons(self, model: str) -> NeuronIndex:
+        return NeuronIndex.from_layers([(model, [(self.layer, self.values.shape[1])])])
+
+    @property
     def gap(self) -> np.ndarray:
         """Completeness gap per input: sum of conductances minus ``F(x) - F(baseline)``."""
         return self.values.sum(axis=1) - self.delta
@@ -88,8 +96,14 @@ class Conductance:
         width = self.values.shape[1]
         scores = np.abs(self.values).mean(axis=0)
         dead = np.flatnonzero(np.abs(self.values).max(axis=0) == 0)
-        return Ranking("conductance", scores, NeuronIndex.from_layers([(model, [(self.layer, width)])]),
-                       dead=dead, details={"mean_conductance": self.values.mean(axis=0)})
+        return Ranking("conductance", scores, self._neurons(model), dead=dead,
+                       details={"mean_conductance": self.values.mean(axis=0)})
+
+    def to_dict(self) -> dict:
+        """Everything, the completeness gap and the neurons, as JSON-ready plain Python."""
+        return {"layer": self.layer, "method": self.method, "steps": self.steps, "values": to_plain(self.values),
+                "delta": to_plain(self.delta), "gap": to_plain(self.gap), "layer_shape": list(self.layer_shape),
+                "per_feature": to_plain(self.per_feature), "neurons": self.neurons.records()}
 
 
 def _nodes(method: str, steps: int) -> tuple[np.ndarray, np.ndarray]:

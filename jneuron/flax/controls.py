@@ -29,12 +29,13 @@ from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, sweep
 from jneuron.flax.capturing import as_inputs, capture_batches
+from jneuron.results import NeuronIndex, Result, to_plain
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
 @dataclass(frozen=True)
-class NeuronStats:
+class NeuronStats(Result):
     """Per-neuron statistics of layer outputs over all samples and positions (host float64).
 
     Attributes:
@@ -53,6 +54,19 @@ class NeuronStats:
     shapes: Mapping[str, tuple[int, ...]]
     classes: np.ndarray | None = None
     class_mean: Mapping[str, np.ndarray] | None = None
+
+    @property
+    def neurons(self) -> NeuronIndex:
+        """Every layer's neurons, layer-major, in one model ``"model"``."""
+        return NeuronIndex.from_layers([("model", [(layer, len(self.mean[layer])) for layer in self.layers])])
+
+    def to_dict(self) -> dict:
+        """Per layer: count, shape, mean and std (and class means), with the neurons, as JSON-ready plain Python."""
+        return {"layers": list(self.layers), "count": to_plain(dict(self.count)), "mean": to_plain(dict(self.mean)),
+                "std": to_plain(dict(self.std)), "shapes": to_plain(dict(self.shapes)),
+                "classes": to_plain(self.classes),
+                "class_mean": None if self.class_mean is None else to_plain(dict(self.class_mean)),
+                "neurons": self.neurons.records()}
 
 
 def _row_labels(labels: np.ndarray, positions: np.ndarray, layer: str) -> np.ndarray:
@@ -160,7 +174,7 @@ def control(model: nnx.Module, neurons: Mapping[str, Sequence[int]], stats: Neur
 
 
 @dataclass(frozen=True)
-class ControlSweep:
+class ControlSweep(Result):
     """Outputs of a model whose chosen neurons were set to ``mean + v * std`` for each ``v``.
 
     Attributes:
@@ -174,6 +188,11 @@ class ControlSweep:
     outputs: np.ndarray
     change: np.ndarray
     flipped: np.ndarray
+
+    def to_dict(self) -> dict:
+        """Everything, as JSON-ready plain Python."""
+        return {"vs": to_plain(self.vs), "outputs": to_plain(self.outputs), "change": to_plain(self.change),
+                "flipped": to_plain(self.flipped)}
 
 
 def _outputs(model, inputs):

@@ -3,8 +3,8 @@
 For every measure's ranking, in descending and ascending order, and for seeded random orders (the
 baseline), neurons are removed cumulatively over the whole network (all hidden layers ranked jointly)
 or within one layer at a time, by zero ablation or with bias balancing (each removed neuron's mean
-output kept, i.e. ``w_jk * E[t_j]`` folded into the next layer's bias; :func:`balance_bias` does that
-fold explicitly on dense layers). It is built on :func:`jneuron.flax.ablation_curve`'s masks: every
+output kept, i.e. ``w_jk * E[t_j]`` folded into the next layer's bias;
+:func:`jneuron.flax.ablation.balance_bias` does that fold explicitly on dense layers). It is built on :func:`jneuron.flax.ablation_curve`'s masks: every
 step of every order and scope for one mode runs as one ``jax.vmap`` over one compiled program.
 
 >>> import numpy as np, jax, jneuron as jn
@@ -24,19 +24,14 @@ step of every order and scope for one mode runs as one ``jax.vmap`` over one com
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from jneuron.data.atomic import atomic_write_bytes, atomic_write_json
 from jneuron.errors import JNeuronError
 from jneuron.information import NeuronInformation
-from jneuron.results import Ranking, _plain
+from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 
 DIRECTIONS = ("descending", "ascending")
 SCOPES = ("network", "layer")
@@ -44,7 +39,7 @@ MODES = ("zero", "mean")  # "mean" is bias balancing
 
 
 @dataclass(frozen=True)
-class CumulativeAblation:
+class CumulativeAblation(Result):
     """Accuracy after removing the first ``k`` neurons of every order, per scope and mode.
 
     Attributes:
@@ -56,6 +51,8 @@ class CumulativeAblation:
       layers, widths: the ablated layers and their widths (flat neuron index = layer offset + unit).
       orders: ``{(measure, direction): flat removal order}``.
       metric: the metric's name.
+
+    The figures are :func:`jneuron.report.figures.cumulative_ablation_figure`.
     """
 
     ks: Mapping[str, np.ndarray]
@@ -66,6 +63,11 @@ class CumulativeAblation:
     widths: tuple[int, ...]
     orders: Mapping[tuple, np.ndarray]
     metric: str
+
+    @property
+    def neurons(self) -> NeuronIndex:
+        """The identity of every neuron the flat indices of ``orders`` point into (one model, ``"model"``)."""
+        return NeuronIndex.from_layers([("model", list(zip(self.layers, self.widths)))])
 
     def curve(self, measure: str, direction: str, scope: str, mode: str) -> np.ndarray:
         """One curve; raises :class:`JNeuronError` naming what exists if it was not computed."""
@@ -120,51 +122,12 @@ class CumulativeAblation:
         """Everything, as JSON-ready plain Python."""
         return {
             "metric": self.metric, "baseline": self.baseline, "layers": list(self.layers),
-            "widths": list(self.widths), "ks": {k: _plain(v) for k, v in self.ks.items()},
-            "curves": [{"measure": m, "direction": d, "scope": s, "mode": o, "values": _plain(v)}
+            "widths": list(self.widths), "ks": {k: to_plain(v) for k, v in self.ks.items()},
+            "curves": [{"measure": m, "direction": d, "scope": s, "mode": o, "values": to_plain(v)}
                        for (m, d, s, o), v in self.curves.items()],
-            "random_runs": [{"scope": s, "mode": o, "values": _plain(v)} for (s, o), v in self.random_runs.items()],
-            "orders": [{"measure": m, "direction": d, "order": _plain(v)} for (m, d), v in self.orders.items()],
+            "random_runs": [{"scope": s, "mode": o, "values": to_plain(v)} for (s, o), v in self.random_runs.items()],
+            "orders": [{"measure": m, "direction": d, "order": to_plain(v)} for (m, d), v in self.orders.items()],
         }
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON, atomically."""
-        return atomic_write_json(path, self.to_dict())
-
-    def plot(self, path: str | Path, scope: str, mode: str) -> Path:
-        """Accuracy vs neurons removed, one line per measure and direction (one panel per layer for
-        ``scope="layer"``), the intact model dashed; PNG, SVG or PDF by the file's suffix."""
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:  # pragma: no cover - depends on the install
-            raise JNeuronError("plotting needs matplotlib (a dependency of jneuron): pip install matplotlib") from None
-        panels = ["whole network"] if scope == "network" else list(self.layers)
-        figure = Figure(figsize=(5.2 * len(panels), 3.8))
-        FigureCanvasAgg(figure)
-        colors = {name: f"C{i}" for i, name in enumerate(self.measures())}
-        for index, panel in enumerate(panels):
-            axes = figure.add_subplot(1, len(panels), index + 1)
-            ks = self.ks[scope]
-            shown = ks <= (sum(self.widths) if scope == "network" else self.widths[index])
-            for (measure, direction, s, m), values in self.curves.items():
-                if s != scope or m != mode:
-                    continue
-                row = values if scope == "network" else values[index]
-                style = {"color": "black", "linewidth": 2} if measure == "random" else {
-                    "color": colors[measure], "linestyle": "-" if direction == "descending" else ":"}
-                first = "highest" if direction == "descending" else "lowest"
-                label = "random" if measure == "random" else f"{measure}, {first} first"
-                axes.plot(ks[shown], row[shown], label=label, **style)
-            axes.axhline(self.baseline, color="grey", linestyle="--", linewidth=1)
-            axes.set_xlabel("neurons removed")
-            axes.set_ylabel(self.metric)
-            axes.set_title(f"{panel}: {'bias-balanced' if mode == 'mean' else 'zero'} ablation")
-        figure.axes[-1].legend(fontsize="x-small")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
-        return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _rankings(rankings) -> dict[str, Ranking]:
@@ -206,7 +169,7 @@ def cumulative_ablation(model, inputs, labels, rankings, layers: Sequence[str], 
       batch_size: masks evaluated at a time, to bound memory (default all at once).
     """
     from jneuron.flax.curves import (  # Flax is imported on first use
-        _engine,
+        ablation_engine,
         curve_masks,
         metric_function,
     )
@@ -216,7 +179,7 @@ def cumulative_ablation(model, inputs, labels, rankings, layers: Sequence[str], 
         if not given or any(g not in allowed for g in given):
             raise JNeuronError(f"{name} must be a non-empty subset of {allowed}, got {list(given)}")
     rankings = _rankings(rankings)
-    engine = _engine(model)
+    engine = ablation_engine(model)
     layers = engine.check_layers(layers, inputs)
     widths = tuple(engine.widths(inputs, layers))
     total = sum(widths)
@@ -267,33 +230,3 @@ def cumulative_ablation(model, inputs, labels, rankings, layers: Sequence[str], 
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
     return CumulativeAblation({s: ks[s] for s in scopes}, curves, random_runs, baseline, tuple(layers), widths,
                               orders, name)
-
-
-def balance_bias(model, layer: str, next_layer: str, removed: Sequence[int], means):
-    """A copy of ``model`` with units ``removed`` of ``layer`` cut and their mean contribution in ``next_layer``.
-
-    ``next_layer`` must be a dense layer (``kernel (inputs, outputs)``, ``bias``) reading ``layer``'s output
-    directly: the fold is ``b_k += sum_{j removed} w_jk * E[t_j]`` and ``w_jk = 0``. On such a layer it
-    equals mean ablation (``jneuron.flax.ablate(..., mode="mean")``) exactly up to float rounding.
-    """
-    from flax import nnx
-
-    from jneuron.flax import paths
-
-    variant = nnx.clone(model)
-    dense = paths.find(variant, next_layer)
-    if not (hasattr(dense, "kernel") and hasattr(dense, "bias") and dense.bias is not None):
-        raise JNeuronError(f"'{next_layer}' is not a dense layer with a kernel and a bias")
-    kernel = dense.kernel[...]
-    removed = np.asarray(removed, np.int64)
-    means = np.asarray(means)
-    if kernel.ndim != 2 or means.shape != (kernel.shape[0],):
-        raise JNeuronError(f"'{next_layer}' reads {kernel.shape[0]} inputs but means has shape {means.shape}")
-    if removed.size and (removed.min() < 0 or removed.max() >= kernel.shape[0]):
-        raise JNeuronError(f"removed units must lie in 0..{kernel.shape[0] - 1} (the width of '{layer}')")
-    keep = np.ones(kernel.shape[0], np.float32)
-    keep[removed] = 0
-    folded = jnp.dot(jnp.asarray((1 - keep) * means, kernel.dtype), kernel, precision=jax.lax.Precision.HIGHEST)
-    dense.bias.set_value(dense.bias[...] + folded)
-    dense.kernel.set_value(kernel * jnp.asarray(keep, kernel.dtype)[:, None])
-    return variant

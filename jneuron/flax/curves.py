@@ -23,22 +23,19 @@ intact baseline) run as one ``jax.vmap`` over one compiled program.
 from __future__ import annotations
 
 import functools
-import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from jneuron.data.atomic import atomic_write_bytes, atomic_write_json
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, layer_means, sweep
 from jneuron.flax.capturing import as_inputs, output_shapes
-from jneuron.results import Ranking, _plain
+from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 
 METRICS = ("accuracy", "loss")
 SCOPES = ("network", "layer")
@@ -62,7 +59,7 @@ def metric_function(metric: str | Callable) -> Callable:
 
 
 @dataclass(frozen=True)
-class AblationCurve:
+class AblationCurve(Result):
     """A model's metric after removing the first ``k`` neurons of an order, for each ``k`` in ``ks``.
 
     Attributes:
@@ -73,6 +70,8 @@ class AblationCurve:
       metric, mode, scope: how it was measured (``mode`` is ``"zero"`` or ``"mean"``).
       layers, widths: the layers, in the order of the flat neuron indices, and their widths.
       order: the flat neuron indices in removal order.
+
+    The figure is :func:`jneuron.report.figures.ablation_curve_figure`.
     """
 
     ks: np.ndarray
@@ -85,40 +84,16 @@ class AblationCurve:
     widths: tuple[int, ...]
     order: np.ndarray
 
+    @property
+    def neurons(self) -> NeuronIndex:
+        """The identity of every neuron the flat indices of ``order`` point into (one model, ``"model"``)."""
+        return NeuronIndex.from_layers([("model", list(zip(self.layers, self.widths)))])
+
     def to_dict(self) -> dict:
         """Everything, as JSON-ready plain Python."""
-        return {"ks": _plain(self.ks), "values": _plain(self.values), "baseline": _plain(self.baseline),
+        return {"ks": to_plain(self.ks), "values": to_plain(self.values), "baseline": to_plain(self.baseline),
                 "metric": self.metric, "mode": self.mode, "scope": self.scope, "layers": list(self.layers),
-                "widths": list(self.widths), "order": _plain(self.order)}
-
-    def to_json(self, path: str | Path) -> Path:
-        """Write :meth:`to_dict` as JSON, atomically."""
-        return atomic_write_json(path, self.to_dict())
-
-    def plot(self, path: str | Path, *, title: str | None = None) -> Path:
-        """Draw the curve(s) against k, with the intact baseline dashed, to an image file (PNG, SVG, PDF)."""
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:  # pragma: no cover - depends on the install
-            raise JNeuronError("plotting needs matplotlib (a dependency of jneuron): pip install matplotlib") from None
-        figure = Figure(figsize=(5.5, 3.6))
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        rows = self.values[None] if self.scope == "network" else self.values
-        names = ["whole network"] if self.scope == "network" else list(self.layers)
-        for row, name in zip(rows, names):
-            axes.plot(self.ks, row, marker="o", markersize=3, label=name)
-        axes.axhline(self.baseline, color="grey", linestyle="--", linewidth=1, label="intact")
-        axes.set_xlabel("neurons removed (k)")
-        axes.set_ylabel(self.metric if isinstance(self.metric, str) else "metric")
-        axes.set_title(title or f"{self.mode} ablation, {self.scope}")
-        axes.legend(fontsize="small")
-        figure.tight_layout()
-        buffer = io.BytesIO()
-        suffix = Path(path).suffix.lstrip(".") or "png"
-        figure.savefig(buffer, format=suffix)
-        return atomic_write_bytes(path, buffer.getvalue())
+                "widths": list(self.widths), "order": to_plain(self.order)}
 
 
 def flat_order(order, layers: Sequence[str], widths: Sequence[int]) -> np.ndarray:
@@ -209,7 +184,7 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
         raise JNeuronError(f"scope must be one of {SCOPES}, got '{scope}'")
     if mode not in ("zero", "mean"):
         raise JNeuronError(f"ablation curves use mode 'zero' or 'mean', got '{mode}'")
-    engine = _engine(model)
+    engine = ablation_engine(model)
     layers = engine.check_layers(layers, inputs)
     widths = engine.widths(inputs, layers)
     flat = flat_order(order, layers, widths)
@@ -237,8 +212,10 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
     return AblationCurve(ks, curve, float(results[-1]), name, mode, scope, layers, tuple(widths), flat)
 
 
-def _engine(model):
-    """The adapter that runs masked variants of ``model`` (NNX module or bound Linen model)."""
+def ablation_engine(model):
+    """The adapter that runs masked variants of ``model`` (NNX module or bound Linen model): it checks
+    layers, reads their widths and means, and evaluates a metric under stacks of masks (see
+    :func:`ablation_curve` and :func:`jneuron.cumulative_ablation`)."""
     if isinstance(model, nnx.Module):
         return _NNXEngine(model)
     adapter = getattr(model, "curve_engine", None)

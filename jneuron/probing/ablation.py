@@ -24,14 +24,14 @@ import numpy as np
 from jneuron.errors import JNeuronError
 from jneuron.probing import probe as jprobe
 from jneuron.probing.selection import neuron_ordering, random_neurons
-from jneuron.results import Ranking, _plain
+from jneuron.results import Ranking, Result, to_plain
 from jneuron.streaming.mesh import resolve_mesh
 
 _KINDS = ("top", "bottom", "random")
 
 
 @dataclass(frozen=True)
-class AblationTable:
+class AblationTable(Result):
     """Accuracy with all neurons and with the top, bottom and random share of them (the paper's table).
 
     Attributes:
@@ -51,7 +51,7 @@ class AblationTable:
     def to_dict(self) -> dict:
         """The table as JSON-ready plain Python."""
         return {"mode": self.mode, "all": self.all,
-                **{k: _plain(getattr(self, k)) for k in ("percentages", "counts", *_KINDS)}}
+                **{k: to_plain(getattr(self, k)) for k in ("percentages", "counts", *_KINDS)}}
 
 
 def selection_masks(ordering: Ranking, percentages: Sequence[float], seed: int = 0):

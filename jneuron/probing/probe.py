@@ -27,7 +27,7 @@ from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.sharded import TOKENS
 from jneuron.precision import working_dtype
 from jneuron.probing import selection as probe_rankings
-from jneuron.results import NeuronIndex, _plain
+from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.streaming.mesh import resolve_mesh
 
 _train = jax.jit(kp.train, static_argnames=("classes", "learning_rate", "squared", "regression"))
@@ -50,7 +50,7 @@ def confusion_counts(weight, bias, x: jax.Array, y: jax.Array, masks: jax.Array 
 
 
 @dataclass(frozen=True)
-class Probe:
+class Probe(Result):
     """A trained linear probe.
 
     Attributes:
@@ -94,9 +94,9 @@ class Probe:
         return jnp.asarray(self.weight)[None], jnp.asarray(self.bias)[None]
 
     def to_dict(self) -> dict:
-        """Settings, classes and weights as JSON-ready plain Python."""
-        return {"task": self.task, "classes": _plain(self.classes), "settings": _plain(self.settings),
-                "weight": _plain(self.weight), "bias": _plain(self.bias)}
+        """Settings, classes, weights and the neurons (the weights' columns) as JSON-ready plain Python."""
+        return {"task": self.task, "classes": to_plain(self.classes), "settings": to_plain(self.settings),
+                "weight": to_plain(self.weight), "bias": to_plain(self.bias), "neurons": self.neurons.records()}
 
 
 def metrics(counts: np.ndarray, classes: np.ndarray) -> dict:
@@ -106,7 +106,7 @@ def metrics(counts: np.ndarray, classes: np.ndarray) -> dict:
     tokens = int(gold.sum())
     seen = (gold + said) > 0
     f1 = np.where(seen, 2 * hit / np.maximum(gold + said, 1), 0.0)
-    per_class = {_plain(c): (float(h / g) if g else None) for c, h, g in zip(classes, hit, gold)}
+    per_class = {to_plain(c): (float(h / g) if g else None) for c, h, g in zip(classes, hit, gold)}
     return {"tokens": tokens, "accuracy": float(hit.sum() / max(tokens, 1)),
             "macro_f1": float(f1[seen].mean()) if seen.any() else 0.0, "per_class": per_class}
 
@@ -299,7 +299,7 @@ def _probe(weight, bias, classes, task, width, neurons, **settings) -> Probe:
 
 
 @dataclass(frozen=True)
-class ProbeGrid:
+class ProbeGrid(Result):
     """Probes for every ``(l1, l2)`` pair and the setting chosen on held-out data.
 
     Attributes:
@@ -327,8 +327,8 @@ class ProbeGrid:
     def to_dict(self) -> dict:
         """The grid tables and the choice as JSON-ready plain Python."""
         i, j = self.best
-        return {"l1": _plain(self.l1), "l2": _plain(self.l2), "accuracy": _plain(self.accuracy),
-                "neurons_needed": _plain(self.neurons_needed), "tolerance": self.tolerance, "mass": self.mass,
+        return {"l1": to_plain(self.l1), "l2": to_plain(self.l2), "accuracy": to_plain(self.accuracy),
+                "neurons_needed": to_plain(self.neurons_needed), "tolerance": self.tolerance, "mass": self.mass,
                 "best": {"l1": float(self.l1[i]), "l2": float(self.l2[j]), "accuracy": float(self.accuracy[i, j]),
                          "neurons_needed": int(self.neurons_needed[i, j])}}
 

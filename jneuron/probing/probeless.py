@@ -26,13 +26,13 @@ from jneuron.data.source import float_dtype
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
 from jneuron.precision import follow_dtype
-from jneuron.results import NeuronIndex, Ranking
+from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 
 _class_sums = jax.jit(kp.class_sums, static_argnames=("classes",))
 
 
 @dataclass(frozen=True)
-class Probeless:
+class Probeless(Result):
     """Class means and the rankings built from them.
 
     Attributes:
@@ -46,6 +46,17 @@ class Probeless:
     means: np.ndarray
     overall: Ranking
     per_class: dict
+
+    @property
+    def neurons(self) -> NeuronIndex:
+        """The identity of every neuron (the columns of ``means``)."""
+        return self.overall.neurons
+
+    def to_dict(self) -> dict:
+        """Classes, counts, means and every ranking, as JSON-ready plain Python."""
+        return {"classes": to_plain(self.classes), "counts": to_plain(self.counts), "means": to_plain(self.means),
+                "neurons": self.neurons.records(), "overall": self.overall.to_dict(),
+                "per_class": {str(c): r.to_dict() for c, r in self.per_class.items()}}
 
 
 def _chunks(data, labels, chunk_tokens: int):

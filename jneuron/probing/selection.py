@@ -18,20 +18,22 @@ from dataclasses import dataclass
 import numpy as np
 
 from jneuron.errors import JNeuronError
-from jneuron.results import NeuronIndex, Ranking
+from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 
 
 @dataclass(frozen=True)
-class Selection:
+class Selection(Result):
     """Neurons chosen per class and their union.
 
     Attributes:
       union: flat neuron indices chosen for any class, ascending.
       per_class: class label -> neuron indices for that class, strongest first (ties by index).
+      neurons: the identity of every neuron the indices point into.
     """
 
     union: np.ndarray
     per_class: dict
+    neurons: NeuronIndex
 
     @property
     def counts(self) -> dict:
@@ -41,6 +43,14 @@ class Selection:
     def overlap(self) -> dict:
         """Shared neurons between every pair of classes (see :func:`neuron_overlap`)."""
         return neuron_overlap(self.per_class)
+
+    def to_dict(self) -> dict:
+        """The union and the per-class choices as neuron records, JSON-ready."""
+        def records(indices):
+            return [self.neurons.record(int(i)) for i in indices]
+
+        return {"union": records(self.union),
+                "per_class": {str(to_plain(c)): records(v) for c, v in self.per_class.items()}}
 
 
 def _weights(probe) -> tuple[np.ndarray, np.ndarray, NeuronIndex]:
@@ -113,13 +123,14 @@ def _entry_steps(abs_w: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray
     return per_step.reshape(classes, width).min(axis=0).astype(np.int64), per_share.reshape(classes, width).min(axis=0)
 
 
-def _per_class(abs_w: np.ndarray, chosen: np.ndarray, classes: np.ndarray, descending: bool) -> Selection:
+def _per_class(abs_w: np.ndarray, chosen: np.ndarray, classes: np.ndarray, neurons: NeuronIndex,
+               descending: bool) -> Selection:
     per_class = {}
     for row, label in enumerate(classes):
         picked = np.flatnonzero(chosen[row])
         key = -abs_w[row, picked] if descending else abs_w[row, picked]
         per_class[label.item()] = picked[np.lexsort((picked, key))]
-    return Selection(np.flatnonzero(chosen.any(axis=0)), per_class)
+    return Selection(np.flatnonzero(chosen.any(axis=0)), per_class, neurons)
 
 
 def _fraction(value: float, name: str) -> float:
@@ -131,24 +142,24 @@ def _fraction(value: float, name: str) -> float:
 def top_neurons(probe, percentage: float) -> Selection:
     """Per class, the fewest neurons (largest ``|w|`` first) whose weight reaches ``percentage`` of the class's
     total ``|w|`` mass, the crossing neuron included (NeuroX ``get_top_neurons``); and their union."""
-    abs_w, classes, _ = _weights(probe)
+    abs_w, classes, neurons = _weights(probe)
     chosen = _mass_selection(abs_w, _fraction(percentage, "percentage"), descending=True)
-    return _per_class(abs_w, chosen, classes, True)
+    return _per_class(abs_w, chosen, classes, neurons, True)
 
 
 def bottom_neurons(probe, percentage: float) -> Selection:
     """As :func:`top_neurons` from the smallest ``|w|`` up (NeuroX ``get_bottom_neurons``)."""
-    abs_w, classes, _ = _weights(probe)
+    abs_w, classes, neurons = _weights(probe)
     chosen = _mass_selection(abs_w, _fraction(percentage, "percentage"), descending=False)
-    return _per_class(abs_w, chosen, classes, False)
+    return _per_class(abs_w, chosen, classes, neurons, False)
 
 
 def threshold_neurons(probe, fraction: float) -> Selection:
     """Per class, neurons with ``|w| > fraction * max|w|`` of that class (NeuroX's hard threshold with its
     ``fraction = f`` is ``fraction = 1 / f`` here)."""
-    abs_w, classes, _ = _weights(probe)
+    abs_w, classes, neurons = _weights(probe)
     chosen = abs_w > _fraction(fraction, "fraction") * abs_w.max(axis=1, keepdims=True)
-    return _per_class(abs_w, chosen, classes, True)
+    return _per_class(abs_w, chosen, classes, neurons, True)
 
 
 def random_neurons(neurons: int, fraction: float, seed: int = 0) -> np.ndarray:

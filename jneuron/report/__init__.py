@@ -1,10 +1,12 @@
-"""Reports: rankings, heatmaps, curves, class counts and neuron views in one ``report/index.html``.
+"""Reports: rankings, heatmaps, curves, class counts and neuron views in one ``report/index.html``; the
+figures of every result kind (:mod:`jneuron.report.figures`).
 
 >>> import jneuron.report as jr
 >>> sorted(n for n in dir(jr) if not n.startswith("_"))
-['Report', 'heatmap', 'neuron_view', 'neuron_view_html', 'plot_similarity', 'plots', 'register']
+['Report', 'figures', 'heatmap', 'neuron_view', 'neuron_view_html', 'plot_similarity', 'plots', 'register']
 """
 
+from jneuron.report import figures as figures
 from jneuron.report._builder import Report as Report
 from jneuron.report._builder import register as register
 from jneuron.report.neuron_view import neuron_view_html as neuron_view_html

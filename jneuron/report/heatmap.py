@@ -1,8 +1,9 @@
-"""Heatmaps of similarity matrices (matplotlib, from the ``plots`` extra, imported only when used).
+"""Heatmaps of similarity matrices (matplotlib, imported only when used).
 
 >>> import numpy as np, jneuron as jn
 >>> from jneuron.report import plot_similarity
->>> m = jn.SimilarityMatrix("cka", np.eye(2), ("a", "b"), ("a", "b"), 10)
+>>> layers = jn.NeuronIndex.from_layers([("a", [("a", 3), ("b", 3)])])
+>>> m = jn.SimilarityMatrix("cka", np.eye(2), ("a", "b"), ("a", "b"), 10, layers, layers)
 >>> fig = plot_similarity(m)
 >>> fig.axes[0].get_title()
 'cka, 10 tokens'

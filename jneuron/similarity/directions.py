@@ -22,14 +22,14 @@ import numpy as np
 
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
-from jneuron.results import NeuronIndex, _plain
+from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.similarity.measures import _check_keep, _rtol, prepare_side
 from jneuron.streaming.blocks import stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
 
 
 @dataclass(frozen=True)
-class DirectionRanking:
+class DirectionRanking(Result):
     """Canonical directions of ``x`` (against ``y``), ordered by correlation, in neuron space.
 
     Attributes:
@@ -70,7 +70,7 @@ class DirectionRanking:
             order = np.lexsort((np.arange(len(self.mean)), -np.abs(self.patterns[:, i])))[:top_neurons]
             out.append({"rank": i, "rho": float(rho), "neurons": [
                 {**self.neurons.record(int(j)), "pattern": float(self.patterns[j, i])} for j in order]})
-        return {"method": self.method, "directions": out, "rho": _plain(self.rho)}
+        return {"method": self.method, "directions": out, "rho": to_plain(self.rho)}
 
 
 def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, name: str = "x",

@@ -33,13 +33,13 @@ from scipy.optimize import linear_sum_assignment
 from jneuron.errors import JNeuronError
 from jneuron.kernels import lasso as klasso
 from jneuron.precision import follow_dtype
-from jneuron.results import NeuronIndex, _plain
+from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.streaming.blocks import Blocks, stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
 
 
 @dataclass(frozen=True)
-class Matching:
+class Matching(Result):
     """Unit pairs between two networks.
 
     Attributes:
@@ -72,7 +72,7 @@ class Matching:
 
 
 @dataclass(frozen=True)
-class SparsePrediction:
+class SparsePrediction(Result):
     """LASSO predictions of every ``y`` unit from all ``x`` units, over a grid of penalties.
 
     Coefficients are in standardised units (every unit scaled to unit variance).
@@ -83,6 +83,7 @@ class SparsePrediction:
       r2: ``(P, dy)`` the fraction of each ``y`` unit's variance explained.
       nonzero: ``(P, dy)`` how many ``x`` units each prediction uses.
       kkt: ``(P,)`` the largest violation of the LASSO optimality conditions (convergence check).
+      neurons_x, neurons_y: the units' identities (``y``'s order the columns of ``r2`` and ``nonzero``).
     """
 
     penalties: np.ndarray
@@ -90,11 +91,13 @@ class SparsePrediction:
     r2: np.ndarray
     nonzero: np.ndarray
     kkt: np.ndarray
+    neurons_x: NeuronIndex
+    neurons_y: NeuronIndex
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no coefficients)."""
-        return {"penalties": _plain(self.penalties), "r2": _plain(self.r2), "nonzero": _plain(self.nonzero),
-                "kkt": _plain(self.kkt)}
+        return {"penalties": to_plain(self.penalties), "r2": to_plain(self.r2), "nonzero": to_plain(self.nonzero),
+                "kkt": to_plain(self.kkt), "neurons_y": self.neurons_y.records()}
 
 
 def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, names: Sequence[str] = ("x", "y"),
@@ -125,7 +128,8 @@ def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, na
 
 
 def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps: int = 200,
-                      chunk_tokens: int | None = None, devices=None, mesh=None) -> SparsePrediction:
+                      names: Sequence[str] = ("x", "y"), chunk_tokens: int | None = None, devices=None,
+                      mesh=None) -> SparsePrediction:
     """Predict every ``y`` unit from all ``x`` units with an L1 penalty, for each penalty of a grid.
 
     Args:
@@ -133,9 +137,10 @@ def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps:
       penalties: L1 penalties (default: 12 values from the smallest one that zeroes every coefficient
         down by a factor 1000, log-spaced).
       sweeps: coordinate-descent passes over the ``x`` units.
+      names: the two networks' names, for the neurons' identities.
       chunk_tokens, devices, mesh: as for :func:`match_neurons`.
     """
-    blocks = stream_blocks([("x", x), ("y", y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
+    blocks = stream_blocks([(names[0], x), (names[1], y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
                            what="sparse_prediction", mesh=resolve_mesh(devices, mesh))
     gram, cross = _standardised(blocks, 0, 0), _standardised(blocks, 0, 1)
     if penalties is None:
@@ -149,7 +154,8 @@ def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps:
                                       jnp.asarray(penalties, dtype), sweeps)
         coef, kkt = np.asarray(coef, np.float64), np.asarray(kkt, np.float64)
     r2 = np.clip(2 * np.einsum("xy,pxy->py", cross, coef) - np.einsum("pxy,xz,pzy->py", coef, gram, coef), 0, 1)
-    return SparsePrediction(penalties, coef, r2, np.count_nonzero(coef, axis=1), kkt)
+    neurons = [NeuronIndex.from_widths((n,), (w,)) for n, w in zip(names, blocks.widths)]
+    return SparsePrediction(penalties, coef, r2, np.count_nonzero(coef, axis=1), kkt, *neurons)
 
 
 def _standardised(blocks: Blocks, i: int, j: int) -> np.ndarray:

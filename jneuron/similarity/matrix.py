@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
-from jneuron.results import _plain
+from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.similarity.measures import (
     _check_keep,
     _cka_value,
@@ -38,7 +37,7 @@ _SYMMETRIC = ("cca", "svcca", "cka", "cka_debiased")
 
 
 @dataclass(frozen=True)
-class SimilarityMatrix:
+class SimilarityMatrix(Result):
     """Similarity of every layer in ``names_a`` (rows) with every layer in ``names_b`` (columns).
 
     Attributes:
@@ -48,6 +47,8 @@ class SimilarityMatrix:
         debiased CKA at most 1).
       names_a, names_b: layer names.
       tokens: tokens seen.
+      neurons_a, neurons_b: the neurons of the row and of the column layers (model ``"a"``, resp. ``"b"``
+        when ``layers_b`` was given; each layer named as in ``names_a``, ``names_b``).
       kept_a, kept_b: per layer, the dimensions kept by the whitening (SVCCA: the principal directions).
     """
 
@@ -56,20 +57,22 @@ class SimilarityMatrix:
     names_a: tuple[str, ...]
     names_b: tuple[str, ...]
     tokens: int
+    neurons_a: NeuronIndex
+    neurons_b: NeuronIndex
     kept_a: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     kept_b: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def to_dict(self) -> dict:
-        """JSON-ready summary."""
+        """JSON-ready summary (each layer's neurons as its width; the figure is
+        :func:`jneuron.report.figures.similarity_figure`)."""
         return {"metric": self.metric, "names_a": list(self.names_a), "names_b": list(self.names_b),
-                "values": _plain(self.values), "tokens": self.tokens, "kept_a": _plain(self.kept_a),
-                "kept_b": _plain(self.kept_b)}
+                "values": to_plain(self.values), "tokens": self.tokens, "kept_a": to_plain(self.kept_a),
+                "kept_b": to_plain(self.kept_b), "widths_a": _widths(self.neurons_a),
+                "widths_b": _widths(self.neurons_b)}
 
-    def plot(self, path: str | Path | None = None, **kwargs):
-        """A heatmap (see :func:`jneuron.report.heatmap.plot_similarity`)."""
-        from jneuron.report.heatmap import plot_similarity
 
-        return plot_similarity(self, path, **kwargs)
+def _widths(neurons: NeuronIndex) -> list[int]:
+    return np.bincount(neurons.layer, minlength=len(neurons.layers)).tolist()
 
 
 def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: float | int = 0.99,
@@ -125,7 +128,11 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
                 values[a, b] = float(rho[:valid].mean()) if valid else 0.0
             else:
                 values[a, b] = _cka_value(blocks, i, j, metric == "cka_debiased")
-    return SimilarityMatrix(metric, values, names_a, names_b, blocks.count, kept[rows], kept[cols])
+    neurons_a = NeuronIndex.from_layers([("a", [(n, blocks.widths[g]) for n, g in zip(names_a, rows)])])
+    neurons_b = neurons_a if same else NeuronIndex.from_layers(
+        [("b", [(n, blocks.widths[g]) for n, g in zip(names_b, cols)])])
+    return SimilarityMatrix(metric, values, names_a, names_b, blocks.count, neurons_a, neurons_b, kept[rows],
+                            kept[cols])
 
 
 def _layers(layers, what: str) -> tuple[tuple[str, ...], list]:

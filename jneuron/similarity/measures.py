@@ -37,7 +37,7 @@ import scipy.linalg
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.kernels import hsic as khsic
-from jneuron.results import _plain
+from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.streaming.blocks import Blocks, stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
 
@@ -46,7 +46,7 @@ RTOL_FLOAT64 = 1e-10  # ... and in float64
 
 
 @dataclass(frozen=True)
-class CCAResult:
+class CCAResult(Result):
     """Canonical correlations of two layers and their directions in neuron space.
 
     The correlations come from the eigenvalues of the whitened cross-covariance's Gram matrix; the
@@ -63,6 +63,7 @@ class CCAResult:
       kept_x, kept_y: dimensions kept on each side (SVCCA's principal directions, or the rank after the
         eigenvalue floor for CCA).
       tokens: tokens seen.
+      neurons_x, neurons_y: the identity of each side's neurons (the rows of ``directions_x``, ``directions_y``).
     """
 
     method: str
@@ -72,6 +73,8 @@ class CCAResult:
     kept_x: int
     kept_y: int
     tokens: int
+    neurons_x: NeuronIndex
+    neurons_y: NeuronIndex
     _problem: tuple[kcca.Side, kcca.Side, np.ndarray] = field(repr=False, compare=False)  # prepared sides, cov_xy
 
     @cached_property
@@ -98,16 +101,17 @@ class CCAResult:
         return float(np.mean(self.rho**2)) if len(self.rho) else 0.0
 
     def to_dict(self, directions: bool = False) -> dict:
-        """JSON-ready summary (the direction matrices only if asked)."""
-        out = {"method": self.method, "mean": self.mean, "r2": self.r2, "rho": _plain(self.rho),
+        """JSON-ready summary (the direction matrices, with the neurons of their rows, only if asked)."""
+        out = {"method": self.method, "mean": self.mean, "r2": self.r2, "rho": to_plain(self.rho),
                "kept_x": self.kept_x, "kept_y": self.kept_y, "tokens": self.tokens}
         if directions:
-            out.update(directions_x=_plain(self.directions_x), directions_y=_plain(self.directions_y))
+            out.update(directions_x=to_plain(self.directions_x), directions_y=to_plain(self.directions_y),
+                       neurons_x=self.neurons_x.records(), neurons_y=self.neurons_y.records())
         return out
 
 
 @dataclass(frozen=True)
-class PWCCAResult:
+class PWCCAResult(Result):
     """Projection-weighted CCA.
 
     Attributes:
@@ -130,12 +134,12 @@ class PWCCAResult:
     def to_dict(self) -> dict:
         """JSON-ready summary."""
         return {"method": "pwcca", "value": self.value, "side": self.side, "value_x": self.value_x,
-                "value_y": self.value_y, "weights_x": _plain(self.weights_x),
-                "weights_y": _plain(self.weights_y), "cca": self.cca.to_dict()}
+                "value_y": self.value_y, "weights_x": to_plain(self.weights_x),
+                "weights_y": to_plain(self.weights_y), "cca": self.cca.to_dict()}
 
 
 @dataclass(frozen=True)
-class CKAResult:
+class CKAResult(Result):
     """Linear CKA between two layers (``debiased``: from the unbiased HSIC estimator).
 
     Attributes:
@@ -309,9 +313,10 @@ def _cca_result(blocks: Blocks, i: int, j: int, method: str, keep, rtol: float,
     sx, sy = sides or (prepare_side(blocks, i, method, keep, rtol), prepare_side(blocks, j, method, keep, rtol))
     cxy = blocks.cov(i, j)
     valid = int(min(sx.whitening.kept, sy.whitening.kept))
+    neurons = [NeuronIndex.from_widths((blocks.names[g],), (blocks.widths[g],)) for g in (i, j)]
     return CCAResult(method, kcca.correlations(sx, sy, cxy)[:valid], blocks.mean[blocks.columns(i)],
                      blocks.mean[blocks.columns(j)], int(sx.whitening.kept), int(sy.whitening.kept), blocks.count,
-                     (sx, sy, cxy))
+                     *neurons, (sx, sy, cxy))
 
 
 def _pwcca_result(blocks: Blocks, i: int, j: int, side: str, rtol: float,

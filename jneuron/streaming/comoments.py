@@ -20,22 +20,36 @@ from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
+from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import accumulate, constant_columns, default_chunk_tokens
 
 
 @dataclass(frozen=True)
-class CoMoments:
+class CoMoments(Result):
     """Count, mean and centred cross-product of ``(tokens, neurons)`` data, in host float64.
 
     ``cross[i, j] = sum_t (x[t, i] - mean[i]) * (x[t, j] - mean[j])``; ``accumulated_in`` is the dtype
-    of the streamed arithmetic (float64 for float64 data, else float32 with compensated sums).
+    of the streamed arithmetic (float64 for float64 data, else float32 with compensated sums);
+    ``neurons`` names the columns (default: one model ``"data"``).
     """
 
     count: int
     mean: np.ndarray
     cross: np.ndarray
     accumulated_in: np.dtype = np.dtype(np.float32)
+    neurons: NeuronIndex | None = None
+
+    def __post_init__(self):
+        if self.neurons is None:
+            object.__setattr__(self, "neurons", NeuronIndex.from_widths(("data",), (len(self.mean),)))
+        elif len(self.neurons) != len(self.mean):
+            raise JNeuronError(f"neurons: the index names {len(self.neurons)} neurons, the moments have {len(self.mean)}")
+
+    def to_dict(self) -> dict:
+        """Count, means, the centred cross-products and the neurons, as JSON-ready plain Python."""
+        return {"count": self.count, "mean": to_plain(self.mean), "cross": to_plain(self.cross),
+                "accumulated_in": str(self.accumulated_in), "neurons": self.neurons.records()}
 
     def covariance(self, ddof: int = 1) -> np.ndarray:
         """The covariance matrix, ``cross / (count - ddof)``."""

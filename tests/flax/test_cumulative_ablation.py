@@ -13,6 +13,7 @@ from jneuron import flax as jnf
 from jneuron.cli.studies.information import render_summary
 from jneuron.data.bundled import load_digits
 from jneuron.models import MLP, train_classifier
+from jneuron.report.figures import cumulative_ablation_figure
 from tests.flax_models import dense_chain, forward_error_scale, near_ties
 from tests.tolerance import assert_close, tolerance
 
@@ -145,8 +146,12 @@ def test_outputs_json_and_plots(trained, tmp_path):
                                   ("random", "random", "layer", "mean")}
     data = json.loads(result.to_json(tmp_path / "curves.json").read_text())
     assert data["layers"] == LAYERS and len(data["curves"]) == 3
-    png = result.plot(tmp_path / "layer.png", "layer", "mean")
+    png = tmp_path / "layer.png"
+    figure = cumulative_ablation_figure(result, "layer", "mean", png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(figure.axes) == len(LAYERS) and len(figure.axes[0].lines) == 3 + 1  # 3 curves and the intact line
+    with pytest.raises(jn.JNeuronError, match="no curves for scope 'network'"):
+        cumulative_ablation_figure(result, "network", "mean")
 
 
 def test_summary_is_computed_from_the_curves(trained, ablated):

@@ -11,6 +11,7 @@ from jneuron import JNeuronError, NeuronIndex, Ranking
 from jneuron import flax as jnf
 from jneuron.data.bundled import load_digits
 from jneuron.models import MLP, train_classifier
+from jneuron.report.figures import ablation_curve_figure
 from tests.flax_models import dense_chain, forward_error_scale, near_ties
 from tests.tolerance import tolerance
 
@@ -110,8 +111,10 @@ def test_curve_compiles_once_for_new_orders(trained):
 def test_plot_and_json(trained, tmp_path):
     model, x, y = trained
     curve = jnf.ablation_curve(model, x, y, np.arange(24), LAYERS, [0, 8, 16], scope="layer")
-    png = curve.plot(tmp_path / "curve.png")
+    png = tmp_path / "curve.png"
+    figure = ablation_curve_figure(curve, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
+    assert [line.get_label() for line in figure.axes[0].lines] == [*LAYERS, "intact"]
     saved = curve.to_json(tmp_path / "curve.json").read_text()
     assert '"scope": "layer"' in saved and '"ks": [' in saved
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import jneuron as jn
 from jneuron.kernels import cca as kcca
 from jneuron.kernels import hsic as khsic
+from jneuron.report.figures import similarity_figure
 from jneuron.similarity import measures as similarity
 from jneuron.streaming import blocks
 from tests.reference import (
@@ -419,7 +420,7 @@ def test_similarity_matrix_matches_pairwise_calls(rng, tmp_path):
     assert_close(streamed.values[0, 1], whole.mean, rho_bound(2 * cca_bound(x, y), whole.rho, DX).max(),
                  what="streamed cca matrix vs call")  # two float32 computations
     png = tmp_path / "heat.png"
-    cross.plot(png)
+    similarity_figure(cross, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert cross.to_dict()["values"][0][1] == float(cross.values[0, 1])  # the same number exported: exact
 

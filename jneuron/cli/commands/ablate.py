@@ -18,6 +18,7 @@ from jneuron.data.bundled import load_digits
 from jneuron.errors import DeadNeuronWarning, JNeuronError
 from jneuron.flax.curves import ablation_curve
 from jneuron.models import MLP, train_classifier
+from jneuron.report.figures import ablation_curve_figure
 
 NAME = "ablate"
 HELP = "ablation curves on the demo MLPs: remove MaxCorr-ranked hidden neurons top-first vs bottom-first"
@@ -62,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         curve = ablation_curve(models[0], test.images, test.labels, order, LAYERS, ks, mode=args.mode,
                                scope=args.scope)
         curve.to_json(args.out / f"{name}.json")
-        curve.plot(args.out / f"{name}.png", title=f"mlp0, MaxCorr {name.replace('_', ' ')}, {args.mode} ablation")
+        ablation_curve_figure(curve, args.out / f"{name}.png",
+                              title=f"mlp0, MaxCorr {name.replace('_', ' ')}, {args.mode} ablation")
         summary[name] = curve.to_dict()
         values = curve.values if curve.values.ndim == 1 else curve.values.mean(axis=0)
         shown = ", ".join(f"{k}:{v:.3f}" for k, v in list(zip(curve.ks, values))[:: max(1, len(ks) // 8)])

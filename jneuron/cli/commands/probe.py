@@ -25,7 +25,7 @@ from jneuron.data.labels import LabelledTokens, load_labels, read_sentences
 from jneuron.errors import JNeuronError
 from jneuron.probing.probe import train_probes
 from jneuron.probing.selection import neuron_ordering, top_neurons
-from jneuron.results import _plain
+from jneuron.results import to_plain
 
 NAME = "probe"
 HELP = "train a linear probe (elastic net, penalty grid) on activations and rank neurons by its weights"
@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{record['rank'] + 1:>4}  {record['label']:<16} step {record['step']}")
     result = {
         "grid": grid.to_dict(),
-        "classes": _plain(probe.classes),
-        "top_neurons": {"percentage": args.percentage, "union": _plain(selection.union),
-                        "per_class": {str(c): _plain(v) for c, v in selection.per_class.items()},
+        "classes": to_plain(probe.classes),
+        "top_neurons": {"percentage": args.percentage, "union": to_plain(selection.union),
+                        "per_class": {str(c): to_plain(v) for c, v in selection.per_class.items()},
                         "counts": {str(c): n for c, n in selection.counts.items()}},
         "ordering": ordering.to_dict(),
     }

@@ -14,6 +14,7 @@ from jneuron.cli.options import (
     shard_count,
 )
 from jneuron.data.atomic import atomic_write_json
+from jneuron.report.figures import similarity_figure
 from jneuron.similarity.matrix import METRICS, similarity_matrix
 
 NAME = "similarity"
@@ -44,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:<{width}}" + "".join(f" {v:8.4f}" for v in row))
     path = atomic_write_json(args.out / "similarity.json", matrix.to_dict())
     png = args.out / "similarity.png"
-    matrix.plot(png)
+    similarity_figure(matrix, png)
     print(f"wrote {path} and {png}")
     return 0

@@ -24,6 +24,7 @@ from jneuron.data.bundled import load_digits
 from jneuron.flax.cumulative_ablation import CumulativeAblation, cumulative_ablation
 from jneuron.information import neuron_information
 from jneuron.models import MLP, accuracy, train_classifier
+from jneuron.report.figures import cumulative_ablation_figure
 
 NAME = "study-information"
 HELP = "train a 2-sigmoid-layer network on the bundled digits, measure and cumulatively ablate its neurons"
@@ -53,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
                                  steps=args.steps, reference=train.images)
     out = args.out
     written = [info.to_json(out / "information.json"), result.to_json(out / "curves.json")]
-    written += [result.plot(out / f"{scope}_{mode}.png", scope, mode) for scope in ("network", "layer")
-                for mode in ("zero", "mean")]
+    for scope in ("network", "layer"):
+        for mode in ("zero", "mean"):
+            written.append(out / f"{scope}_{mode}.png")
+            cumulative_ablation_figure(result, scope, mode, written[-1])
     summary = {"zero": result.summary("zero"), "mean": result.summary("mean")}
     facts = {"train_accuracy": accuracy(model, train.images, train.labels), "test_accuracy": result.baseline,
              "hidden": list(args.hidden), "epochs": args.epochs, "l2": args.l2, "seed": args.seed,
