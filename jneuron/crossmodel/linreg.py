@@ -24,7 +24,7 @@ import numpy as np
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.results import NeuronIndex, Ranking
-from jneuron.similarity.measures import _rtol
+from jneuron.similarity.measures import eigenvalue_floor
 from jneuron.streaming.blocks import stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
 
@@ -62,7 +62,7 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
                            mesh=resolve_mesh(devices, mesh))
     neurons = NeuronIndex.from_layers([(model_names[k], [(layer_names[g], blocks.widths[g]) for g in members[k]])
                                        for k in range(count)])
-    rtol = _rtol(blocks, rtol)
+    rtol = eigenvalue_floor(blocks, rtol)
     starts = np.cumsum([0] + [sum(blocks.widths[g] for g in ms) for ms in members])
     r2 = np.full((len(neurons), count), np.nan)
     for source in range(count):

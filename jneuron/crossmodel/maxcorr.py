@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from jneuron import config
 from jneuron._checks import check_min_tokens
 from jneuron.crossmodel.tilereduce import tile_reducer
 from jneuron.data.source import Source, as_source
@@ -40,7 +41,6 @@ from jneuron.streaming.memory import release_freed_memory
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import accumulate, constant_columns, default_chunk_tokens
 
-MEMORY_BUDGET = 320 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
 _BYTES_PER_ENTRY = 24  # compensated pair (8) + chunk product (4) + merge outer product (4) + reduction (8)
 
 
@@ -80,7 +80,7 @@ class CrossModelRanking(Ranking):
 
 
 def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-            memory_budget: int = MEMORY_BUDGET, devices=None, mesh=None, checkpoint=None,
+            memory_budget: int | None = None, devices=None, mesh=None, checkpoint=None,
             on_chunk=None) -> CrossModelRanking:
     """Rank every neuron of every model by MaxCorr: its best ``|rho|`` with any other model's neuron.
 
@@ -91,7 +91,8 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
         callable returning such an iterator.
       names: model names (default: the mapping's keys, or ``model0, model1, ...``).
       chunk_tokens: tokens per streamed chunk (default: about 64 MiB of columns).
-      memory_budget: bytes of correlation blocks held at once; larger problems take several passes.
+      memory_budget: bytes of correlation blocks held at once; larger problems take several passes
+        (default: :data:`jneuron.config.MEMORY_BUDGET`).
       devices: shard the tokens over this many devices (or these devices); see :mod:`jneuron.streaming.mesh`.
       mesh: or a ``("tokens"[, "neurons"])`` mesh: tokens split over the first axis, the rows of every
         correlation block (and their reduction) over the second; with several processes each passes
@@ -110,7 +111,7 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
 
 
 def mincorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-            memory_budget: int = MEMORY_BUDGET, devices=None, mesh=None, checkpoint=None,
+            memory_budget: int | None = None, devices=None, mesh=None, checkpoint=None,
             on_chunk=None) -> CrossModelRanking:
     """Rank every neuron by MinCorr: the min over other models of its best ``|rho|`` in that model.
 
@@ -123,6 +124,7 @@ def mincorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
 def _rank(models, names, chunk_tokens, memory_budget, method: str, mesh, checkpoint,
           on_chunk) -> CrossModelRanking:
     source, neurons, model_widths = _prepare(models, names)
+    memory_budget = config.MEMORY_BUDGET if memory_budget is None else memory_budget
     tokens = getattr(source, "tokens", None)
     chunk_tokens = chunk_tokens or default_chunk_tokens(sum(model_widths), tokens)
     with follow_dtype(source.dtype):
@@ -227,9 +229,10 @@ class _PartnerTable:
         self.unit[cols, model] = np.where(better, unit, self.unit[cols, model])
 
 
-def passes_needed(widths: Sequence[int], memory_budget: int = MEMORY_BUDGET) -> int:
-    """How many passes over the data a cross-model ranking of these model widths takes."""
-    return len(plan_passes(widths, memory_budget))
+def passes_needed(widths: Sequence[int], memory_budget: int | None = None) -> int:
+    """How many passes over the data a cross-model ranking of these model widths takes (``memory_budget``
+    as for :func:`maxcorr`)."""
+    return len(plan_passes(widths, config.MEMORY_BUDGET if memory_budget is None else memory_budget))
 
 
 def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int, mesh=None, checkpoint=None,

@@ -33,21 +33,10 @@ from jneuron.data.file_source import (
     column_dtype,
     to_column_dtype,
 )
+from jneuron.data.labels import read_sentences
 from jneuron.errors import JNeuronError
 
 _OCCURRENCE = re.compile(r" \(Occurrence \d+\)$")
-
-
-def read_sentences(path: str | Path) -> list[list[str]]:
-    """A NeuroX token or label file: one sentence per line, items separated by spaces."""
-    path = Path(path)
-    if not path.is_file():
-        raise JNeuronError(f"no such file: {path}")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise JNeuronError(f"{path}: not a UTF-8 text file: {error}") from None
-    return [line.split() for line in lines]
 
 
 def _text(words: list[list[str]], lengths: np.ndarray, where: str, tokens=None, labels=None) -> Text:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jneuron import config
 from jneuron.data.atomic import aside, clean_leftovers, replace_path
 from jneuron.data.file_source import (
     Column,
@@ -42,7 +43,6 @@ from jneuron.data.file_source import (
 from jneuron.errors import JNeuronError
 
 FORMAT = 2  # 2: every chunk is written; 1: chunks of zeros were left out
-DEFAULT_CHUNK_TOKENS = 8192
 _EVERY_CHUNK = {"write_empty_chunks": True}
 
 
@@ -66,16 +66,16 @@ class StoreWriter:
       path: the store's folder (``*.zarr`` by convention).
       mode: ``"w"`` creates (replacing an existing store), ``"a"`` appends to an existing one.
       tokenization: free text describing how rows map to inputs (e.g. ``"bert-base-cased wordpieces"``).
-      chunk_tokens: rows per stored chunk.
+      chunk_tokens: rows per stored chunk (default: :data:`jneuron.config.STORE_CHUNK_TOKENS`).
       compressors: zarr compressors (``"auto"``: zarr's default; ``None`` stores raw bytes, fastest to read).
     """
 
     def __init__(self, path: str | Path, *, mode: str = "w", tokenization: str | None = None,
-                 chunk_tokens: int = DEFAULT_CHUNK_TOKENS, compressors="auto"):
+                 chunk_tokens: int | None = None, compressors="auto"):
         if mode not in ("w", "a"):
             raise JNeuronError(f"mode must be 'w' or 'a', got {mode!r}")
         self.path = Path(path)
-        self.chunk_tokens = int(chunk_tokens)
+        self.chunk_tokens = int(config.STORE_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens)
         self.compressors = compressors
         self._arrays: dict = {}
         zarr = _zarr()
@@ -319,12 +319,13 @@ def _text_reader(group, path: Path, tokens: int, labels: bool, older: bool) -> C
     return read
 
 
-def write_store(source: FileSource, path: str | Path, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+def write_store(source: FileSource, path: str | Path, *, chunk_tokens: int | None = None,
                 tokenization: str | None = None, compressors="auto",
                 on_chunk: Callable[[int], None] | None = None) -> Path:
     """Copy a source (and its token text) into a new store at ``path``, which appears only when complete
     (see :class:`StoreWriter`)."""
     path = Path(path)
+    chunk_tokens = config.STORE_CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
     with StoreWriter(path, tokenization=tokenization, chunk_tokens=chunk_tokens, compressors=compressors) as writer:
         edges = np.cumsum([0] + [c.width for c in source.columns])
         for chunk in source.chunks(chunk_tokens):

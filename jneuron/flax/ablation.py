@@ -30,19 +30,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jneuron import config
+from jneuron.config import HIGHEST
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.capturing import capture
 
 MODES = ("zero", "mean", "value")
-CPU_MASKS_PER_STEP = 10  # variants per lax.map step on CPU: measured fastest (vs 4, 25, all) in bench/adapters.py
 
 
 def variants_per_step(batch_size: int | str | None) -> int | None:
     """Resolve ``batch_size`` for a sweep: ``"auto"`` is all variants in one vmap on GPU/TPU and
-    ``CPU_MASKS_PER_STEP`` per ``lax.map`` step on CPU (cache-sized steps); ``None`` is one vmap."""
+    :data:`jneuron.config.CPU_MASKS_PER_STEP` per ``lax.map`` step on CPU (cache-sized steps); ``None`` is
+    one vmap."""
     if batch_size == "auto":
-        return CPU_MASKS_PER_STEP if jax.default_backend() == "cpu" else None
+        return config.CPU_MASKS_PER_STEP if jax.default_backend() == "cpu" else None
     if batch_size is not None and (isinstance(batch_size, str) or batch_size < 1):
         raise JNeuronError(f"batch_size must be a positive integer, None or 'auto', got {batch_size!r}")
     return batch_size
@@ -96,9 +98,21 @@ def _check_fits(layer: str, what: str, shape: tuple, sample_shape: tuple) -> Non
                            f"shape per sample {sample_shape} (expected (d,) or trailing axes of it)")
 
 
-def layer_means(model: nnx.Module, inputs, layers, *, batch_size: int | None = None) -> dict[str, np.ndarray]:
-    """Each layer's mean output per neuron over all samples and positions (the values of ``mode="mean"``)."""
-    captured = capture(model, inputs, layers, batch_size=batch_size)
+def layer_means(model, inputs, layers, *, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """Each layer's mean output per neuron over all samples and positions (the values of ``mode="mean"``).
+
+    ``model`` is a Flax NNX module or a Linen model bound by :class:`jneuron.flax.linen.Linen`; the mean is
+    taken in float64 and given in the layer's dtype.
+    """
+    if isinstance(model, nnx.Module):
+        captured = capture(model, inputs, layers, batch_size=batch_size)
+    else:
+        from jneuron.flax import linen  # linen builds on this module
+
+        if not isinstance(model, linen.Linen):
+            raise JNeuronError(f"layer_means needs a Flax NNX module or jneuron.flax.linen.Linen(module, variables), "
+                               f"got {type(model).__name__}")
+        captured = linen.capture(model, inputs, layers, batch_size=batch_size)
     return {layer: captured[layer].astype(np.float64).mean(axis=0).astype(captured[layer].dtype)
             for layer in captured.layers}
 
@@ -169,7 +183,7 @@ def sweep(variant: nnx.Module, fn: Callable, *args, masks: Mapping[str, object] 
       masks: layer path to ``(K, ...)`` masks; layers left out keep the variant's mask.
       values: layer path to ``(K, ...)`` replacement values; layers left out keep the variant's values.
       batch_size: variants per ``lax.map`` step (bounds memory); ``None``: all in one ``jax.vmap``;
-        ``"auto"`` (default): one vmap on GPU/TPU, steps of ``CPU_MASKS_PER_STEP`` on CPU.
+        ``"auto"`` (default): one vmap on GPU/TPU, steps of :data:`jneuron.config.CPU_MASKS_PER_STEP` on CPU.
 
     Returns:
       ``fn``'s outputs stacked over the K variants.
@@ -229,7 +243,7 @@ def balance_bias(model: nnx.Module, layer: str, next_layer: str, removed: Sequen
         raise JNeuronError(f"removed units must lie in 0..{kernel.shape[0] - 1} (the width of '{layer}')")
     keep = np.ones(kernel.shape[0], np.float32)
     keep[removed] = 0
-    folded = jnp.dot(jnp.asarray((1 - keep) * means, kernel.dtype), kernel, precision=jax.lax.Precision.HIGHEST)
+    folded = jnp.dot(jnp.asarray((1 - keep) * means, kernel.dtype), kernel, precision=HIGHEST)
     dense.bias.set_value(dense.bias[...] + folded)
     dense.kernel.set_value(kernel * jnp.asarray(keep, kernel.dtype)[:, None])
     return variant

@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jneuron.config import HIGHEST
 from jneuron.errors import JNeuronError
 from jneuron.flax.paths import find, path_text, replace
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 
-HIGHEST = jax.lax.Precision.HIGHEST
 Target = int | Callable[[jax.Array], jax.Array] | None
 METHODS = ("trapezoid", "gausslegendre")
 
@@ -93,7 +93,6 @@ class Conductance(Result):
 
     def ranking(self, model: str = "model") -> Ranking:
         """Neurons ranked by mean absolute conductance over the inputs (details: mean signed conductance)."""
-        width = self.values.shape[1]
         scores = np.abs(self.values).mean(axis=0)
         dead = np.flatnonzero(np.abs(self.values).max(axis=0) == 0)
         return Ranking("conductance", scores, self._neurons(model), dead=dead,

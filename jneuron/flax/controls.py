@@ -25,13 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jneuron.config import HIGHEST
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, sweep
 from jneuron.flax.capturing import as_inputs, capture_batches
 from jneuron.results import NeuronIndex, Result, to_plain
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 @dataclass(frozen=True)

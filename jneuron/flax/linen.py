@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jneuron.errors import JNeuronError
-from jneuron.flax.ablation import MODES, mask_output, variants_per_step
+from jneuron.flax.ablation import MODES, layer_means, mask_output, variants_per_step
 from jneuron.flax.capturing import Capture, as_inputs, batches, flatten
 
 
@@ -139,13 +139,6 @@ def capture(model: Linen, inputs, layers: Sequence[str], *, batch_size: int | No
         start += rows
     return Capture({k: np.concatenate(v) for k, v in acts.items()},
                    {k: np.concatenate(v) for k, v in where.items()}, shapes)
-
-
-def layer_means(model: Linen, inputs, layers, *, batch_size: int | None = None) -> dict[str, np.ndarray]:
-    """Each layer's mean output per neuron over all samples and positions."""
-    captured = capture(model, inputs, layers, batch_size=batch_size)
-    return {layer: captured[layer].astype(np.float64).mean(axis=0).astype(captured[layer].dtype)
-            for layer in captured.layers}
 
 
 def ablate(model: Linen, masks: Mapping[str, object], mode: str = "zero", *,

@@ -31,9 +31,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jneuron.config import HIGHEST
 from jneuron.errors import JNeuronError
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class BNBlock(nnx.Module):

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from jneuron.config import HIGHEST
 
 
 def _xp(*arrays):

@@ -35,7 +35,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-HIGHEST = jax.lax.Precision.HIGHEST
+from jneuron.config import HIGHEST
 
 
 @partial(jax.jit, static_argnames=("groups",))

@@ -43,12 +43,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jneuron.config import HIGHEST
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import quantize
 from jneuron.kernels.compensated import Pair
 from jneuron.kernels.moments import count_dtype
 
-HIGHEST = jax.lax.Precision.HIGHEST
 SELECTIVITY_EPS = 1e-7
 SUM_BLOCKS = 16  # segment sums of floats add this many row blocks separately (shorter rounding chains)
 MAX_CHUNK_TOKENS = 2**24  # float32 sums of 0/1 indicators stay exact integers up to here

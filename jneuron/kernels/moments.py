@@ -44,10 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jneuron.config import HIGHEST
 from jneuron.kernels import compensated as comp
 from jneuron.kernels.compensated import Pair
 
-HIGHEST = jax.lax.Precision.HIGHEST
 NO_BAD_ROW = -1
 
 

@@ -24,9 +24,8 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from jneuron.config import HIGHEST
 from jneuron.kernels.sharded import TOKENS
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def frobenius(w: jax.Array) -> jax.Array:

@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jneuron.config import HIGHEST
 from jneuron.errors import JNeuronError
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def cumax(x: jax.Array, axis: int = -1) -> jax.Array:

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jneuron import config
 from jneuron._checks import as_2d
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
@@ -36,15 +37,15 @@ _train_sharded = jax.jit(kp.train_sharded,
 _confusion = jax.jit(kp.confusion, static_argnames=("classes",))
 _squared_error = jax.jit(kp.squared_error)
 _all_finite = jax.jit(lambda x: jnp.isfinite(x).all())  # one fused pass: no (tokens, neurons) mask in memory
-_CHUNK = 16384  # tokens per evaluation pass, bounding the (tokens, settings, classes) outputs
 
 
 def confusion_counts(weight, bias, x: jax.Array, y: jax.Array, masks: jax.Array | None, classes: int) -> np.ndarray:
-    """Counts ``(settings, 3, classes)`` (gold, correct, predicted) for a stack of probes, in token chunks
-    (``masks=None``: every neuron)."""
+    """Counts ``(settings, 3, classes)`` (gold, correct, predicted) for a stack of probes, in token chunks of
+    :data:`jneuron.config.PROBE_EVALUATION_TOKENS` (``masks=None``: every neuron)."""
     total = 0
-    for start in range(0, x.shape[0], _CHUNK):
-        part = slice(start, start + _CHUNK)
+    step = config.PROBE_EVALUATION_TOKENS
+    for start in range(0, x.shape[0], step):
+        part = slice(start, start + step)
         total = total + np.asarray(_confusion((weight, bias), x[part], y[part], masks, classes=classes), np.int64)
     return total
 

@@ -23,7 +23,7 @@ import numpy as np
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.results import NeuronIndex, Result, to_plain
-from jneuron.similarity.measures import _check_keep, _rtol, prepare_side
+from jneuron.similarity.measures import check_keep, eigenvalue_floor, prepare_side
 from jneuron.streaming.blocks import stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
 
@@ -90,14 +90,14 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
     if method not in ("svcca", "cca"):
         raise JNeuronError(f"direction_ranking: method must be 'svcca' or 'cca', got {method!r}")
     if method == "svcca":
-        _check_keep(keep)
+        check_keep(keep)
     others = list(y) if isinstance(y, Sequence) and not hasattr(y, "shape") and all(
         hasattr(v, "shape") for v in y) else [y]
     groups = [("x", x)] + [(f"y{i}", v) for i, v in enumerate(others)]
     pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
     blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="direction_ranking",
                            mesh=resolve_mesh(devices, mesh))
-    rtol = _rtol(blocks, rtol)
+    rtol = eigenvalue_floor(blocks, rtol)
     ys = list(range(1, len(groups)))
     sx = prepare_side(blocks, 0, method, keep, rtol)
     cyy = blocks.cov_of(ys, ys)

@@ -23,11 +23,11 @@ from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.similarity.measures import (
-    _check_keep,
-    _cka_value,
-    _pwcca_result,
-    _rtol,
+    check_keep,
+    cka_value,
+    eigenvalue_floor,
     prepare_side,
+    pwcca_result,
 )
 from jneuron.streaming.blocks import stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
@@ -94,7 +94,7 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
     if metric not in METRICS:
         raise JNeuronError(f"unknown similarity metric {metric!r}; expected one of {', '.join(METRICS)}")
     if metric == "svcca":
-        _check_keep(keep)
+        check_keep(keep)
     names_a, data_a = _layers(layers_a, "layers_a")
     same = layers_b is None
     names_b, data_b = (names_a, data_a) if same else _layers(layers_b, "layers_b")
@@ -112,7 +112,7 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
     values = np.zeros((la, lb))
     kept = np.zeros(len(groups), np.int64)
     if metric in ("cca", "svcca", "pwcca"):
-        rtol = _rtol(blocks, rtol)
+        rtol = eigenvalue_floor(blocks, rtol)
         method = "svcca" if metric == "svcca" else "cca"
         sides = [prepare_side(blocks, g, method, keep, rtol) for g in range(len(groups))]
         kept = np.array([int(s.whitening.kept) for s in sides], np.int64)
@@ -121,13 +121,13 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
             if same and metric in _SYMMETRIC and j < i:
                 values[a, b] = values[b, a]
             elif metric == "pwcca":
-                values[a, b] = _pwcca_result(blocks, i, j, "x", rtol, (sides[i], sides[j])).value
+                values[a, b] = pwcca_result(blocks, i, j, "x", rtol, (sides[i], sides[j])).value
             elif metric in ("cca", "svcca"):
                 rho = np.asarray(kcca.correlations(sides[i], sides[j], blocks.cov(i, j)))
                 valid = min(kept[i], kept[j])
                 values[a, b] = float(rho[:valid].mean()) if valid else 0.0
             else:
-                values[a, b] = _cka_value(blocks, i, j, metric == "cka_debiased")
+                values[a, b] = cka_value(blocks, i, j, metric == "cka_debiased")
     neurons_a = NeuronIndex.from_layers([("a", [(n, blocks.widths[g]) for n, g in zip(names_a, rows)])])
     neurons_b = neurons_a if same else NeuronIndex.from_layers(
         [("b", [(n, blocks.widths[g]) for n, g in zip(names_b, cols)])])

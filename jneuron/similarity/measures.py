@@ -177,7 +177,7 @@ def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None, dev
     ([1.0, 1.0, 1.0, 1.0], 1.0)
     """
     blocks = _pair(x, y, chunk_tokens, "cca", mesh=resolve_mesh(devices, mesh))
-    return _cca_result(blocks, 0, 1, "cca", None, _rtol(blocks, rtol))
+    return _cca_result(blocks, 0, 1, "cca", None, eigenvalue_floor(blocks, rtol))
 
 
 def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
@@ -198,9 +198,9 @@ def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
     >>> r.kept_x, r.kept_y, np.round(r.rho, 3).tolist()
     (2, 2, [1.0, 1.0])
     """
-    _check_keep(keep)
+    check_keep(keep)
     blocks = _pair(x, y, chunk_tokens, "svcca", mesh=resolve_mesh(devices, mesh))
-    return _cca_result(blocks, 0, 1, "svcca", keep, _rtol(blocks, rtol))
+    return _cca_result(blocks, 0, 1, "svcca", keep, eigenvalue_floor(blocks, rtol))
 
 
 def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int | None = None, devices=None,
@@ -224,7 +224,7 @@ def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int
     if side not in ("x", "y", "symmetric"):
         raise JNeuronError(f"pwcca: side must be 'x', 'y' or 'symmetric', got {side!r}")
     blocks = _pair(x, y, chunk_tokens, "pwcca", mesh=resolve_mesh(devices, mesh))
-    return _pwcca_result(blocks, 0, 1, side, _rtol(blocks, rtol))
+    return pwcca_result(blocks, 0, 1, side, eigenvalue_floor(blocks, rtol))
 
 
 def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, devices=None, mesh=None) -> CKAResult:
@@ -243,7 +243,7 @@ def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, device
     (1.0, 1.0)
     """
     blocks = _pair(x, y, chunk_tokens, "cka", row_norms=debiased, mesh=resolve_mesh(devices, mesh))
-    return CKAResult(_cka_value(blocks, 0, 1, debiased), debiased, blocks.count)
+    return CKAResult(cka_value(blocks, 0, 1, debiased), debiased, blocks.count)
 
 
 def _pair(x, y, chunk_tokens, what: str, row_norms: bool = False, mesh=None) -> Blocks:
@@ -251,7 +251,9 @@ def _pair(x, y, chunk_tokens, what: str, row_norms: bool = False, mesh=None) -> 
                          row_norms=row_norms, what=what, mesh=mesh)
 
 
-def _rtol(blocks: Blocks, rtol: float | None) -> float:
+def eigenvalue_floor(blocks: Blocks, rtol: float | None) -> float:
+    """The whitening's relative eigenvalue floor: ``rtol`` checked, or the default for the dtype the
+    co-moments were accumulated in (``RTOL_FLOAT64`` or ``RTOL_FLOAT32``)."""
     if rtol is not None:
         if not 0 <= rtol < 1:
             raise JNeuronError(f"rtol must be in [0, 1), got {rtol}")
@@ -259,7 +261,8 @@ def _rtol(blocks: Blocks, rtol: float | None) -> float:
     return RTOL_FLOAT64 if blocks.accumulated_in == np.float64 else RTOL_FLOAT32
 
 
-def _check_keep(keep) -> None:
+def check_keep(keep) -> None:
+    """Raise :class:`JNeuronError` unless ``keep`` is SVCCA's share of variance in ``(0, 1]`` or a positive count."""
     if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)):
         raise JNeuronError(f"keep must be a share of variance in (0, 1] or a positive int, got {keep!r}")
     if isinstance(keep, (int, np.integer)) and keep < 1:
@@ -319,8 +322,9 @@ def _cca_result(blocks: Blocks, i: int, j: int, method: str, keep, rtol: float,
                      *neurons, (sx, sy, cxy))
 
 
-def _pwcca_result(blocks: Blocks, i: int, j: int, side: str, rtol: float,
+def pwcca_result(blocks: Blocks, i: int, j: int, side: str, rtol: float,
                   sides: tuple[kcca.Side, kcca.Side] | None = None) -> PWCCAResult:
+    """PWCCA of groups ``i`` and ``j`` of ``blocks`` (``sides``: their whitenings, if already prepared)."""
     r = _cca_result(blocks, i, j, "cca", None, rtol, sides)
     if len(r.rho) == 0:
         empty = np.zeros(0)
@@ -332,7 +336,7 @@ def _pwcca_result(blocks: Blocks, i: int, j: int, side: str, rtol: float,
     return PWCCAResult(value, side, vx, vy, wx, wy, r)
 
 
-def _cka_value(blocks: Blocks, i: int, j: int, debiased: bool) -> float:
+def cka_value(blocks: Blocks, i: int, j: int, debiased: bool) -> float:
     """CKA clipped to ``[0, 1]`` (debiased: to at most 1; it can be negative), whatever the rounding."""
     cxx, cyy, cxy = blocks.cross(i, i), blocks.cross(j, j), blocks.cross(i, j)
     if not debiased:

@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jneuron import config
 from jneuron.data.atomic import atomic_write_bytes
 from jneuron.data.source import ArraySource, IteratorSource, Source
 from jneuron.errors import JNeuronError, StaleCheckpointWarning
@@ -31,16 +32,15 @@ from jneuron.precision import default_platform, working_dtype
 from jneuron.streaming.cpu_fold import HostFold
 from jneuron.streaming.prefetch import prefetch
 
-CHUNK_BYTES = 64 * 2**20  # default size of one chunk of all models' columns (several are in flight with the prefetch)
 CONTENT_ROWS = 1024  # rows at each end of the data whose bytes a checkpoint is bound to (with files' sizes and times)
 
 
 def default_chunk_tokens(width: int, tokens: int | None = None) -> int:
-    """Tokens per chunk: about ``CHUNK_BYTES`` of float32 columns (256 to 65,536 rows).
+    """Tokens per chunk: about :data:`jneuron.config.CHUNK_BYTES` of float32 columns (256 to 65,536 rows).
 
     When the token count is known, chunks are made near-equal so the padded last chunk wastes little.
     """
-    rows = max(256, min(65536, CHUNK_BYTES // (4 * width)))
+    rows = max(256, min(65536, config.CHUNK_BYTES // (4 * width)))
     if not tokens:
         return rows
     chunks = -(-tokens // rows)

@@ -16,7 +16,7 @@ from jneuron.cli.options import (
     shard_count,
     write_csv,
 )
-from jneuron.crossmodel.maxcorr import MEMORY_BUDGET, maxcorr, mincorr, passes_needed
+from jneuron.crossmodel.maxcorr import maxcorr, mincorr, passes_needed
 from jneuron.data.atomic import atomic_write_bytes
 from jneuron.errors import DeadNeuronWarning
 from jneuron.streaming.passes import default_chunk_tokens
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, method: str) -> int:
     source = load_source(args.inputs, args)
-    passes = passes_needed(source.widths, MEMORY_BUDGET)
+    passes = passes_needed(source.widths)
     chunk_tokens = args.chunk_tokens or default_chunk_tokens(sum(source.widths), source.tokens)
     progress = progress_for(args, source.tokens * passes)
     rank = maxcorr if method == "maxcorr" else mincorr

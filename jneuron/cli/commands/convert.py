@@ -20,7 +20,7 @@ from jneuron.cli.options import (
     progress_for,
 )
 from jneuron.data.atomic import atomic_write_bytes
-from jneuron.data.store import DEFAULT_CHUNK_TOKENS, write_store
+from jneuron.data.store import write_store
 from jneuron.errors import JNeuronError
 
 NAME = "convert"
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_bytes(out, buffer.getvalue())
         progress(source.tokens)
     elif out.suffix.lower() == ".zarr" or out.is_dir():
-        write_store(source, out, chunk_tokens=args.chunk_tokens or DEFAULT_CHUNK_TOKENS,
+        write_store(source, out, chunk_tokens=args.chunk_tokens,
                     tokenization=args.tokenization, compressors=None if args.uncompressed else "auto",
                     on_chunk=progress)
     else:
