@@ -1,4 +1,4 @@
-"""Reports: rankings, heatmaps, curves, class counts and neuron views in one ``report/index.html``.
+"""Reports: every result of every command in one self-contained ``report.html`` (plots embedded).
 
 >>> import jneuron.report as jr
 >>> sorted(n for n in dir(jr) if not n.startswith("_"))

@@ -13,17 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-
-import jax
-import jax.numpy as jnp
-from flax import nnx
+from typing import TYPE_CHECKING
 
 from jneuron.cli.options import add_out_argument
 from jneuron.data.atomic import atomic_write_text
-from jneuron.data.bundled import load_digits
-from jneuron.flax.cumulative_ablation import CumulativeAblation, cumulative_ablation
-from jneuron.information import neuron_information
-from jneuron.models import MLP, accuracy, train_classifier
+
+if TYPE_CHECKING:
+    from jneuron.flax.cumulative_ablation import CumulativeAblation
 
 NAME = "study-information"
 HELP = "train a 2-sigmoid-layer network on the bundled digits, measure and cumulatively ablate its neurons"
@@ -41,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jneuron.data.bundled import load_digits
+    from jneuron.flax.cumulative_ablation import cumulative_ablation
+    from jneuron.information import neuron_information
+    from jneuron.models import MLP, accuracy, train_classifier
+
     start = time.perf_counter()
     train, test = load_digits().split(seed=args.seed)
     model = MLP(64, tuple(args.hidden), 10, rngs=nnx.Rngs(args.seed), activation=jax.nn.sigmoid)
