@@ -129,6 +129,7 @@ class Report:
         self.sections: list[_Section] = []
         self.neurons: dict[str, dict[str, str]] = {}  # label -> analysis -> "rank r of n, score s"
         self.views: dict[str, str] = {}  # label -> top-tokens HTML
+        self.covered: set[str] = set()  # ranking methods already shown (information.json's measures)
 
     # --- sections -------------------------------------------------------------------------------------
     def _add(self, kind: str, title: str, caption: str | None, images: Sequence[bytes] = (), html_body: str = ""):
@@ -155,15 +156,20 @@ class Report:
             self.neurons.setdefault(str(r["label"]), {})[_display(method)] = \
                 f"rank {r.get('rank', 0) + 1} of {total}, score {_number(r.get('score'))}"
         scores = np.array([np.nan if r["score"] is None else float(r["score"]) for r in records])
-        xlabel = f"{_display(method)} score"
+        xlabel, score_name = f"{_display(method)} score", "score"
         if not data.get("descending", True) and method.startswith("probe_ordering"):
             scores, xlabel = 1.0 - scores, "1 - weight-mass share at entry (longer: joins earlier)"
+            score_name = "weight-mass share at entry"
+        if data.get("clip") is not None:
+            low, high = data["clip"]
+            scores = np.clip(scores, low, high)
+            xlabel += f", clipped to [{low:g}, {high:g}]"
         png = plots.bars([str(r["label"]) for r in records], scores, title=title, xlabel=xlabel,
                          groups=[str(r.get("model", "")) for r in records])
         extra = [k for k in ("step", "mutual_information", "kl_selectivity", "entropy", "selectivity")
                  if k in records[0] and k != method]
         partners = any(r.get("partners") for r in records)
-        header = ["rank", "neuron", "score", *extra] + (["partners (every other model)"] if partners else [])
+        header = ["rank", "neuron", score_name, *extra] + (["partners (every other model)"] if partners else [])
         rows = [[r.get("rank", i) + 1, _neuron(r["label"]), _number(r["score"]), *(_number(r.get(k)) for k in extra)]
                 + ([escape(_partners(r))] if partners else []) for i, r in enumerate(records)]
         note = f'<p class="note">The top {len(records)} of {total}; every neuron is in the result files.</p>'
@@ -240,6 +246,8 @@ class Report:
                     continue
                 if path.is_dir() and _is_curve(data) and any(data == v for v in nested):
                     continue  # drawn with the file that holds it (ablate's summary.json)
+                if _is_ranking(data) and data["method"] in self.covered:
+                    continue  # shown with information.json
                 self.add_result(data, file.stem)
                 added += 1
             if path.is_dir() and not added:
@@ -464,9 +472,10 @@ def _information(report: Report, data: Mapping, name: str) -> None:
     neurons = data["neurons"]
     quantization = data.get("quantization") or {}
     notes = list(data.get("warnings") or [])
-    signed = "selectivity" in neurons[0] and any((n.get("selectivity") or 0) > 1.0 + 1e-9 for n in neurons)
+    signed = "selectivity" in neurons[0] and any(not -1e-9 <= (n.get("selectivity") or 0) <= 1.0 + 1e-9 for n in neurons)
     if signed and not notes:
-        notes.append("some class selectivity values exceed 1: the activations are signed, where the index is unbounded")
+        notes.append("some class selectivity values lie outside [0, 1]: the activations are signed, where the index "
+                     "is unbounded")
     for measure in MEASURES:
         if measure not in neurons[0]:
             continue
@@ -477,7 +486,10 @@ def _information(report: Report, data: Mapping, name: str) -> None:
             f"quantization: {_fact(quantization)}."
         if measure == "selectivity" and notes:
             caption += " Caution: " + " ".join(notes)
-        report.add_ranking({"method": measure, "neurons": records, "total": len(records)}, caption=caption)
+        clip = (-1.0, 1.0) if measure == "selectivity" and (signed or notes) else None
+        report.add_ranking({"method": measure, "neurons": records, "total": len(records), "clip": clip},
+                           caption=caption)
+        report.covered.add(measure)
 
 
 def _cumulative(report: Report, data: Mapping, name: str) -> None:
@@ -642,7 +654,8 @@ _SCRIPT = """
     var query = box.value.trim().toLowerCase();
     var shown = 0;
     Array.prototype.forEach.call(document.querySelectorAll("table.sortable tbody tr"), function (row) {
-      var hide = query !== "" && row.textContent.toLowerCase().indexOf(query) < 0;
+      var cell = row.querySelector("a.neuron-link") || row;  // rows of neurons: match the neuron itself
+      var hide = query !== "" && cell.textContent.toLowerCase().indexOf(query) < 0;
       row.classList.toggle("hidden", hide);
     });
     Array.prototype.forEach.call(document.querySelectorAll("details.neuron"), function (item) {
@@ -652,6 +665,10 @@ _SCRIPT = """
     });
     document.getElementById("search-count").textContent = query === "" ? "" : shown + " neurons match";
   });
+  if (location.hash.indexOf("#find=") === 0) {  // a link to the page with a search: report.html#find=m0/3
+    box.value = decodeURIComponent(location.hash.slice(6));
+    box.dispatchEvent(new Event("input"));
+  }
   window.addEventListener("load", function () {
     var images = Array.prototype.slice.call(document.images);
     status.dataset.imagesTotal = images.length;
