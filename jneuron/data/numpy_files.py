@@ -74,9 +74,10 @@ def open_npz(path: str | Path, keep: list[str] | None = None) -> FileSource:
             shapes = {k: _shape(archive, k) for k in keys}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise JNeuronError(f"{path}: not a readable .npz file (corrupt or truncated?): {error}") from None
+    missing = [t for t in keep or () if not any(_kept(k, [t]) for k in every)]
+    if missing:
+        raise JNeuronError(f"{path}: no model or layer '{missing[0]}' (available: {', '.join(every)})")
     if not keys:
-        if keep and every:
-            raise JNeuronError(f"{path}: no model or layer {','.join(keep)!r} (available: {', '.join(every)})")
         raise JNeuronError(f"{path}: the archive holds no arrays")
     cache: dict[str, np.ndarray] = {}
 
