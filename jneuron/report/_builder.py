@@ -235,7 +235,7 @@ class Report:
             path = Path(path)
             if not path.exists():
                 raise JNeuronError(f"no such file or folder: {path}")
-            files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+            files = sorted(path.glob("*.json"), key=_reading_order) if path.is_dir() else [path]
             loaded = [(file, _read(file)) for file in files]
             nested = [v for _, d in loaded if isinstance(d, Mapping) for v in d.values() if isinstance(v, Mapping)]
             added = 0
@@ -336,6 +336,16 @@ def _handler(data: Mapping):
         except (KeyError, TypeError, AttributeError, IndexError):
             continue
     return None
+
+
+# Sections of a folder come in this order (by file name), the rest alphabetically after them.
+_ORDER = ("run_", "maxcorr", "mincorr", "model_similarity", "linreg", "similarity", "match", "neuron_view", "probe",
+          "information", "ranking_", "cumulative_ablation", "curves", "study_summary", "summary", "ablation",
+          "top_first", "bottom_first", "conductance", "rejuvenation")
+
+
+def _reading_order(file: Path) -> tuple[int, str]:
+    return next((i for i, prefix in enumerate(_ORDER) if file.stem.startswith(prefix)), len(_ORDER)), file.stem
 
 
 def _read(file: Path):
@@ -576,7 +586,8 @@ def _neuron_view(report: Report, d: Mapping, n: str) -> None:
 for _accepts, _add in [
     (lambda d: "class_counts" in d and "neurons" not in d,
      lambda r, d, n: r.add_class_counts(d.get("title", n or "neurons per class"), d["class_counts"],
-                                        caption=d.get("caption"), ylabel=d.get("ylabel", "neurons"))),
+                                        caption=d.get("caption"), ylabel=d.get("ylabel", "neurons"),
+                                        xlabel=d.get("xlabel", "class"))),
     (lambda d: isinstance(d.get("curves"), Mapping),
      lambda r, d, n: r.add_curves(d.get("title", n or "curves"), {k: (v["x"], v["y"]) for k, v in d["curves"].items()},
                                   xlabel=d.get("xlabel", ""), ylabel=d.get("ylabel", ""), caption=d.get("caption"))),

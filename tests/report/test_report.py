@@ -4,6 +4,7 @@ page works in headless Chromium (no console errors, every image decoded, search,
 One Chromium run serves the whole file (the ``browsed`` fixture); the demo report's browser test is in
 tests/cli/test_cli.py, beside the demo run it needs."""
 
+import html
 import json
 import re
 import shutil
@@ -129,7 +130,8 @@ def browsed(built, tmp_path_factory):
 
 
 def titles(page_text):
-    return re.findall(r'<section id="s\d+" class="[^"]+"><h2>([^<]+)</h2>', page_text)
+    """The section titles of a page, as text."""
+    return [html.unescape(t) for t in re.findall(r'<section id="s\d+" class="[^"]+"><h2>([^<]+)</h2>', page_text)]
 
 
 def test_every_result_shape_has_a_section(built):
