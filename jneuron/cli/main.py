@@ -9,9 +9,10 @@ exit code 2, never a traceback; Ctrl-C at any moment is one line and exit code 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from jneuron import _interrupts
 from jneuron.errors import JNeuronError
@@ -84,15 +85,30 @@ def _run(args: argparse.Namespace, shown: dict[str, str]) -> int:
     if not getattr(args, "out_set", False):
         if getattr(args, "out", None) is not None:  # a file or store to write (convert): fail before reading
             prepare_parent(args.out)
-        return int(args.run(args) or 0)
+        with _one_line_warnings():
+            return int(args.run(args) or 0)
     with OutputSet(args.out) as outputs, shown_as_out(outputs):
         shown[str(outputs.folder)] = str(outputs.out)
         staged = argparse.Namespace(**{**vars(args), "out": outputs.folder})
-        code = int(args.run(staged) or 0)
+        with _one_line_warnings():
+            code = int(args.run(staged) or 0)
         if code == 0:
             _write_run_record(args, staged, outputs.folder)
             outputs.commit()
     return code
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Every warning an analysis gives (dead neurons, few tokens, float64 unavailable) as one line on stderr."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _write_run_record(args: argparse.Namespace, staged: argparse.Namespace, folder) -> None:

@@ -172,7 +172,10 @@ class Report:
         header = ["rank", "neuron", score_name, *extra] + (["partners (every other model)"] if partners else [])
         rows = [[r.get("rank", i) + 1, _neuron(r["label"]), _number(r["score"]), *(_number(r.get(k)) for k in extra)]
                 + ([escape(_partners(r))] if partners else []) for i, r in enumerate(records)]
-        note = f'<p class="note">The top {len(records)} of {total}; every neuron is in the result files.</p>'
+        dead = len(data.get("dead") or ())
+        note = f'<p class="note">The top {len(records)} of {total}; every neuron is in the result files.' + (
+            f" {dead} constant neurons (zero variance) are scored by convention, as in every analysis." if dead
+            else "") + "</p>"
         self._add("ranking", title, caption or data.get("caption") or CAPTIONS.get(method), [png],
                   _table(header, rows) + note)
 
