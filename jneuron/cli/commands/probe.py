@@ -4,7 +4,8 @@ Activations: any inputs (their models' layers side by side). Labels: ``--labels`
 (with ``--tokens``, checked against it line by line), a ``.npy`` array of integers or strings, or one label
 per line; or the labels stored with the inputs. The older form ``jneuron probe acts.npy labels.txt`` (labels
 as the last input) still works. Several ``--l1``/``--l2`` values train the whole grid at once and keep the
-sparsest setting within ``--tolerance`` of the best held-out accuracy. Writes ``probe.json``.
+sparsest setting within ``--tolerance`` of the best held-out accuracy. Writes ``probe.json``, and
+``probeless.json``: the same neurons ranked without a probe (Antverg & Belinkov, 2022), for comparison.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from jneuron.data.atomic import atomic_write_json
     from jneuron.probing.probe import train_probes
+    from jneuron.probing.probeless import probeless
     from jneuron.probing.selection import neuron_ordering, top_neurons
     from jneuron.results import NeuronIndex, _plain
 
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         "ordering": ordering.to_dict(),
     }
     path = atomic_write_json(args.out / "probe.json", result)
-    print(f"wrote {path}")
+    without = probeless(activations, labels, neurons=neurons).overall.to_json(args.out / "probeless.json")
+    print(f"wrote {path} and {without}")
     return 0
 
 
