@@ -21,7 +21,7 @@ from jneuron.errors import JNeuronError
 def build_parser() -> argparse.ArgumentParser:
     from jneuron.cli.commands import COMMANDS
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="jneuron",
         description="JAX-accelerated neuron-level analysis of neural networks.",
         formatter_class=HelpFormatter,
@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_arguments(sub)
         sub.set_defaults(run=command.run)
     return parser
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (unknown option, bad value) as one line on stderr and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -133,8 +133,11 @@ def test_options_that_cannot_apply_are_refused_not_ignored(data, capsys):
           message="--tokens .* goes with NeuroX")
     fails(capsys, "similarity", data / "acts.npy", data / "b.npy", "--labels", data / "lines.txt",
           message="--labels .* uses labels only to read NeuroX")
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["convert", str(data / "acts.npy"), "--out", "x.zarr", "--devices", "2"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", str(data / "acts.npy"), "--out", "x.zarr", "--devices", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1  # usage mistakes are one line too
+    assert "unrecognized arguments: --devices 2" in err
 
 
 def test_similarity_writes_one_file_per_metric(data, capsys):
