@@ -130,6 +130,7 @@ class Report:
         self.neurons: dict[str, dict[str, str]] = {}  # label -> analysis -> "rank r of n, score s"
         self.views: dict[str, str] = {}  # label -> top-tokens HTML
         self.covered: set[str] = set()  # ranking methods already shown (information.json's measures)
+        self.leaders: dict[str, None] = {}  # the top neurons of every ranking, in order (for their views)
 
     # --- sections -------------------------------------------------------------------------------------
     def _add(self, kind: str, title: str, caption: str | None, images: Sequence[bytes] = (), html_body: str = ""):
@@ -152,6 +153,7 @@ class Report:
         method = str(data.get("method", "ranking"))
         total = int(data.get("total", len(every)))
         title = title or data.get("title") or f"{_display(method)}: top {len(records)} of {total} neurons"
+        self.leaders.update(dict.fromkeys(str(r["label"]) for r in records[:3]))
         for r in every:
             self.neurons.setdefault(str(r["label"]), {})[_display(method)] = \
                 f"rank {r.get('rank', 0) + 1} of {total}, score {_number(r.get('score'))}"
@@ -257,15 +259,16 @@ class Report:
                 raise JNeuronError(f"{path}: holds no jneuron result files (.json from maxcorr, similarity, probe, ...)")
         return skipped
 
-    def add_store_views(self, store: str | Path, *, top: int = 8, neurons: int = 12) -> None:
-        """Top tokens in context of the best neurons of the report's rankings, from an activation store with text."""
+    def add_store_views(self, store: str | Path, *, top: int = 8, neurons: int = 24) -> None:
+        """Top tokens in context of the top 3 neurons of every ranking (at most ``neurons``), from an activation
+        store with token text."""
         from jneuron.data.files import open_activations
 
         source = open_activations(store)
         if source.text is None:
             return
         text = source.text()
-        wanted = [label for label in self.neurons if label not in self.views][:neurons]
+        wanted = [label for label in self.leaders if label not in self.views][:neurons]
         for column in source.columns:
             units = {int(l.rsplit("/", 1)[1]): l for l in wanted if l.rsplit("/", 1)[0] == column.label}
             if not units:

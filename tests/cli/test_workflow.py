@@ -84,7 +84,7 @@ def test_the_whole_workflow_with_the_command_line(neurox, capsys):
         "--out", out)
     text, _ = run(capsys, "information", store, "--labels", d / "labels.txt", "--out", out)
     assert "warning:" in text and "--threshold 0" in text  # a 0.5 cut on signed activations
-    report, _ = run(capsys, "report", out, "--out", out)
+    report, _ = run(capsys, "report", out, "--activations", store, "--out", out)
 
     maxcorr = json.loads((out / "maxcorr.json").read_text())
     assert maxcorr["models"] == [f"minilm/{i}" for i in range(LAYERS)]
@@ -108,6 +108,9 @@ def test_the_whole_workflow_with_the_command_line(neurox, capsys):
     assert "Caution:" in page and "unbounded" in page  # selectivity on signed activations is flagged
     assert "jneuron maxcorr" in page and "tokens" in page  # the run records: command and data shape
     assert page.count('class="caption"') >= len(titles)
+    views = re.findall(r'<div class="neuron-view" data-neuron="([^"]+)"', page)
+    assert "minilm/0/0" in views  # the planted neuron's top tokens, in their English sentences
+    assert re.search(r'<span class="tok peak"[^>]*>[^<]+</span>', page)
 
 
 def test_the_store_keeps_its_labels_for_later_commands(neurox, capsys):

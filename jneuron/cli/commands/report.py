@@ -3,7 +3,8 @@
 Reads every result any jneuron command writes (rankings, similarity matrices, matches, probes,
 information measures, ablation curves, the studies) from the files or folders given, and writes
 ``OUT/report.html``: one self-contained file (plots embedded), with the run's metadata, sortable tables,
-a neuron search box and a caption defining each method. Open it in any browser; it needs no network.
+a neuron search box, a caption defining each method and a view per neuron (its rank in every analysis,
+and its top tokens in context when an activation store with text is given or found in the folders). Open it in any browser; it needs no network.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULT",
                         help="result .json files, or folders holding them")
     parser.add_argument("--title", default="jneuron report", help="the page title")
+    parser.add_argument("--activations", nargs="+", type=Path, default=[], metavar="STORE",
+                        help="activation stores with token text (from convert): each top neuron's view shows its "
+                             "top tokens in context (default: the .zarr stores inside the result folders)")
     add_out_argument(parser)
 
 
@@ -31,9 +35,10 @@ def run(args: argparse.Namespace) -> int:
     skipped = report.add_results(args.results)
     for file in skipped:
         print(f"note: skipped {file}: not a jneuron result")
-    for folder in args.results:
-        for store in sorted(folder.glob("*.zarr")) if folder.is_dir() else []:
-            report.add_store_views(store)
+    stores = list(args.activations) or [store for folder in args.results if folder.is_dir()
+                                        for store in sorted(folder.glob("*.zarr"))]
+    for store in stores:
+        report.add_store_views(store)
     path = report.write(args.out / "report.html")
     print(f"wrote {path} ({len(report.sections)} sections)")
     return 0
