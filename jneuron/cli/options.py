@@ -158,14 +158,17 @@ def open_inputs(paths: Sequence[Path | str], *, dtype=None, tokens=None, labels=
     same model appears in several inputs (``acts.zarr#m/0 acts.zarr#m/1``), its selected layers become
     models of their own, as ``layers_as_models`` makes every layer one.
     """
-    from jneuron.data.files import as_layer_models, combine, open_activations, split_selector
+    from jneuron.data.files import (
+        as_layer_models,
+        combine,
+        open_activations,
+        split_selector,
+    )
 
     sources = []
     for path in paths:
         base, _ = split_selector(path)
         neurox = base.suffix.lower() in NEUROX_SUFFIXES
-        if base.is_dir() and not (base / "zarr.json").is_file() and not (base / ".zarr").exists():
-            raise JNeuronError(f"{base}: a folder but not a zarr v3 activation store (no zarr.json)")
         sources.append(open_activations(path, tokens=tokens if neurox else None, labels=labels if neurox else None,
                                         layers_as_models=layers_as_models))
     if not any(split_selector(p)[0].suffix.lower() in NEUROX_SUFFIXES for p in paths):

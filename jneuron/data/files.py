@@ -23,11 +23,10 @@ compare models.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from jneuron.data.atomic import clean_leftovers
-from dataclasses import replace
-
 from jneuron.data.file_source import Column as Column
 from jneuron.data.file_source import FileSource as FileSource
 from jneuron.data.file_source import Text as Text

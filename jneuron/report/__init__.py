@@ -7,5 +7,5 @@
 
 from jneuron.report._builder import Report as Report
 from jneuron.report._builder import register as register
-from jneuron.report.neuron_view import neuron_view_html as neuron_view_html
 from jneuron.report.heatmap import plot_similarity as plot_similarity
+from jneuron.report.neuron_view import neuron_view_html as neuron_view_html

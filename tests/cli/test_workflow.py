@@ -84,7 +84,7 @@ def test_the_whole_workflow_with_the_command_line(neurox, capsys):
         "--out", out)
     text, _ = run(capsys, "information", store, "--labels", d / "labels.txt", "--out", out)
     assert "warning:" in text and "--threshold 0" in text  # a 0.5 cut on signed activations
-    report, _ = run(capsys, "report", out, "--activations", store, "--out", out)
+    run(capsys, "report", out, "--activations", store, "--out", out)
 
     maxcorr = json.loads((out / "maxcorr.json").read_text())
     assert maxcorr["models"] == [f"minilm/{i}" for i in range(LAYERS)]

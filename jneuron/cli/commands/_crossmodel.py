@@ -28,7 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, method: str) -> int:
-    from jneuron.crossmodel.maxcorr import MEMORY_BUDGET, maxcorr, mincorr, passes_needed
+    from jneuron.crossmodel.maxcorr import (
+        MEMORY_BUDGET,
+        maxcorr,
+        mincorr,
+        passes_needed,
+    )
     from jneuron.errors import DeadNeuronWarning
     from jneuron.streaming.passes import default_chunk_tokens
 

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
           f"{len(selection.union)} top neurons at {args.percentage:g} of the weight mass")
     for record in ordering.top(args.top):
         print(f"{record['rank'] + 1:>4}  {record['label']:<16} step {record['step']}")
-    name = lambda c: classes[int(c)] if 0 <= int(c) < len(classes) else _plain(c)  # noqa: E731
+    name = lambda c: classes[int(c)] if 0 <= int(c) < len(classes) else _plain(c)
     result = {
         "grid": grid.to_dict(),
         "classes": classes,

@@ -15,6 +15,7 @@ from jneuron.data.atomic import atomic_write_bytes, atomic_write_json
 from jneuron.errors import JNeuronError
 
 if TYPE_CHECKING:
+    import jax
     from flax import nnx
 
     from jneuron.flax.rejuvenation import BNMLP
