@@ -51,7 +51,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)):
             return text
-        return f"{text} (default: %(default)s)"
+        return f"{text} (default: {'none' if action.default is None else '%(default)s'})"
 
 
 def plain_text(doc: str) -> str:
