@@ -11,82 +11,77 @@ The public face, grouped by family; the Flax adapters are ``jneuron.flax``, the 
 
 from jneuron import _interrupts  # noqa: F401  (first: Ctrl-C while the `jneuron` command starts is one line)
 
-# Cross-model rankings (Bau et al., 2019)
-from jneuron.crossmodel.linreg import linreg_ranking as linreg_ranking
-from jneuron.crossmodel.maxcorr import CrossModelRanking as CrossModelRanking
-from jneuron.crossmodel.maxcorr import maxcorr as maxcorr
-from jneuron.crossmodel.maxcorr import mincorr as mincorr
-
-# Data: sources, files, stores, labels
-from jneuron.data.files import open_activations as open_activations
-from jneuron.data.labels import LabelledTokens as LabelledTokens
-from jneuron.data.labels import load_labels as load_labels
-from jneuron.data.source import as_source as as_source
-from jneuron.data.store import StoreWriter as StoreWriter
-from jneuron.data.store import open_store as open_store
-from jneuron.data.store import write_store as write_store
-
-# Errors and warnings
-from jneuron.errors import DeadNeuronWarning as DeadNeuronWarning
-from jneuron.errors import FewTokensWarning as FewTokensWarning
-from jneuron.errors import Float64UnavailableWarning as Float64UnavailableWarning
-from jneuron.errors import JNeuronError as JNeuronError
-from jneuron.errors import StaleCheckpointWarning as StaleCheckpointWarning
-
-# Information measures and cumulative ablation (Amjad et al., 2018)
-from jneuron.flax.ablation import balance_bias as balance_bias
-from jneuron.flax.cumulative_ablation import CumulativeAblation as CumulativeAblation
-from jneuron.flax.cumulative_ablation import cumulative_ablation as cumulative_ablation
-from jneuron.information import NeuronInformation as NeuronInformation
-from jneuron.information import neuron_information as neuron_information
-
-# Probing (NeuroX) and probeless ranking
-from jneuron.probing.ablation import AblationTable as AblationTable
-from jneuron.probing.ablation import retrain_ablation as retrain_ablation
-from jneuron.probing.ablation import zero_out_ablation as zero_out_ablation
-from jneuron.probing.probe import Probe as Probe
-from jneuron.probing.probe import ProbeGrid as ProbeGrid
-from jneuron.probing.probe import train_probe as train_probe
-from jneuron.probing.probe import train_probes as train_probes
-from jneuron.probing.probeless import Probeless as Probeless
-from jneuron.probing.probeless import probeless as probeless
-from jneuron.probing.selection import Selection as Selection
-from jneuron.probing.selection import bottom_neurons as bottom_neurons
-from jneuron.probing.selection import neuron_ordering as neuron_ordering
-from jneuron.probing.selection import (
-    neuron_ordering_granular as neuron_ordering_granular,
-)
-from jneuron.probing.selection import neuron_overlap as neuron_overlap
-from jneuron.probing.selection import ordering_cutoffs as ordering_cutoffs
-from jneuron.probing.selection import random_neurons as random_neurons
-from jneuron.probing.selection import threshold_neurons as threshold_neurons
-from jneuron.probing.selection import top_neurons as top_neurons
-
-# Results
-from jneuron.results import NeuronIndex as NeuronIndex
-from jneuron.results import Ranking as Ranking
-
-# Representational similarity, canonical directions and neuron matching
-from jneuron.similarity.directions import DirectionRanking as DirectionRanking
-from jneuron.similarity.directions import direction_ranking as direction_ranking
-from jneuron.similarity.matching import Matching as Matching
-from jneuron.similarity.matching import SparsePrediction as SparsePrediction
-from jneuron.similarity.matching import match_neurons as match_neurons
-from jneuron.similarity.matching import sparse_prediction as sparse_prediction
-from jneuron.similarity.matrix import SimilarityMatrix as SimilarityMatrix
-from jneuron.similarity.matrix import similarity_matrix as similarity_matrix
-from jneuron.similarity.measures import CCAResult as CCAResult
-from jneuron.similarity.measures import CKAResult as CKAResult
-from jneuron.similarity.measures import PWCCAResult as PWCCAResult
-from jneuron.similarity.measures import cca as cca
-from jneuron.similarity.measures import cka as cka
-from jneuron.similarity.measures import pwcca as pwcca
-from jneuron.similarity.measures import svcca as svcca
-
-# Streaming: co-moments and device meshes
-from jneuron.streaming.comoments import CoMoments as CoMoments
-from jneuron.streaming.comoments import comoments as comoments
-from jneuron.streaming.mesh import device_mesh as device_mesh
+# Every public name below is imported when first used (PEP 562), so that `import jneuron` and the `jneuron`
+# command's --help start without importing JAX; `from jneuron import x` and `jn.x` work as before.
+_LAZY = {
+    # Cross-model rankings (Bau et al., 2019)
+    "linreg_ranking": "jneuron.crossmodel.linreg",
+    "CrossModelRanking": "jneuron.crossmodel.maxcorr",
+    "maxcorr": "jneuron.crossmodel.maxcorr",
+    "mincorr": "jneuron.crossmodel.maxcorr",
+    # Data: sources, files, stores, labels
+    "open_activations": "jneuron.data.files",
+    "LabelledTokens": "jneuron.data.labels",
+    "load_labels": "jneuron.data.labels",
+    "as_source": "jneuron.data.source",
+    "StoreWriter": "jneuron.data.store",
+    "open_store": "jneuron.data.store",
+    "write_store": "jneuron.data.store",
+    # Errors and warnings
+    "DeadNeuronWarning": "jneuron.errors",
+    "FewTokensWarning": "jneuron.errors",
+    "Float64UnavailableWarning": "jneuron.errors",
+    "JNeuronError": "jneuron.errors",
+    "StaleCheckpointWarning": "jneuron.errors",
+    # Information measures and cumulative ablation (Amjad et al., 2018)
+    "CumulativeAblation": "jneuron.flax.cumulative_ablation",
+    "balance_bias": "jneuron.flax.ablation",
+    "cumulative_ablation": "jneuron.flax.cumulative_ablation",
+    "NeuronInformation": "jneuron.information",
+    "neuron_information": "jneuron.information",
+    # Probing (NeuroX) and probeless ranking
+    "AblationTable": "jneuron.probing.ablation",
+    "retrain_ablation": "jneuron.probing.ablation",
+    "zero_out_ablation": "jneuron.probing.ablation",
+    "Probe": "jneuron.probing.probe",
+    "ProbeGrid": "jneuron.probing.probe",
+    "train_probe": "jneuron.probing.probe",
+    "train_probes": "jneuron.probing.probe",
+    "Probeless": "jneuron.probing.probeless",
+    "probeless": "jneuron.probing.probeless",
+    "Selection": "jneuron.probing.selection",
+    "bottom_neurons": "jneuron.probing.selection",
+    "neuron_ordering": "jneuron.probing.selection",
+    "neuron_ordering_granular": "jneuron.probing.selection",
+    "neuron_overlap": "jneuron.probing.selection",
+    "ordering_cutoffs": "jneuron.probing.selection",
+    "random_neurons": "jneuron.probing.selection",
+    "threshold_neurons": "jneuron.probing.selection",
+    "top_neurons": "jneuron.probing.selection",
+    # Results
+    "NeuronIndex": "jneuron.results",
+    "Ranking": "jneuron.results",
+    # Representational similarity, canonical directions and neuron matching
+    "DirectionRanking": "jneuron.similarity.directions",
+    "direction_ranking": "jneuron.similarity.directions",
+    "Matching": "jneuron.similarity.matching",
+    "SparsePrediction": "jneuron.similarity.matching",
+    "match_neurons": "jneuron.similarity.matching",
+    "sparse_prediction": "jneuron.similarity.matching",
+    "SimilarityMatrix": "jneuron.similarity.matrix",
+    "similarity_matrix": "jneuron.similarity.matrix",
+    "CCAResult": "jneuron.similarity.measures",
+    "CKAResult": "jneuron.similarity.measures",
+    "PWCCAResult": "jneuron.similarity.measures",
+    "cca": "jneuron.similarity.measures",
+    "cka": "jneuron.similarity.measures",
+    "pwcca": "jneuron.similarity.measures",
+    "svcca": "jneuron.similarity.measures",
+    # Streaming: co-moments and device meshes
+    "CoMoments": "jneuron.streaming.comoments",
+    "comoments": "jneuron.streaming.comoments",
+    "device_mesh": "jneuron.streaming.mesh",
+}
 
 __version__ = "0.1.0"
 
@@ -112,3 +107,18 @@ __all__ = [
     # information
     "neuron_information", "NeuronInformation", "cumulative_ablation", "CumulativeAblation", "balance_bias",
 ]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jneuron' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

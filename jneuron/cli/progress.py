@@ -73,7 +73,9 @@ class Progress:
         self.drawn = True
 
     def close(self) -> None:
-        """Draw the final line (when enabled) and end it."""
+        """Draw the final line (when enabled) and end it; a run that reported no chunk finished them all."""
+        if self.done == 0 and self.total:
+            self.done = self.total
         if self.enabled:
             self._draw(time.perf_counter())
             if self.tty:

@@ -2,7 +2,12 @@
 
 Formats, by path: a folder with ``zarr.json`` (jneuron zarr v3 store), ``.npy`` (memory-mapped),
 ``.npz``, ``.hdf5``/``.h5`` (NeuroX HDF5) and ``.json``/``.jsonl`` (NeuroX JSON-lines). A path may end
-in ``#selector`` to keep some models or layers: ``acts.zarr#mlp0,mlp1/layers/0``.
+in ``#selector`` to keep some models or layers: ``acts.zarr#mlp0,mlp1/layers/0``. The selector applies
+before the file is checked, so arrays it leaves out (an ``.npz``'s 1-D ``position``) are never read.
+
+``layers_as_models=True`` makes every layer its own model, named ``model/layer``: the layers of one
+network can then be compared with each other as MaxCorr, MinCorr, LinReg and the similarity matrices
+compare models.
 
 >>> import numpy as np, tempfile, os
 >>> folder = tempfile.mkdtemp()
@@ -10,11 +15,15 @@ in ``#selector`` to keep some models or layers: ``acts.zarr#mlp0,mlp1/layers/0``
 >>> src = open_activations(os.path.join(folder, "a.npy"))
 >>> src.names, src.widths, src.tokens
 (('a',), (3,), 10)
+>>> np.savez(os.path.join(folder, "m.npz"), **{"m/l0": np.ones((10, 2)), "m/l1": np.ones((10, 4))})
+>>> open_activations(os.path.join(folder, "m.npz"), layers_as_models=True).names
+('m/l0', 'm/l1')
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from jneuron.data.atomic import clean_leftovers
@@ -37,7 +46,7 @@ def split_selector(path: str | Path) -> tuple[Path, str | None]:
 
 
 def open_activations(path: str | Path, select: str | Sequence[str] | None = None, *, tokens=None,
-                     labels=None, dtype=None) -> FileSource:
+                     labels=None, dtype=None, layers_as_models: bool = False) -> FileSource:
     """Open one activation file or store (see the module docstring) as a streaming source.
 
     Args:
@@ -45,6 +54,7 @@ def open_activations(path: str | Path, select: str | Sequence[str] | None = None
       select: models or layers to keep (``"model"``, ``"model/layer"``, comma-separated), in that order.
       tokens, labels: NeuroX-style text files (one sentence per line) aligned with the rows.
       dtype: read chunks as this dtype (default float32, or float64 if the file is float64).
+      layers_as_models: make every (selected) layer its own model, named ``model/layer``.
     """
     path, selector = split_selector(path)
     if not path.exists():
@@ -65,7 +75,7 @@ def open_activations(path: str | Path, select: str | Sequence[str] | None = None
     elif suffix == ".npz":
         from jneuron.data.numpy_files import open_npz
 
-        source = open_npz(path)
+        source = open_npz(path, keep=[t for terms in (selector, select) for t in _terms(terms)] or None)
     elif suffix in (".hdf5", ".h5"):
         from jneuron.data.neurox import open_neurox_hdf5
 
@@ -80,4 +90,24 @@ def open_activations(path: str | Path, select: str | Sequence[str] | None = None
         raise JNeuronError(f"{path}: token and label files go with NeuroX .hdf5/.json activations only")
     for terms in (selector, select):
         source = source.select(terms)
+    if layers_as_models:
+        source = as_layer_models(source)
     return source.with_dtype(dtype) if dtype is not None else source
+
+
+def as_layer_models(source: FileSource) -> FileSource:
+    """The same columns with every layer its own model, named by its label (``model/layer``).
+
+    >>> import numpy as np
+    >>> a = np.zeros((4, 3))
+    >>> src = FileSource("x", (Column("m", "0", 1, a.dtype, None), Column("m", "1", 2, a.dtype, None)), 4)
+    >>> as_layer_models(src).layers
+    {'m/0': (('', 1),), 'm/1': (('', 2),)}
+    """
+    return replace(source, columns=tuple(replace(c, model=c.label, layer="") for c in source.columns))
+
+
+def _terms(terms: str | Sequence[str] | None) -> list[str]:
+    if terms is None:
+        return []
+    return [t for t in terms.split(",") if t] if isinstance(terms, str) else list(terms)

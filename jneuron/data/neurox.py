@@ -56,11 +56,13 @@ def _text(words: list[list[str]], lengths: np.ndarray, where: str, tokens=None, 
 
 def _check_lengths(lines: list[list[str]], lengths: np.ndarray, where: str) -> None:
     if len(lines) != len(lengths):
-        raise JNeuronError(f"mismatched tokens: {where} has {len(lines)} sentences, the activations {len(lengths)}")
-    for s, (line, rows) in enumerate(zip(lines, lengths)):
+        raise JNeuronError(f"mismatched tokens: {where} has {len(lines)} lines (sentences), the activations "
+                           f"{len(lengths)} sentences")
+    for s, (line, rows) in enumerate(zip(lines, lengths), start=1):
         if len(line) != rows:
             raise JNeuronError(
-                f"mismatched tokens: sentence {s} has {len(line)} items in {where} but {rows} activation rows"
+                f"mismatched tokens: line {s} (sentence {s}) has {len(line)} items in {where} but {rows} activation "
+                "rows (lines and sentences counted from 1)"
             )
 
 

@@ -61,15 +61,22 @@ def _check_size(path: Path, size: int) -> None:
         raise JNeuronError(f"{path}: the file was cut to {now} bytes while being read (its array needs {size})")
 
 
-def open_npz(path: str | Path) -> FileSource:
-    """An ``.npz`` archive: one column group per key (``model/layer`` or ``model``), read on first use."""
+def open_npz(path: str | Path, keep: list[str] | None = None) -> FileSource:
+    """An ``.npz`` archive: one column group per key (``model/layer`` or ``model``), read on first use.
+
+    ``keep``: selector terms (``model``, ``model/layer`` or a layer name); other arrays are not checked.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as stream, np.load(stream) as archive:
-            keys = list(archive.files)
+            every = list(archive.files)
+            keys = [k for k in every if keep is None or _kept(k, keep)]
             shapes = {k: _shape(archive, k) for k in keys}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise JNeuronError(f"{path}: not a readable .npz file (corrupt or truncated?): {error}") from None
+    missing = [t for t in keep or () if not any(_kept(k, [t]) for k in every)]
+    if missing:
+        raise JNeuronError(f"{path}: no model or layer '{missing[0]}' (available: {', '.join(every)})")
     if not keys:
         raise JNeuronError(f"{path}: the archive holds no arrays")
     cache: dict[str, np.ndarray] = {}
@@ -95,6 +102,11 @@ def open_npz(path: str | Path) -> FileSource:
     if len(set(tokens.values())) != 1:
         raise JNeuronError(f"{path}: arrays have mismatched token counts: {tokens}")
     return FileSource(str(path), group_by_model(columns), next(iter(tokens.values())))
+
+
+def _kept(key: str, terms: list[str]) -> bool:
+    model, _, layer = key.partition("/")
+    return any(term in (key, model, layer) for term in terms)
 
 
 def _shape(archive, key: str) -> tuple[tuple[int, ...], np.dtype]:

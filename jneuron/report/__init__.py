@@ -1,4 +1,4 @@
-"""Reports: rankings, heatmaps, curves, class counts and neuron views in one ``report/index.html``; the
+"""Reports: every result of every command in one self-contained ``report.html`` (plots embedded); the
 figures of every result kind (:mod:`jneuron.report.figures`).
 
 >>> import jneuron.report as jr
@@ -9,5 +9,5 @@ figures of every result kind (:mod:`jneuron.report.figures`).
 from jneuron.report import figures as figures
 from jneuron.report._builder import Report as Report
 from jneuron.report._builder import register as register
-from jneuron.report.neuron_view import neuron_view_html as neuron_view_html
 from jneuron.report.heatmap import plot_similarity as plot_similarity
+from jneuron.report.neuron_view import neuron_view_html as neuron_view_html

@@ -48,9 +48,11 @@ def plot_similarity(matrix, path: str | Path | None = None, *, ax=None, cmap: st
     ax.set_yticks(range(values.shape[0]), matrix.names_a)
     ax.set_title(f"{matrix.metric}, {matrix.tokens} tokens")
     if annotate if annotate is not None else max(values.shape) <= 16:
+        from jneuron.report.plots import text_colour
+
         for (i, j), value in _cells(values):
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value < 0.6 else "black")
+                    color=text_colour(image.cmap(image.norm(value))))
     fig.colorbar(image, ax=ax)
     if path is not None:
         buffer = io.BytesIO()

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -54,3 +55,34 @@ def test_demo_runs_end_to_end(demo_run):
     assert maxcorr["models"] == ["mlp0", "mlp1", "mlp2"] and len(maxcorr["neurons"]) == 3 * (64 + 32)
     assert all(len(n["partners"]) == 2 for n in maxcorr["neurons"])
 
+
+
+def test_demo_report_in_chromium_and_jneuron_report_on_its_folder(demo_run, tmp_path, capsys):
+    """The demo's page loads without console errors, every image decodes, every section is there and the
+    screenshot is a drawn page; `jneuron report` on the demo's folder gives the same sections."""
+    from tests.report.test_report import browse, titles
+
+    code, _, folder = demo_run
+    assert code == 0
+    demo_titles = titles((folder / "report.html").read_text())
+    for expected in ("MaxCorr: top 20 of 288", "MinCorr: top 20 of 288", "Mean best |correlation| between models",
+                     "Top inputs of mlp", "SVCCA between layers", "Linear CKA between layers",
+                     "Probe ordering: top 20 of 96", "Neurons per digit", "Probe accuracy keeping",
+                     "Mutual information: top 20 of 96", "Class selectivity", "Cumulative ablation",
+                     "Ablating mlp0's neurons by MaxCorr", "Conductance of mlp0/layers/0"):
+        assert any(t.startswith(expected) for t in demo_titles), (expected, demo_titles)
+    assert main(["report", str(folder), "--out", str(tmp_path / "again")]) == 0
+    assert titles((tmp_path / "again" / "report.html").read_text()) == demo_titles
+    capsys.readouterr()
+
+    screenshot = tmp_path / "demo.png"
+    dom, console = browse(folder / "report.html", tmp_path / "profile", screenshot=screenshot)
+    assert console == [], console
+    status = re.search(r'id="status"[^>]*', dom).group(0)
+    total = int(re.search(r'data-images-total="(\d+)"', status).group(1))
+    assert total >= len(demo_titles) and f'data-images-loaded="{total}"' in status and 'data-errors="0"' in status
+    assert re.search(r'data-sections="(\d+)"', status).group(1) == str(len(demo_titles) + 1)  # + Neurons
+    from matplotlib.image import imread
+
+    pixels = imread(screenshot)
+    assert pixels.shape[:2] == (3000, 1200) and pixels[..., :3].std() > 0.05  # a drawn page, not a blank one

@@ -81,7 +81,7 @@ def test_maxcorr_on_npy_files_with_progress_and_checkpoint(files, capsys):
     (["maxcorr", "{d}/s.zarr#m0/layers/9", "{d}/m1.npy"], "no model or layer 'm0/layers/9'"),
     (["maxcorr", "{d}/m0.npy", "{d}/short.npy"], "mismatched token counts between inputs"),
     (["maxcorr", "{d}/broken.npy", "{d}/m1.npy"], "broken.npy: not a readable .npy file"),
-    (["maxcorr", "{d}/m0.npy"], "need at least 2 models"),
+    (["maxcorr", "{d}/m0.npy"], "maxcorr compares at least 2 models, but the inputs hold 1 (m0)"),
     (["maxcorr", "{d}/m0.npy", "{d}/m1.npy", "--devices", "tpu"], "no 'tpu' devices"),
     (["maxcorr", "{d}/m0.npy", "{d}/m1.npy", "--devices", "cpu,gpu"], "give a device count (e.g. 8) or one device"),
     (["maxcorr", "{d}/m0.npy", "{d}/m1.npy", "--devices", "64"], "devices=64: this process sees"),
@@ -138,9 +138,9 @@ def test_report_command_gathers_results(files, capsys):
     (files / "res" / "other.json").write_text(json.dumps({"something": 1}))
     code, out, _ = run_cli(capsys, "report", files / "res", "--out", files / "res")
     assert code == 0 and "skipped" in out and "other.json" in out
-    page = (files / "res" / "report" / "index.html").read_text()
-    assert "similarity" in page and "maxcorr: top 12 neurons" in page
-    assert len(list((files / "res" / "report" / "img").glob("*.png"))) == 2
+    page = (files / "res" / "report.html").read_text()
+    assert "similarity" in page and "MaxCorr: top 12 of 12 neurons" in page
+    assert page.count('src="data:image/png;base64,') == 2 and not (files / "res" / "report").exists()
 
 
 def test_loaders_keep_their_signatures(files):
@@ -183,13 +183,13 @@ def test_demo_writes_store_results_and_report(demo_run):
     # run under the suite's strict dtype promotion (tests/conftest.py): what passes there runs as well
     # under the standard promotion users have
     code, out, folder = demo_run
-    assert code == 0 and f"report: {(folder / 'report' / 'index.html').resolve()}" in out
+    assert code == 0 and f"report: {(folder / 'report.html').resolve()}" in out
     store = jn.open_activations(folder / "activations.zarr")
     assert store.layers == {f"mlp{i}": (("layers/0", 64), ("layers/1", 32)) for i in range(3)}
     assert store.tokens == 1797 and store.text().labels[:3] == ("0", "1", "2")
-    page = (folder / "report" / "index.html").read_text()
-    for title in ("maxcorr: top 20 neurons", "mincorr: top 20 neurons", "Mean best |correlation| between models",
-                  "Top tokens of mlp"):
+    page = (folder / "report.html").read_text()
+    for title in ("MaxCorr: top 20 of 288 neurons", "MinCorr: top 20 of 288 neurons",
+                  "Mean best |correlation| between models", "Top inputs of mlp"):
         assert title in page
     assert page.count('class="tokimg"') >= 12
     assert json.loads((folder / "maxcorr.json").read_text())["method"] == "maxcorr"

@@ -17,6 +17,9 @@ def test_ablate_command_writes_curves(tmp_path, capsys):
     assert summary["top_first"]["values"][0] == summary["bottom_first"]["values"][0] == summary["top_first"]["baseline"]
     assert (tmp_path / "top_first.png").read_bytes()[:4] == b"\x89PNG"
     assert "intact test accuracy" in capsys.readouterr().out
+    assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 0  # the report reads what ablate wrote
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "<h2>Ablation curves</h2>" in page and page.count('src="data:image/png') == 1  # curves drawn once
 
 
 def test_ablate_command_rejects_one_model(tmp_path, capsys):

@@ -46,3 +46,8 @@ def test_study_information_command(tmp_path, capsys):
     best = network[0]
     assert f"**{best['measure']}** predicts best (gap {best['gap']:.3f})" in text
     assert "bias balancing" in text and "| network |" in text
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0  # the report reads the study's files
+    page = (tmp_path / "r" / "report.html").read_text()
+    for title in ("Mutual information: top 14 of 14", "Cumulative ablation over the whole network",
+                  "Information study: which measure predicts the accuracy drop"):
+        assert title in page

@@ -47,8 +47,8 @@ def test_results_and_report_have_the_usual_permissions(inputs, capsys):
         os.umask(previous)
     modes = {p.relative_to(inputs).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in (inputs / "res").rglob("*")}
     modes["res"] = stat.S_IMODE((inputs / "res").stat().st_mode)
-    assert {name for name, mode in modes.items() if mode == 0o755} == {"res", "res/report", "res/report/img"}
-    assert all(mode == 0o644 for name, mode in modes.items() if name not in ("res", "res/report", "res/report/img"))
+    assert {name for name, mode in modes.items() if mode == 0o755} == {"res"}
+    assert "res/report.html" in modes and all(mode == 0o644 for name, mode in modes.items() if name != "res")
     assert hidden(inputs) == [] and hidden(inputs / "res") == []
 
 
@@ -109,7 +109,7 @@ def test_run_killed_before_its_commit_is_cleaned_by_the_next(inputs, capsys):
     (dead / "maxcorr.json").write_text("{}")
     assert maxcorr(capsys, inputs)[0] == 0
     assert not dead.exists() and hidden(inputs / "res") == []
-    assert sorted(os.listdir(inputs / "res")) == ["maxcorr.csv", "maxcorr.json"]
+    assert sorted(os.listdir(inputs / "res")) == ["maxcorr.csv", "maxcorr.json", "run_maxcorr.json"]
 
 
 def test_run_killed_during_its_moves_is_finished_by_the_next(inputs, capsys, monkeypatch):
@@ -199,4 +199,4 @@ def test_out_may_be_the_working_directory_holding_other_files(inputs, capsys, mo
     monkeypatch.chdir(inputs)
     code, out, _ = run_cli(capsys, "maxcorr", "a.npy", "b.npy", "--out", ".", "--no-plot")
     assert code == 0 and "wrote ./maxcorr.json, ./maxcorr.csv" in out
-    assert sorted(os.listdir(inputs)) == ["a.npy", "b.npy", "maxcorr.csv", "maxcorr.json"]
+    assert sorted(os.listdir(inputs)) == ["a.npy", "b.npy", "maxcorr.csv", "maxcorr.json", "run_maxcorr.json"]

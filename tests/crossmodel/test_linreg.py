@@ -193,7 +193,7 @@ def test_linreg_command(rng, tmp_path, capsys):
         np.save(tmp_path / f"{name}.npy", model)
     files = [str(tmp_path / f"{n}.npy") for n in "abc"]
     assert main(["linreg", *files, "--top", "3", "--out", str(tmp_path / "out")]) == 0
-    data = json.loads((tmp_path / "out" / "linreg.json").read_text())
+    data = json.loads((tmp_path / "out" / "linreg_min.json").read_text())
     assert data["method"] == "linreg_min" and len(data["neurons"]) == 15
     assert capsys.readouterr().out.count("R^2") == 3
     assert main(["linreg", files[0], "--out", str(tmp_path / "out")]) == 2  # one model: a clear error

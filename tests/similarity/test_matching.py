@@ -195,6 +195,6 @@ def test_match_command(rng, tmp_path, capsys):
     np.save(tmp_path / "net2.npy", y)
     files = [str(tmp_path / "net1.npy"), str(tmp_path / "net2.npy")]
     assert main(["match", *files, "--lasso", "--out", str(tmp_path / "out")]) == 0
-    data = json.loads((tmp_path / "out" / "match.json").read_text())
+    data = json.loads((tmp_path / "out" / "match_bipartite.json").read_text())
     assert data["method"] == "bipartite" and len(data["pairs"]) == 5 and "sparse_prediction" in data
     assert data["pairs"][0]["x"]["label"] == "net1/0" and "<->" in capsys.readouterr().out

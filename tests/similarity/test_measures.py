@@ -463,10 +463,10 @@ def test_similarity_command_writes_json_and_heatmap(rng, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["similarity", str(tmp_path / "l0.npy"), str(tmp_path / "l1.npy"), "--metric", "cka",
                  "--out", str(out)]) == 0
-    data = json.loads((out / "similarity.json").read_text())
+    data = json.loads((out / "similarity_cka.json").read_text())
     assert data["names_a"] == ["l0", "l1"]
     assert_close(data["values"][0][1], ref_cka(x, y), cka_bound(x, y), what="cka from the command")
-    assert (out / "similarity.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "similarity_cka.png").read_bytes()[:4] == b"\x89PNG"
     assert "cka over 600 tokens" in capsys.readouterr().out
     assert main(["similarity", str(tmp_path / "missing.npy"), "--out", str(out)]) == 2
 

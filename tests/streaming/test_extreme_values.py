@@ -233,7 +233,7 @@ def test_the_cli_prints_and_writes_cka_with_one_entry_of_1e30(tmp_path, capsys):
     assert main(["similarity", str(tmp_path / "x.npy"), str(tmp_path / "same.npy"), "--metric", "cka",
                  "--out", str(tmp_path / "out")]) == 0
     assert "1.0000" in capsys.readouterr().out
-    text = (tmp_path / "out" / "similarity.json").read_text()
+    text = (tmp_path / "out" / "similarity_cka.json").read_text()
     values = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))["values"]
     assert_close(np.asarray(values), np.ones((2, 2)), tolerance(500, np.float32, condition=cka_condition(x, x)))
 

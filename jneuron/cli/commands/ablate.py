@@ -7,18 +7,11 @@ import argparse
 import json
 import warnings
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jneuron.cli.options import add_out_argument
-from jneuron.crossmodel.maxcorr import maxcorr
-from jneuron.data.atomic import atomic_write_text
-from jneuron.data.bundled import load_digits
-from jneuron.errors import DeadNeuronWarning, JNeuronError
-from jneuron.flax.curves import ablation_curve
-from jneuron.models import MLP, train_classifier
-from jneuron.report.figures import ablation_curve_figure
+from jneuron.data.atomic import atomic_write_bytes, atomic_write_text
+from jneuron.errors import JNeuronError
 
 NAME = "ablate"
 HELP = "ablation curves on the demo MLPs: remove MaxCorr-ranked hidden neurons top-first vs bottom-first"
@@ -27,12 +20,12 @@ LAYERS = ("layers/0", "layers/1")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_out_argument(parser, "ablate-output")
-    parser.add_argument("--models", type=int, default=3, help="models to train, with seeds 0, 1, ... (default 3)")
-    parser.add_argument("--epochs", type=int, default=30, help="training epochs per model (default 30)")
-    parser.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode (default zero)")
+    parser.add_argument("--models", type=int, default=3, help="models to train, with seeds 0, 1, ...")
+    parser.add_argument("--epochs", type=int, default=30, help="training epochs per model")
+    parser.add_argument("--mode", choices=("zero", "mean"), default="zero", help="ablation mode")
     parser.add_argument("--scope", choices=("network", "layer"), default="network",
-                        help="remove across the whole network or within one layer at a time (default network)")
-    parser.add_argument("--step", type=int, default=4, help="neurons removed between curve points (default 4)")
+                        help="remove across the whole network or within one layer at a time")
+    parser.add_argument("--step", type=int, default=4, help="neurons removed between curve points")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,6 +33,15 @@ def run(args: argparse.Namespace) -> int:
         raise JNeuronError("--models must be at least 2: MaxCorr ranks a model's neurons against other models")
     if args.step < 1:
         raise JNeuronError("--step must be at least 1")
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jneuron.crossmodel.maxcorr import maxcorr
+    from jneuron.data.bundled import load_digits
+    from jneuron.errors import DeadNeuronWarning
+    from jneuron.flax.curves import ablation_curve
+    from jneuron.models import MLP, train_classifier
+    from jneuron.report import plots
     train, test = load_digits().split(seed=0)
     models, activations = [], {}
     for seed in range(args.models):
@@ -63,8 +65,11 @@ def run(args: argparse.Namespace) -> int:
         curve = ablation_curve(models[0], test.images, test.labels, order, LAYERS, ks, mode=args.mode,
                                scope=args.scope)
         curve.to_json(args.out / f"{name}.json")
-        ablation_curve_figure(curve, args.out / f"{name}.png",
-                              title=f"mlp0, MaxCorr {name.replace('_', ' ')}, {args.mode} ablation")
+        png = plots.curves({name.replace("_", " "): (curve.ks, curve.values)} if curve.values.ndim == 1 else
+                           {f"{layer}": (curve.ks, row) for layer, row in zip(curve.layers, curve.values)},
+                           title=f"mlp0, MaxCorr {name.replace('_', ' ')}, {args.mode} ablation",
+                           xlabel=f"neurons removed ({args.scope})", ylabel="test accuracy", baseline=curve.baseline)
+        atomic_write_bytes(args.out / f"{name}.png", png)
         summary[name] = curve.to_dict()
         values = curve.values if curve.values.ndim == 1 else curve.values.mean(axis=0)
         shown = ", ".join(f"{k}:{v:.3f}" for k, v in list(zip(curve.ks, values))[:: max(1, len(ks) // 8)])

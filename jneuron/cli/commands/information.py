@@ -1,46 +1,72 @@
-"""Entropy, mutual information, KL selectivity and class selectivity of every neuron, from .npy files.
+"""Entropy, mutual information, KL selectivity and class selectivity of every neuron.
 
-`jneuron information layer0.npy layer1.npy --labels labels.npy --out results/`
+``jneuron information acts.zarr --labels labels.txt --out results/``: any activation inputs, and labels
+as a NeuroX label file, a ``.npy`` array of integers or strings, or one label per line (or the labels
+stored with the inputs). Writes ``information.json`` and ``ranking_<measure>.json`` per measure.
+
+The 1-bit quantization cuts at ``--threshold``: 0.5 suits sigmoid units and 0 ReLU units. On signed
+activations (a transformer's hidden states) a cut at 0.5 puts nearly every value on one side, so a
+warning is printed. Class selectivity, (max class mean - mean of the others) / (their sum), lies in
+[0, 1] for non-negative outputs only: on signed values the denominator can be near 0 or negative and the
+index unbounded (a value of 167 says nothing), which the warning also says.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
-from jneuron.cli.options import add_out_argument, load_models
-from jneuron.errors import JNeuronError
-from jneuron.information import MEASURES, QUANTIZERS, neuron_information
+from jneuron.cli.options import (
+    add_input_arguments,
+    add_out_argument,
+    add_streaming_arguments,
+    check_finite,
+    device_scope,
+    load_source,
+    progress_for,
+    read_labels,
+    streaming_options,
+)
 
 NAME = "information"
-HELP = "rank neurons by entropy, mutual information with labels, KL and class selectivity (.npy activations)"
+HELP = "rank neurons by entropy, mutual information with labels, KL and class selectivity"
+QUANTIZERS = ("threshold", "uniform", "quantile")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path, help="(tokens, neurons) .npy activations, side by side")
-    parser.add_argument("--labels", type=Path, required=True, help="(tokens,) .npy integer class labels")
+    add_input_arguments(parser, labels="required unless the inputs hold labels")
     parser.add_argument("--quantize", choices=QUANTIZERS, default="threshold", help="how outputs are binned")
     parser.add_argument("--threshold", type=float, default=0.5,
-                        help="1-bit cut, x > threshold (0.5 for sigmoid units, 0 for ReLU; default 0.5)")
+                        help="1-bit cut, x > threshold (0.5 for sigmoid units, 0 for ReLU or signed units)")
     parser.add_argument("--bins", type=int, default=2, help="bins for --quantize uniform or quantile")
-    parser.add_argument("--classes", type=int, default=None, help="number of classes (default max label + 1)")
-    parser.add_argument("--nats", action="store_true", help="natural logarithms instead of bits")
-    parser.add_argument("--top", type=int, default=10, help="neurons to print per measure (default 10)")
+    parser.add_argument("--classes", type=int, default=None, help="number of classes (default: the labels seen)")
+    parser.add_argument("--nats", action="store_true", help="natural logarithms instead of bits (off: bits)")
+    parser.add_argument("--top", type=int, default=10, help="neurons to print per measure")
+    add_streaming_arguments(parser)
     add_out_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    models = load_models(args.files)
-    if not args.labels.is_file():
-        raise JNeuronError(f"no such file: {args.labels}")
-    try:
-        labels = np.load(args.labels)
-    except (ValueError, OSError) as error:
-        raise JNeuronError(f"{args.labels}: not a readable .npy file ({error})") from None
-    info = neuron_information(models, labels, quantize=args.quantize, threshold=args.threshold, bins=args.bins,
-                              classes=args.classes, unit="nats" if args.nats else "bits")
+    from jneuron.data.atomic import atomic_write_json
+    from jneuron.information import MEASURES, neuron_information
+
+    source = load_source(args.inputs, args)
+    labels, classes = read_labels(args, source)
+    x = source.read(0, source.tokens)
+    check_finite(x, source)
+    notes = guardrails(x, args.quantize, args.threshold)
+    for note in notes:
+        print(f"warning: {note}")
+    edges = np.cumsum((0,) + source.widths)
+    models = {name: {layer: x[:, lo + start:lo + start + width] for layer, width, start in _layers(source, name)}
+              for name, lo in zip(source.names, edges[:-1])}
+    progress = progress_for(args, source.tokens)
+    with device_scope(args):
+        options = streaming_options(neuron_information, args, progress)
+        info = neuron_information(models, labels, quantize=args.quantize, threshold=args.threshold, bins=args.bins,
+                                  classes=args.classes, unit="nats" if args.nats else "bits", **options)
+    progress.close()
     print(f"{len(info.neurons)} neurons, H(Y) = {info.label_entropy:.4f} {info.unit}, {len(info.dead)} in one bin")
     for measure in MEASURES:
         ranking = info.ranking(measure)
@@ -48,5 +74,28 @@ def run(args: argparse.Namespace) -> int:
         for record in ranking.top(args.top):
             print(f"{record['rank'] + 1:>4}  {record['label']:<24} {record['score']:.4f}")
         ranking.to_json(args.out / f"ranking_{measure}.json")
-    print(f"\nwrote {info.to_json(args.out / 'information.json')} and ranking_<measure>.json")
+    data = {**info.to_dict(), "classes": classes, "warnings": notes}
+    print(f"\nwrote {atomic_write_json(args.out / 'information.json', data)} and ranking_<measure>.json")
     return 0
+
+
+def _layers(source, model: str):
+    start = 0
+    for layer, width in source.layers[model]:
+        yield layer or "", width, start
+        start += width
+
+
+def guardrails(x: np.ndarray, quantize: str, threshold: float) -> list[str]:
+    """Warnings for settings that make the information measures misleading on these activations."""
+    notes = []
+    negative = float(np.mean(x < 0)) if x.size else 0.0
+    if quantize == "threshold" and negative > 0.01:
+        above = float(np.mean(x > threshold))
+        if threshold > 0:
+            notes.append(f"{100 * negative:.0f}% of the activations are negative (signed units), but the 1-bit cut "
+                         f"is at {threshold:g} (meant for sigmoid outputs): {100 * above:.0f}% of values fall above "
+                         "it; use --threshold 0 or --quantize quantile for signed activations")
+        notes.append("class selectivity divides by the sum of class means; on signed activations that sum can be "
+                     "near 0 and the index unbounded, so rank signed units by mutual information or KL selectivity")
+    return notes

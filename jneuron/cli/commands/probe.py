@@ -1,9 +1,11 @@
-"""Train an elastic-net probe and rank neurons: `jneuron probe acts.npy labels.txt --out results/`.
+"""Train an elastic-net probe and rank neurons: ``jneuron probe acts.zarr --labels labels.txt --out results/``.
 
-Labels: a `.npy` array (one label per activation row) or a NeuroX-style label file (one sentence per line,
-space-separated); with `--tokens`, the token file is checked against it and the activations line by line.
-Several `--l1`/`--l2` values train the whole grid at once and keep the sparsest setting within
-`--tolerance` of the best held-out accuracy.
+Activations: any inputs (their models' layers side by side). Labels: ``--labels`` as a NeuroX label file
+(with ``--tokens``, checked against it line by line), a ``.npy`` array of integers or strings, or one label
+per line; or the labels stored with the inputs. The older form ``jneuron probe acts.npy labels.txt`` (labels
+as the last input) still works. Several ``--l1``/``--l2`` values train the whole grid at once and keep the
+sparsest setting within ``--tolerance`` of the best held-out accuracy. Writes ``probe.json``, and
+``probeless.json``: the same neurons ranked without a probe (Antverg & Belinkov, 2022), for comparison.
 """
 
 from __future__ import annotations
@@ -11,68 +13,60 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from jneuron.cli.options import (
-    add_devices_argument,
+    add_input_arguments,
     add_out_argument,
+    add_streaming_arguments,
+    check_finite,
     device_scope,
-    load_activations,
-    shard_count,
+    layer_spec,
+    load_source,
+    read_labels,
+    streaming_options,
 )
-from jneuron.data.atomic import atomic_write_json
-from jneuron.data.labels import LabelledTokens, load_labels, read_sentences
 from jneuron.errors import JNeuronError
-from jneuron.probing.probe import train_probes
-from jneuron.probing.selection import neuron_ordering, top_neurons
-from jneuron.results import to_plain
 
 NAME = "probe"
 HELP = "train a linear probe (elastic net, penalty grid) on activations and rank neurons by its weights"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("activations", type=Path, help="(tokens, neurons) .npy file")
-    parser.add_argument("labels", type=Path, help="labels: .npy (one per row) or a NeuroX-style label file")
-    parser.add_argument("--tokens", type=Path, help="NeuroX-style token file aligned with the label file")
-    parser.add_argument("--l1", type=float, nargs="+", default=[1e-5], help="L1 penalties (default 1e-5)")
-    parser.add_argument("--l2", type=float, nargs="+", default=[1e-5], help="L2 penalties (default 1e-5)")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--validation", type=float, default=0.1, help="held-out share of tokens (default 0.1)")
-    parser.add_argument("--tolerance", type=float, default=0.01, help="accuracy tolerance of the choice")
-    parser.add_argument("--percentage", type=float, default=0.05, help="weight mass for the top neurons")
-    parser.add_argument("--top", type=int, default=10, help="neurons to print (default 10)")
-    add_devices_argument(parser)
+    add_input_arguments(parser, labels="required unless the inputs hold labels")
+    parser.add_argument("--l1", type=float, nargs="+", default=[1e-5], help="L1 penalties (several: a grid)")
+    parser.add_argument("--l2", type=float, nargs="+", default=[1e-5], help="L2 penalties (several: a grid)")
+    parser.add_argument("--epochs", type=int, default=10, help="training epochs over the training tokens")
+    parser.add_argument("--batch-size", type=int, default=32, help="tokens per minibatch")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the held-out split, the shuffling and the "
+                                                            "initial weights")
+    parser.add_argument("--validation", type=float, default=0.1, help="held-out share of tokens")
+    parser.add_argument("--tolerance", type=float, default=0.01,
+                        help="the sparsest setting within this accuracy of the best is chosen")
+    parser.add_argument("--percentage", type=float, default=0.05, help="weight mass that the top neurons hold")
+    parser.add_argument("--top", type=int, default=10, help="neurons to print")
+    add_streaming_arguments(parser, checkpoint=False)
     add_out_argument(parser)
 
 
-def _labels(args: argparse.Namespace, activations: np.ndarray) -> np.ndarray:
-    if args.labels.suffix == ".npy":
-        if args.tokens:
-            raise JNeuronError("--tokens goes with a text label file, not a .npy array")
-        try:
-            return np.load(args.labels, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise JNeuronError(f"{args.labels}: not a readable .npy file ({error})") from None
-    if args.tokens:
-        data = load_labels(args.tokens, args.labels)
-    else:
-        sentences = read_sentences(args.labels)
-        data = LabelledTokens(sentences, sentences, str(args.labels))
-    data.check(activations)
-    return data.flat()
-
-
 def run(args: argparse.Namespace) -> int:
-    activations = load_activations(args.activations)
-    labels = _labels(args, activations)
+    from jneuron.data.atomic import atomic_write_json
+    from jneuron.probing.probe import train_probes
+    from jneuron.probing.probeless import probeless
+    from jneuron.probing.selection import neuron_ordering, top_neurons
+    from jneuron.results import NeuronIndex, to_plain
+
+    if args.labels is None and len(args.inputs) > 1 and Path(args.inputs[-1]).suffix.lower() in (".txt", ".npy") \
+            and Path(args.inputs[-1]).is_file() and _looks_like_labels(Path(args.inputs[-1])):
+        args.labels, args.inputs = Path(args.inputs[-1]), args.inputs[:-1]
+    source = load_source(args.inputs, args)
+    labels, classes = read_labels(args, source)
+    activations = source.read(0, source.tokens)
+    check_finite(activations, source)
+    neurons = NeuronIndex.from_layers(layer_spec(source))
     with device_scope(args):
         grid = train_probes(activations, labels, l1=args.l1, l2=args.l2, validation=args.validation,
                             tolerance=args.tolerance, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.seed, devices=shard_count(args.devices))
+                            seed=args.seed, neurons=neurons, **streaming_options(train_probes, args))
     probe = grid.probe
     ordering = neuron_ordering(probe)
     selection = top_neurons(probe, args.percentage)
@@ -81,14 +75,28 @@ def run(args: argparse.Namespace) -> int:
           f"{len(selection.union)} top neurons at {args.percentage:g} of the weight mass")
     for record in ordering.top(args.top):
         print(f"{record['rank'] + 1:>4}  {record['label']:<16} step {record['step']}")
+    name = lambda c: classes[int(c)] if 0 <= int(c) < len(classes) else to_plain(c)
     result = {
         "grid": grid.to_dict(),
-        "classes": to_plain(probe.classes),
+        "classes": classes,
         "top_neurons": {"percentage": args.percentage, "union": to_plain(selection.union),
-                        "per_class": {str(c): to_plain(v) for c, v in selection.per_class.items()},
-                        "counts": {str(c): n for c, n in selection.counts.items()}},
+                        "per_class": {str(name(c)): to_plain(v) for c, v in selection.per_class.items()},
+                        "counts": {str(name(c)): n for c, n in selection.counts.items()}},
         "ordering": ordering.to_dict(),
     }
     path = atomic_write_json(args.out / "probe.json", result)
-    print(f"wrote {path}")
+    without = probeless(activations, labels, neurons=neurons).overall.to_json(args.out / "probeless.json")
+    print(f"wrote {path} and {without}")
     return 0
+
+
+def _looks_like_labels(path: Path) -> bool:
+    """A ``.txt`` file, or a 1-D ``.npy`` array: labels given as the last input (the older form)."""
+    if path.suffix.lower() == ".txt":
+        return True
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False).ndim == 1
+    except (ValueError, OSError, EOFError):
+        raise JNeuronError(f"{path}: not a readable .npy file (labels or activations?)") from None

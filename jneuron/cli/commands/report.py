@@ -1,6 +1,10 @@
-"""Gather result JSON files into one HTML report: ``jneuron report results/ --out results``.
+"""Gather result files into one HTML page: ``jneuron report results/ --out results``.
 
-Writes ``OUT/report/index.html`` with its plots in ``OUT/report/img/``; open it in any browser.
+Reads every result any jneuron command writes (rankings, similarity matrices, matches, probes,
+information measures, ablation curves, the studies) from the files or folders given, and writes
+``OUT/report.html``: one self-contained file (plots embedded), with the run's metadata, sortable tables,
+a neuron search box, a caption defining each method and a view per neuron (its rank in every analysis,
+and its top tokens in context when an activation store with text is given or found in the folders). Open it in any browser; it needs no network.
 """
 
 from __future__ import annotations
@@ -9,21 +13,32 @@ import argparse
 from pathlib import Path
 
 from jneuron.cli.options import add_out_argument
-from jneuron.report import Report
 
 NAME = "report"
-HELP = "build report/index.html from result JSON files (rankings, matrices, curves, class counts)"
+HELP = "build one self-contained report.html from the results of any jneuron command"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", nargs="+", type=Path, help="result .json files, or folders of them")
+    parser.add_argument("results", nargs="+", type=Path, metavar="RESULT",
+                        help="result .json files, or folders holding them")
     parser.add_argument("--title", default="jneuron report", help="the page title")
+    parser.add_argument("--activations", nargs="+", type=Path, default=[], metavar="STORE",
+                        help="activation stores with token text (from convert): each top neuron's view shows its "
+                             "top tokens in context (default: the .zarr stores inside the result folders)")
     add_out_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = Report(args.title)
-    for file in report.add_results(args.results):
-        print(f"note: skipped {file}: no report section for its shape")
-    print(f"wrote {report.write(args.out / 'report')}")
+    from jneuron.report import Report
+
+    report = Report(args.title, metadata={"command": getattr(args, "command_line", None)})
+    skipped = report.add_results(args.results)
+    for file in skipped:
+        print(f"note: skipped {file}: not a jneuron result")
+    stores = list(args.activations) or [store for folder in args.results if folder.is_dir()
+                                        for store in sorted(folder.glob("*.zarr"))]
+    for store in stores:
+        report.add_store_views(store)
+    path = report.write(args.out / "report.html")
+    print(f"wrote {path} ({len(report.sections)} sections)")
     return 0

@@ -1,50 +1,77 @@
-"""Layer-by-layer similarity: `jneuron similarity l0.npy l1.npy l2.npy --metric svcca --out results/`."""
+"""Layer-by-layer similarity: ``jneuron similarity acts.zarr --metric svcca cka --out results/``.
+
+Every layer of every input is one row and column of the matrix (a store's layers are expanded), so one
+store compares its layers with each other. Writes ``similarity_<metric>.json`` and ``.png`` per metric.
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from jneuron.cli.options import (
-    add_chunk_argument,
-    add_devices_argument,
+    add_input_arguments,
     add_out_argument,
+    add_streaming_arguments,
     device_scope,
-    load_models,
-    shard_count,
+    load_source,
+    progress_for,
+    source_models,
+    streaming_options,
 )
-from jneuron.data.atomic import atomic_write_json
-from jneuron.report.figures import similarity_figure
-from jneuron.similarity.matrix import METRICS, similarity_matrix
 
 NAME = "similarity"
-HELP = "similarity matrix (SVCCA, CCA, PWCCA, CKA) between layers or checkpoints, with a heatmap"
+HELP = "similarity matrices (SVCCA, CCA, PWCCA, CKA) between layers or checkpoints, with heatmaps"
+METRIC_CHOICES = ("svcca", "cca", "pwcca", "cka", "cka_debiased")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path, help="one (tokens, neurons) .npy file per layer")
-    parser.add_argument("--against", nargs="+", type=Path, default=None,
-                        help="compare with these layers instead (e.g. another checkpoint's)")
-    parser.add_argument("--metric", choices=METRICS, default="svcca", help="similarity measure (default svcca)")
-    parser.add_argument("--keep", type=float, default=0.99, help="SVCCA: share of variance kept (default 0.99)")
-    add_chunk_argument(parser)
-    add_devices_argument(parser)
+    add_input_arguments(parser)
+    parser.add_argument("--against", nargs="+", default=None, metavar="INPUT",
+                        help="compare with the layers of these inputs instead, e.g. another checkpoint's "
+                             "(default: the inputs with themselves)")
+    parser.add_argument("--metric", nargs="+", choices=METRIC_CHOICES, default=["svcca"],
+                        help="one or more similarity measures; each writes its own files")
+    parser.add_argument("--keep", type=float, default=0.99, help="SVCCA: share of variance kept")
+    add_streaming_arguments(parser)
     add_out_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    layers = load_models(args.files)
-    against = load_models(args.against) if args.against else None
-    with device_scope(args):
-        matrix = similarity_matrix(layers, against, metric=args.metric, keep=args.keep, chunk_tokens=args.chunk_tokens,
-                                   devices=shard_count(args.devices))
-    width = max(len(n) for n in matrix.names_a)
-    print(f"{matrix.metric} over {matrix.tokens} tokens")
-    print(" " * width + "".join(f" {n[:8]:>8}" for n in matrix.names_b))
-    for name, row in zip(matrix.names_a, matrix.values):
-        print(f"{name:<{width}}" + "".join(f" {v:8.4f}" for v in row))
-    path = atomic_write_json(args.out / "similarity.json", matrix.to_dict())
-    png = args.out / "similarity.png"
-    similarity_figure(matrix, png)
-    print(f"wrote {path} and {png}")
+    from jneuron.similarity.matrix import similarity_matrix
+
+    layers = source_models(load_source(args.inputs, args, layers_as_models=True))
+    against = source_models(load_source(args.against, args, layers_as_models=True)) if args.against else None
+    written = []
+    for metric in dict.fromkeys(args.metric):
+        progress = progress_for(args, len(next(iter(layers.values()))))
+        with device_scope(args):
+            options = streaming_options(similarity_matrix, args, progress)
+            matrix = similarity_matrix(layers, against, metric=metric, keep=args.keep, **options)
+        progress.close()
+        width = max(len(n) for n in matrix.names_a)
+        print(f"{matrix.metric} over {matrix.tokens} tokens")
+        print(" " * width + "".join(f" {n[-8:]:>8}" for n in matrix.names_b))
+        for name, row in zip(matrix.names_a, matrix.values):
+            print(f"{name:<{width}}" + "".join(f" {v:8.4f}" for v in row))
+        written.append(matrix.to_json(args.out / f"similarity_{metric}.json") if hasattr(matrix, "to_json") else
+                       _write_json(args.out / f"similarity_{metric}.json", matrix.to_dict()))
+        png = args.out / f"similarity_{metric}.png"
+        _heatmap(matrix, png)
+        written.append(png)
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _write_json(path, data):
+    from jneuron.data.atomic import atomic_write_json
+
+    return atomic_write_json(path, data)
+
+
+def _heatmap(matrix, path) -> None:
+    from jneuron.data.atomic import atomic_write_bytes
+    from jneuron.report import plots
+
+    low = min(0.0, float(matrix.values.min())) if matrix.values.size else 0.0
+    atomic_write_bytes(path, plots.heatmap(matrix.values, matrix.names_a, matrix.names_b,
+                                           title=f"{matrix.metric}, {matrix.tokens} tokens", vmin=low, vmax=1.0))

@@ -3,8 +3,9 @@
 Steps: train ``--models`` MLPs; write every hidden layer to a zarr v3 activation store
 (``OUT/activations.zarr``, the digit label of each image as its "token"); stream MaxCorr/MinCorr from the
 store; layer-by-layer SVCCA and CKA; probe, information measures, cumulative and MaxCorr-guided ablation, and conductance on the first
-model; gather the results in ``OUT/report/index.html``. Each analysis is one ``_section_*`` function
-called from :func:`run` with the shared :class:`DemoContext` and the :class:`~jneuron.report.Report`.
+model. Every analysis writes its result file to ``OUT`` (``maxcorr.json``, ``similarity_svcca.json``, ...),
+and the report, ``OUT/report.html``, is built from those files, exactly as ``jneuron report OUT`` builds it.
+Each analysis is one ``_section_*`` function called from :func:`run` with the shared :class:`DemoContext`.
 """
 
 from __future__ import annotations
@@ -14,27 +15,15 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jneuron.cli.options import add_out_argument, write_json
-from jneuron.crossmodel.maxcorr import CrossModelRanking, maxcorr
-from jneuron.data.bundled import Dataset, load_digits
-from jneuron.data.files import open_activations
-from jneuron.data.store import StoreWriter
-from jneuron.errors import DeadNeuronWarning
-from jneuron.flax import ablation_curve, conductance
-from jneuron.flax.cumulative_ablation import cumulative_ablation
-from jneuron.information import neuron_information
-from jneuron.models import MLP, accuracy, train_classifier
-from jneuron.probing.ablation import retrain_ablation, zero_out_ablation
-from jneuron.probing.probe import train_probe
-from jneuron.probing.selection import neuron_ordering, top_neurons
-from jneuron.report import Report
-from jneuron.results import NeuronIndex
-from jneuron.similarity.matrix import similarity_matrix
+
+if TYPE_CHECKING:
+    from jneuron.crossmodel.maxcorr import CrossModelRanking
+    from jneuron.data.bundled import Dataset
 
 NAME = "demo"
 HELP = "train small models on the bundled digits data, run the analyses end to end and write a report"
@@ -55,7 +44,7 @@ class DemoContext:
     digits: Dataset  # all 1,797 images (the "tokens" of the activations)
     train: Dataset
     test: Dataset
-    models: dict[str, MLP]  # trained, by name
+    models: dict[str, Any]  # trained MLPs, by name
     activations: dict[str, dict[str, np.ndarray]]  # model -> layer -> (images, neurons)
     store: Path  # the zarr store holding ``activations``
 
@@ -65,28 +54,43 @@ class DemoContext:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jneuron.report import Report
+
     start = time.perf_counter()
     if args.models < 2:
         from jneuron.errors import JNeuronError
 
         raise JNeuronError(f"--models: the cross-model analyses need at least 2 models, got {args.models}")
     context = _train(args)
+    ranking = _section_crossmodel(context)
+    _section_similarity(context)
+    _section_probes(context)
+    _section_information(context)
+    _section_ablation(context, ranking)
+    _section_conductance(context)
     report = Report("jneuron demo: digits MLPs",
                     f"{args.models} MLPs (64-64-32-10) trained on the UCI 8x8 digits; activations on all "
-                    f"{len(context.digits.labels)} images.")
-    ranking = _section_crossmodel(context, report)
-    _section_similarity(context, report)
-    _section_probes(context, report)
-    _section_information(context, report)
-    _section_ablation(context, report, ranking)
-    _section_conductance(context, report)
-    path = report.write(args.out / "report")
+                    f"{len(context.digits.labels)} images.",
+                    metadata={"command": getattr(args, "command_line", None),
+                              "settings": {"models": args.models, "epochs": args.epochs},
+                              "data": f"{len(context.digits.labels)} images x {args.models} models x (64 + 32) "
+                                      "hidden neurons"})
+    report.add_results([args.out])
+    report.add_store_views(context.store)
+    path = report.write(args.out / "report.html")
     print(f"\ndemo finished in {time.perf_counter() - start:.1f} s; results in {args.out}/")
     print(f"report: {path.resolve()}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> DemoContext:
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jneuron.data.bundled import load_digits
+    from jneuron.data.store import StoreWriter
+    from jneuron.models import MLP, accuracy, train_classifier
+
     digits = load_digits()
     train, test = digits.split(seed=0)
     models, activations = {}, {}
@@ -109,8 +113,12 @@ def _train(args: argparse.Namespace) -> DemoContext:
     return DemoContext(args, digits, train, test, models, activations, store)
 
 
-def _section_crossmodel(context: DemoContext, report: Report) -> CrossModelRanking:
-    """MaxCorr and MinCorr streamed from the store; bar charts, a model-by-model heatmap, a neuron view."""
+def _section_crossmodel(context: DemoContext) -> CrossModelRanking:
+    """MaxCorr and MinCorr streamed from the store, a model-by-model heatmap, the top neuron's top images."""
+    from jneuron.crossmodel.maxcorr import maxcorr
+    from jneuron.data.files import open_activations
+    from jneuron.errors import DeadNeuronWarning
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DeadNeuronWarning)
         ranking = maxcorr(open_activations(context.store), chunk_tokens=512)
@@ -123,48 +131,57 @@ def _section_crossmodel(context: DemoContext, report: Report) -> CrossModelRanki
             partners = ", ".join(f"{p['label']} ({p['rho']:+.2f})" for p in record["partners"])
             print(f"  {record['label']:<20} {record['score']:.3f}  {partners}")
         print(f"  wrote {result.to_json(context.out / f'{name}.json')}")
-        report.add_ranking(result, caption=f"{_DISPLAY[name]} (Bau et al., 2019): each neuron's best |correlation| "
-                                           "with a neuron of another model, coloured by model.")
     names = list(ranking.neurons.models)
-    report.add_heatmap("Mean best |correlation| between models", _model_similarity(ranking), names, names,
-                       vmin=0.0, vmax=1.0, caption="Row model's neurons, averaged: best |rho| with the column model.")
+    write_json(context.out / "model_similarity.json",
+               {"title": "Mean best |correlation| between models", "matrix": [[None if np.isnan(v) else float(v) for v in row] for row in _model_similarity(ranking)],
+                "rows": names, "columns": names, "vmin": 0.0, "vmax": 1.0,
+                "caption": "Row model's neurons, averaged: each neuron's best |rho| with a neuron of the column model "
+                           "(MaxCorr's partners, Bau et al., 2019)."})
     best = int(ranking.order[0])
     model, layer, unit = (ranking.neurons.models[ranking.neurons.model[best]],
                           ranking.neurons.layers[ranking.neurons.layer[best]], int(ranking.neurons.unit[best]))
     values = context.activations[model][layer][:, unit]
-    text = open_activations(context.store).text()
-    report.add_neuron_view(ranking.neurons.label(best), text.tokens, values, labels=text.labels,
-                           images=context.digits.images.reshape(-1, 8, 8), sentence=text.sentence, top=12,
-                           window=0, caption="The images (digit label as the token) that excite the top MaxCorr "
-                                             "neuron most.")
+    rows = np.lexsort((np.arange(len(values)), -values))[:12]
+    labels = [str(int(v)) for v in context.digits.labels[rows]]
+    write_json(context.out / "neuron_view.json", {
+        "title": f"Top inputs of {ranking.neurons.label(best)}",
+        "caption": "The 12 images (digit label as the token) that excite the top MaxCorr neuron most.",
+        "neuron_view": {"neuron": ranking.neurons.label(best), "tokens": labels, "labels": labels,
+                        "values": values[rows].tolist(), "sentence": list(range(len(rows))), "top": 12, "window": 0,
+                        "images": context.digits.images[rows].reshape(-1, 8, 8).tolist()}})
     return ranking
 
 
-def _first_model(context: DemoContext) -> tuple[str, MLP, np.ndarray, list[str]]:
+def _first_model(context: DemoContext) -> tuple[str, Any, np.ndarray, list[str]]:
     """The first model, its hidden layers side by side ``(images, neurons)``, and their paths."""
     name = next(iter(context.models))
     layers = list(context.activations[name])
     return name, context.models[name], np.concatenate([context.activations[name][l] for l in layers], 1), layers
 
 
-def _section_similarity(context: DemoContext, report: Report) -> None:
+def _section_similarity(context: DemoContext) -> None:
     """Layer-by-layer SVCCA and linear CKA between all models' hidden layers (one streamed pass each)."""
+    from jneuron.errors import DeadNeuronWarning
+    from jneuron.similarity.matrix import similarity_matrix
+
     layers = {f"{model}/{layer}": values for model, by_layer in context.activations.items()
               for layer, values in by_layer.items()}
     names = list(layers)
-    for metric, title in (("svcca", "SVCCA (mean rho, 99% variance kept)"), ("cka", "Linear CKA")):
+    for metric in ("svcca", "cka"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeadNeuronWarning)
             result = similarity_matrix(layers, metric=metric)
-        report.add_heatmap(f"{title} between layers", result.values, names, names, vmin=0.0, vmax=1.0,
-                           caption="Every pair of hidden layers of all models (Raghu et al., 2017; Kornblith "
-                                   "et al., 2019).")
         write_json(context.out / f"similarity_{metric}.json", result.to_dict())
     print(f"similarity matrices (SVCCA, CKA) over {len(names)} layers written")
 
 
-def _section_probes(context: DemoContext, report: Report) -> None:
+def _section_probes(context: DemoContext) -> None:
     """Linguistic-correlation-style probe on one model's neurons: ordering, per-class counts, ablation table."""
+    from jneuron.probing.ablation import retrain_ablation, zero_out_ablation
+    from jneuron.probing.probe import train_probe
+    from jneuron.probing.selection import neuron_ordering, top_neurons
+    from jneuron.results import NeuronIndex
+
     name, _, x, layers = _first_model(context)
     labels = context.digits.labels
     order = np.random.default_rng(0).permutation(len(labels))
@@ -174,69 +191,65 @@ def _section_probes(context: DemoContext, report: Report) -> None:
     ordering = neuron_ordering(probe)
     accuracy_all = probe.evaluate(x[test], labels[test])["accuracy"]
     print(f"\nprobe on {name}'s {x.shape[1]} neurons: test accuracy {accuracy_all:.3f}")
-    report.add_ranking(ordering, title=f"Probe neuron ordering ({name})",
-                       caption="Elastic-net probe (Dalvi et al., 2019): neurons in the order they join the top sets.")
-    report.add_class_counts("Neurons per digit (20% of each class's weight mass)",
-                            top_neurons(probe, 0.2).counts, caption="How focused or distributed each class is.")
+    ordering.to_json(context.out / "probe_ordering.json")
+    write_json(context.out / "probe_class_counts.json",
+               {"title": f"Neurons per digit ({name}, 20% of each class's weight mass)",
+                "class_counts": {str(k): v for k, v in top_neurons(probe, 0.2).counts.items()}, "xlabel": "digit",
+                "caption": "How many of the probe's neurons hold each digit's weight mass: few for a focused "
+                           "class, many for a distributed one (Dalvi et al., 2019)."})
     shares = (0.1, 0.2, 0.5)
     zeroed = zero_out_ablation(probe, x[test], labels[test], shares, ordering=ordering)
     retrained = retrain_ablation(x[train], labels[train], x[test], labels[test], ordering, shares,
                                  l1=1e-3, l2=1e-3, epochs=10)
-    series = {f"{table.mode}: {kind}": (100 * table.percentages, getattr(table, kind))
-              for table in (zeroed, retrained) for kind in ("top", "bottom", "random")}
-    report.add_curves("Probe accuracy keeping a share of neurons", series, xlabel="% of neurons kept",
-                      ylabel="test accuracy", caption=f"All neurons: {accuracy_all:.3f}. Zeroed out in the trained "
-                                                      "probe (keep) or a fresh probe on the selection (retrain).")
     write_json(context.out / "probe.json", {"accuracy": accuracy_all, "keep": zeroed.to_dict(),
                                             "retrain": retrained.to_dict()})
 
 
-def _section_information(context: DemoContext, report: Report) -> None:
+def _section_information(context: DemoContext) -> None:
     """Information measures of one model's ReLU neurons (1 bit: active or not) and cumulative ablation."""
+    from jneuron.flax.cumulative_ablation import cumulative_ablation
+    from jneuron.information import neuron_information
+
     name, model, x, layers = _first_model(context)
     info = neuron_information({name: context.activations[name]}, context.digits.labels, threshold=0.0)
     info.to_json(context.out / "information.json")
-    report.add_ranking(info.ranking("mutual_information"), title=f"Mutual information with the digit ({name})",
-                       caption="I(T; Y) of each neuron's 1-bit output (Amjad et al., 2018), in bits.")
     ablation = cumulative_ablation(model, context.test.images, context.test.labels, info, layers,
                                    random=2, scopes=("network",), steps=12, reference=context.train.images)
-    fraction = ablation.ks["network"] / ablation.ks["network"][-1]
-    series = {f"{measure} {direction} ({mode})": (fraction, ablation.curve(measure, direction, "network", mode))
-              for measure, direction in (("mutual_information", "descending"), ("selectivity", "descending"),
-                                         ("random", "random")) for mode in ("zero", "mean")}
-    report.add_curves("Cumulative ablation over the whole network", series, xlabel="fraction of neurons removed",
-                      ylabel="test accuracy", caption="Zero ablation vs bias balancing (mean).")
     ablation.to_json(context.out / "cumulative_ablation.json")
     print(f"information measures of {len(info.neurons)} neurons; cumulative ablation curves written")
 
 
-def _section_ablation(context: DemoContext, report: Report, ranking: CrossModelRanking) -> None:
+def _section_ablation(context: DemoContext, ranking: CrossModelRanking) -> None:
     """Bau et al.'s experiment: remove the top or the bottom MaxCorr neurons of one model."""
+    from jneuron.flax import ablation_curve
+
     name, model, _, layers = _first_model(context)
     own = np.flatnonzero(ranking.neurons.model == ranking.neurons.models.index(name))
     top_first = own[np.argsort(-ranking.scores[own], kind="stable")] - own[0]
     ks = np.linspace(0, len(own), 9).astype(int)
-    series = {}
+    curves = {}
     for label, order in (("top MaxCorr first", top_first), ("bottom MaxCorr first", top_first[::-1])):
-        curve = ablation_curve(model, context.test.images, context.test.labels, order, layers, ks)
-        series[label] = (ks, curve.values)
-    report.add_curves(f"Ablating {name}'s neurons by MaxCorr", series, xlabel="neurons removed (zeroed)",
-                      ylabel="test accuracy", caption="Removing the most shared neurons first hurts faster.")
+        curves[label] = ablation_curve(model, context.test.images, context.test.labels, order, layers, ks).to_dict()
+    write_json(context.out / "ablation_maxcorr.json",
+               {**curves, "title": f"Ablating {name}'s neurons by MaxCorr",
+                "caption": "Bau et al., 2019: removing (zeroing) the most shared neurons first hurts accuracy "
+                           "faster than removing the least shared first."})
 
 
-def _section_conductance(context: DemoContext, report: Report, digit: int = 3) -> None:
+def _section_conductance(context: DemoContext, digit: int = 3) -> None:
     """Conductance of one model's first hidden layer for one digit's logit, on test images of that digit."""
+    from jneuron.flax import conductance
+
     name, model, _, _ = _first_model(context)
     images = context.test.images[context.test.labels == digit]
     result = conductance(model, images, "layers/0", target=digit, steps=32)
     gap = float(np.abs(result.gap).max() / max(np.abs(result.delta).max(), 1e-12))
-    report.add_ranking(result.ranking(name), title=f"Conductance of {name}/layers/0 for the digit-{digit} logit",
-                       caption=f"Dhamdhere et al., 2019, on the {len(images)} test images of a {digit}; largest "
-                               f"completeness gap {gap:.1e} of the largest output change.")
+    write_json(context.out / "conductance.json", {
+        **result.ranking(name).to_dict(), "title": f"Conductance of {name}/layers/0 for the digit-{digit} logit",
+        "caption": f"Conductance (Dhamdhere et al., 2019): each neuron's share of the integrated-gradients "
+                   f"attribution of the digit-{digit} logit, on the {len(images)} test images of a {digit}; "
+                   f"largest completeness gap {gap:.1e} of the largest output change."})
     print(f"conductance of {name}/layers/0 on {len(images)} test images: relative completeness gap {gap:.1e}")
-
-
-_DISPLAY = {"maxcorr": "MaxCorr", "mincorr": "MinCorr"}
 
 
 def _model_similarity(ranking: CrossModelRanking) -> np.ndarray:

@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-
-import jax
-import jax.numpy as jnp
-from flax import nnx
+from typing import TYPE_CHECKING
 
 from jneuron.cli.options import add_out_argument
 from jneuron.data.atomic import atomic_write_text
-from jneuron.data.bundled import load_digits
-from jneuron.flax.cumulative_ablation import CumulativeAblation, cumulative_ablation
-from jneuron.information import neuron_information
-from jneuron.models import MLP, accuracy, train_classifier
-from jneuron.report.figures import cumulative_ablation_figure
+
+if TYPE_CHECKING:
+    from jneuron.flax.cumulative_ablation import CumulativeAblation
 
 NAME = "study-information"
 HELP = "train a 2-sigmoid-layer network on the bundled digits, measure and cumulatively ablate its neurons"
@@ -42,6 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jneuron.data.bundled import load_digits
+    from jneuron.flax.cumulative_ablation import cumulative_ablation
+    from jneuron.information import neuron_information
+    from jneuron.models import MLP, accuracy, train_classifier
+    from jneuron.report.figures import cumulative_ablation_figure
+
     start = time.perf_counter()
     train, test = load_digits().split(seed=args.seed)
     model = MLP(64, tuple(args.hidden), 10, rngs=nnx.Rngs(args.seed), activation=jax.nn.sigmoid)
@@ -56,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     written = [info.to_json(out / "information.json"), result.to_json(out / "curves.json")]
     for scope in ("network", "layer"):
         for mode in ("zero", "mean"):
+            cumulative_ablation_figure(result, scope, mode, out / f"{scope}_{mode}.png")
             written.append(out / f"{scope}_{mode}.png")
-            cumulative_ablation_figure(result, scope, mode, written[-1])
     summary = {"zero": result.summary("zero"), "mean": result.summary("mean")}
     facts = {"train_accuracy": accuracy(model, train.images, train.labels), "test_accuracy": result.baseline,
              "hidden": list(args.hidden), "epochs": args.epochs, "l2": args.l2, "seed": args.seed,

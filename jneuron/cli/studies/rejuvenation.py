@@ -8,23 +8,17 @@ import functools
 import io
 import time
 from pathlib import Path
-
-import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
+from typing import TYPE_CHECKING
 
 from jneuron.cli.options import add_out_argument
 from jneuron.data.atomic import atomic_write_bytes, atomic_write_json
-from jneuron.data.bundled import load_digits
 from jneuron.errors import JNeuronError
-from jneuron.flax.rejuvenation import (
-    BNMLP,
-    bn_scale_l1,
-    dead_neurons,
-    rejuvenate,
-    utilization,
-)
+
+if TYPE_CHECKING:
+    import jax
+    from flax import nnx
+
+    from jneuron.flax.rejuvenation import BNMLP
 
 NAME = "study-rejuvenation"
 HELP = "Neural Rejuvenation on the bundled digits: utilization and accuracy before and after rejuvenating"
@@ -45,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _training(model: nnx.Module, flag: bool) -> nnx.Module:
+    from flax import nnx
+
     for _, node in nnx.iter_graph(model):
         if isinstance(node, nnx.BatchNorm):
             node.use_running_average = not flag
@@ -54,6 +50,12 @@ def _training(model: nnx.Module, flag: bool) -> nnx.Module:
 def _fit(model: BNMLP, x, y, *, epochs: int, l1: float, learning_rate: float, key: jax.Array, batch_size: int = 64,
          on_epoch=None) -> BNMLP:
     """Adam on cross-entropy plus L1 on the BatchNorm scales; each epoch is one compiled ``lax.scan``."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from jneuron.flax.rejuvenation import bn_scale_l1
+
     graphdef, params, stats = nnx.split(_training(model, True), nnx.Param, nnx.BatchStat)
     optimizer = optax.chain(bn_scale_l1(model, l1), optax.adam(learning_rate))
     batches = len(y) // batch_size
@@ -83,13 +85,24 @@ def _fit(model: BNMLP, x, y, *, epochs: int, l1: float, learning_rate: float, ke
     return _training(nnx.merge(graphdef, carry[0], carry[1], copy=True), False)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _predict(graphdef, state, x):
-    return jnp.argmax(nnx.merge(graphdef, state, copy=True)(x), axis=-1)
+@functools.cache
+def _predictor():
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def predict(graphdef, state, x):
+        return jnp.argmax(nnx.merge(graphdef, state, copy=True)(x), axis=-1)
+
+    return predict
 
 
 def _accuracy(model: BNMLP, x, y) -> float:
-    return float(jnp.mean(_predict(*nnx.split(_training(nnx.clone(model), False)), x) == y))
+    import jax.numpy as jnp
+    from flax import nnx
+
+    return float(jnp.mean(_predictor()(*nnx.split(_training(nnx.clone(model), False)), x) == y))
 
 
 def _plot(history: list[dict], at: int, path: Path) -> Path:
@@ -116,6 +129,12 @@ def _plot(history: list[dict], at: int, path: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.epochs_after < 0:
         raise JNeuronError("--epochs must be at least 1 and --epochs-after non-negative")
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jneuron.data.bundled import load_digits
+    from jneuron.flax.rejuvenation import BNMLP, dead_neurons, rejuvenate, utilization
     start = time.perf_counter()
     digits = load_digits()
     train, test = digits.split(seed=args.seed)

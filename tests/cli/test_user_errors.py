@@ -1,0 +1,177 @@
+"""Every user mistake issue 18 names is one line on stderr and exit code 2, rows and lines counted from 1; the
+inputs every command takes (NeuroX text, .npy integers or strings, one label per line, layers as models,
+selectors before validation); and a help text that is quick, plain and complete."""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+import h5py  # noqa: F401  (the NeuroX writer below needs it)
+import numpy as np
+import pytest
+
+from jneuron.cli.main import build_parser, main, plain_text
+
+
+@pytest.fixture
+def data(tmp_path):
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 120)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    x[:, 1] += y
+    np.save(tmp_path / "acts.npy", x)
+    np.save(tmp_path / "b.npy", rng.normal(size=(120, 4)).astype(np.float32))
+    np.save(tmp_path / "labels.npy", y)
+    np.save(tmp_path / "strings.npy", np.array(["DT", "NN", "VB"])[y])
+    (tmp_path / "lines.txt").write_text("".join(f"{t}\n" for t in np.array(["DT", "NN", "VB"])[y]))
+    return tmp_path
+
+
+def fails(capsys, *argv, message):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    return err
+
+
+def succeeds(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_labels_one_short_name_the_row_without_a_label(data, capsys):
+    np.save(data / "short.npy", np.load(data / "labels.npy")[:-1])
+    for command in ("probe", "information"):
+        fails(capsys, command, data / "acts.npy", "--labels", data / "short.npy", "--out", data / "o",
+              message=r"119 labels for 120 activation rows; row 120 \(counted from 1\) has no label")
+    assert not (data / "o").exists()
+
+
+def test_empty_and_unreadable_label_files(data, capsys):
+    (data / "empty.npy").write_bytes(b"")
+    fails(capsys, "information", data / "acts.npy", "--labels", data / "empty.npy", message="the file is empty")
+    np.save(data / "objects.npy", np.array([{"a": 1}] * 120, dtype=object), allow_pickle=True)
+    err = fails(capsys, "information", data / "acts.npy", "--labels", data / "objects.npy",
+                message="holds Python objects")
+    assert "allow_pickle" not in err
+    np.save(data / "floats.npy", np.r_[np.zeros(7), 0.5, np.zeros(112)])
+    fails(capsys, "probe", data / "acts.npy", "--labels", data / "floats.npy", message=r"row 8 \(counted from 1\)")
+
+
+def test_a_folder_given_as_labels_says_so(data, capsys):
+    fails(capsys, "probe", data / "acts.npy", "--labels", data, message="is a folder, not a label file")
+    fails(capsys, "information", data / "acts.npy", "--labels", data / "nothere.txt", message="no such file")
+
+
+def test_a_nan_is_reported_at_its_own_row(data, capsys):
+    x = np.load(data / "acts.npy")
+    x[86, 3] = np.nan  # row 87 counted from 1, whatever the held-out split or shuffling
+    np.save(data / "nan.npy", x)
+    for command in ("probe", "information"):
+        fails(capsys, command, data / "nan.npy", "--labels", data / "labels.npy",
+              message=r"activation row 87 \(counted from 1\), neuron nan/3, is nan")
+
+
+def test_convert_counts_lines_from_1(data, capsys):
+    from tests.data.test_formats import write_neurox_hdf5
+
+    words = [["a", "b"], ["c", "d", "e"], ["f"]]
+    write_neurox_hdf5(data / "x.hdf5", words, [np.zeros((2, len(w), 3), np.float32) for w in words])
+    (data / "tok.txt").write_text("a b\nc d\nf\n")
+    fails(capsys, "convert", data / "x.hdf5", "--tokens", data / "tok.txt", "--out", data / "x.zarr",
+          message=r"line 2 \(sentence 2\) has 2 items")
+
+
+def test_out_is_checked_before_any_work(data, capsys):
+    (data / "file").write_text("")
+    start = time.perf_counter()
+    fails(capsys, "maxcorr", data / "acts.npy", data / "b.npy", "--out", data / "file" / "res",
+          message=r"--out .*file is a file, not a folder")
+    if os.geteuid() != 0:  # root writes anywhere
+        (data / "locked").mkdir(mode=0o555)
+        fails(capsys, "maxcorr", data / "acts.npy", data / "b.npy", "--out", data / "locked" / "res",
+              message="cannot write there")
+    assert time.perf_counter() - start < 5
+
+
+def test_one_model_with_layers_names_layers_as_models(data, capsys):
+    np.savez(data / "m.npz", **{"m/l0": np.load(data / "acts.npy"), "m/l1": np.load(data / "b.npy")})
+    fails(capsys, "maxcorr", data / "m.npz", message=r"hold 1 \(m\); add --layers-as-models")
+    out = succeeds(capsys, "maxcorr", data / "m.npz", "--layers-as-models", "--no-plot", "--out", data / "o")
+    assert "m/l0/" in out or "m/l1/" in out
+
+
+def test_selectors_apply_before_validation(data, capsys):
+    np.savez(data / "p.npz", layer0=np.load(data / "acts.npy"), layer1=np.load(data / "b.npy"),
+             position=np.arange(120))  # a 1-D array the selector leaves out
+    succeeds(capsys, "maxcorr", f"{data}/p.npz#layer0,layer1", "--no-plot", "--out", data / "o")
+    fails(capsys, "maxcorr", f"{data}/p.npz#layer0,nope", message=r"no model or layer 'nope' \(available: layer0, layer1, position\)")
+
+
+def test_labels_in_every_format_give_the_same_result(data, capsys):
+    results = []
+    for labels in ("labels.npy", "strings.npy", "lines.txt"):
+        out = data / labels.replace(".", "_")
+        succeeds(capsys, "information", data / "acts.npy", data / "b.npy", "--labels", data / labels,
+                 "--threshold", "0", "--out", out)
+        results.append((out / "information.json").read_text())
+    import json
+
+    mi = [[n["mutual_information"] for n in json.loads(r)["neurons"]] for r in results]
+    assert mi[0] == mi[1] == mi[2]
+
+
+def test_options_that_cannot_apply_are_refused_not_ignored(data, capsys):
+    fails(capsys, "maxcorr", data / "acts.npy", data / "b.npy", "--tokens", data / "lines.txt",
+          message="--tokens .* goes with NeuroX")
+    fails(capsys, "similarity", data / "acts.npy", data / "b.npy", "--labels", data / "lines.txt",
+          message="--labels .* uses labels only to read NeuroX")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["convert", str(data / "acts.npy"), "--out", "x.zarr", "--devices", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1  # usage mistakes are one line too
+    assert "unrecognized arguments: --devices 2" in err
+
+
+def test_similarity_writes_one_file_per_metric(data, capsys):
+    succeeds(capsys, "similarity", data / "acts.npy", data / "b.npy", "--metric", "cka", "svcca", "--out", data / "s")
+    assert {p.name for p in (data / "s").iterdir()} >= {"similarity_cka.json", "similarity_svcca.json",
+                                                         "similarity_cka.png", "similarity_svcca.png"}
+
+
+def test_help_is_quick_plain_and_complete():
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "jneuron.cli.main", "probe", "--help"], capture_output=True,
+                            text=True, check=False, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.returncode == 0 and time.perf_counter() - start < 1.0 + 1.5  # < 1 s, with start-up slack
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "``" not in text and ":func:" not in text and ":mod:" not in text, name
+        for action in sub._actions:
+            if not action.option_strings or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.option_strings}"
+            flag = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            assert flag or action.required or "default" in sub._get_formatter()._get_help_string(action), \
+                f"{name} {action.option_strings}: no default shown"
+
+
+def test_help_import_does_not_load_jax():
+    code = "import sys; from jneuron.cli.main import build_parser; build_parser(); print('jax' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_plain_text_drops_restructuredtext():
+    assert plain_text("Use :func:`jneuron.open_activations` with ``--out``.") == \
+        "Use jneuron.open_activations with --out."
