@@ -88,7 +88,8 @@ class WordLM(nnx.Module):
         """Next-word logits from hidden states, after ``h @ matrix + offset`` when ``transform`` is given."""
         if transform is not None:
             matrix, offset = transform
-            hidden = jnp.matmul(hidden, matrix, precision=HIGHEST) + offset
+            offset = jnp.asarray(offset)
+            hidden = jnp.matmul(hidden, matrix, precision=HIGHEST) + offset.reshape((1,) * (hidden.ndim - 1) + offset.shape)
         return self.output(hidden)
 
     def __call__(self, tokens, transform: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
