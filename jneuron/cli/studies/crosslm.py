@@ -12,8 +12,11 @@ sentences:
   Figure 4;
 - controls the top MaxCorr neurons of the first model (sets one to its mean +- v std) and reports what
   changes in the next-word distribution (KL from the intact model, most promoted and demoted words);
-- with ``--onlstm``, builds trees from the master-forget distances (Shen et al., ICLR 2019) and reports
-  their agreement with a right-branching tree and with the segments between punctuation marks.
+- with ``--onlstm``, builds trees from the master-forget distances (Shen et al., ICLR 2019) on held-out
+  sentences (4 tokens or more, the final mark left out) and reports their agreement with a right-branching
+  tree (unlabeled bracket F1, single tokens and the whole sentence left out), the share of the segments
+  between punctuation marks they recover as constituents, the same two for trees from random distances
+  and the right-branching tree, and the mean distance at, right after and away from punctuation.
 
 Writes ``crosslm.json``, ``crosslm.png`` (the erasure curves) and, with ``--onlstm``, ``crosslm-trees.png``.
 """
@@ -275,7 +278,7 @@ def _syntax(corpus: EnglishCorpus, states, *, seed: int) -> dict:
         distances = np.asarray(_hidden(graphdef, state, jnp.asarray(padded))[1], np.float64)
         scores = {"f1_right_branching": [], "segment_recall": [], "random_f1_right_branching": [],
                   "random_segment_recall": [], "right_branching_segment_recall": []}
-        at_punctuation, at_words = [], []
+        at_punctuation, after_punctuation, at_words = [], [], []
         for i, s in enumerate(sentences):
             words = corpus.words(s)
             n = len(words) - 1 if words[-1] in SENTENCE_FINAL else len(words)  # the final mark is left out
@@ -293,11 +296,13 @@ def _syntax(corpus: EnglishCorpus, states, *, seed: int) -> dict:
             marks = np.array([w in PUNCTUATION for w in words])
             at_punctuation.extend(d[marks])
             at_words.extend(d[~marks])
+            after_punctuation.extend(d[1:][marks[:-1] & ~marks[1:]])  # the word read right after a mark
             if m == 0 and example is None and 10 <= n <= 20 and segments:
                 example = {"words": words, "distances": [float(v) for v in d],
                            "tree": _bracketed(build_tree(d, words))}
         summary = {k: float(np.mean(v)) for k, v in scores.items()}
         summary.update({"distance_at_punctuation": float(np.mean(at_punctuation)),
+                        "distance_after_punctuation": float(np.mean(after_punctuation)),
                         "distance_at_words": float(np.mean(at_words))})
         per_model.append(summary)
     mean = {k: float(np.mean([p[k] for p in per_model])) for k in per_model[0]}
