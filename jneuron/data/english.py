@@ -126,7 +126,7 @@ def load_english(*, vocab_size: int = 2000, heldout: float = 0.15, seed: int = 0
         raise JNeuronError(f"heldout must lie strictly between 0 and 1, got {heldout}")
     sentences = prose_sentences()
     order = np.random.default_rng(seed).permutation(len(sentences))
-    cut = int(round(len(sentences) * (1 - heldout)))
+    cut = round(len(sentences) * (1 - heldout))
     train, test = [sentences[i] for i in np.sort(order[:cut])], [sentences[i] for i in np.sort(order[cut:])]
     counts = collections.Counter(token for sentence in train for token in sentence)
     words = sorted(counts, key=lambda w: (-counts[w], w))[: vocab_size - 1]

@@ -89,7 +89,8 @@ class WordLM(nnx.Module):
         if transform is not None:
             matrix, offset = transform
             offset = jnp.asarray(offset)
-            hidden = jnp.matmul(hidden, matrix, precision=HIGHEST) + offset.reshape((1,) * (hidden.ndim - 1) + offset.shape)
+            offset = offset.reshape((1,) * (hidden.ndim - 1) + offset.shape)  # explicit rank promotion
+            hidden = jnp.matmul(hidden, matrix, precision=HIGHEST) + offset
         return self.output(hidden)
 
     def __call__(self, tokens, transform: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
@@ -150,7 +151,7 @@ def train_word_lms(seeds: Sequence[int], inputs, targets, *, vocab: int, embed: 
         return jax.lax.scan(step, (params, jax.vmap(optimizer.init)(params)), orders)[0][0]
 
     trained = fit(params)
-    return [nnx.merge(graphdef, jax.tree.map(lambda a: a[i], trained)) for i in range(len(seeds))]
+    return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], trained)) for i in range(len(seeds))]
 
 
 def perplexity(model: WordLM, inputs, targets) -> float:

@@ -36,8 +36,8 @@ def add_crosslm(report, data: Mapping, name: str = "") -> None:
                           {f"{kind} first": (percent, values) for kind, values in curves.items()},
                           xlabel=f"% of {what} erased", ylabel="held-out perplexity (mean over models)",
                           caption=f"Intact perplexity {data['intact_mean']:.1f}. Bau et al. (2019), Figure 4 shape.")
-    rows = "".join(f"<tr><td>{html.escape(m['name'])}</td><td>{m['seed']}</td><td>{m['heldout_perplexity']:.2f}</td></tr>"
-                   for m in data["models"])
+    rows = "".join(f"<tr><td>{html.escape(m['name'])}</td><td>{m['seed']}</td>"
+                   f"<td>{m['heldout_perplexity']:.2f}</td></tr>" for m in data["models"])
     body = f'<table class="ranking"><tr><th>model</th><th>seed</th><th>held-out perplexity</th></tr>{rows}</table>'
     rows = "".join(f"<tr><td>{html.escape(r)}</td><td>{v['top']:.2f}</td><td>{v['bottom']:.2f}</td>"
                    f"<td>{v['random']:.2f}</td></tr>" for r, v in data["at_20"].items())

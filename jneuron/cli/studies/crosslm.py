@@ -41,7 +41,7 @@ from jneuron.data.atomic import atomic_write_bytes, atomic_write_json
 from jneuron.data.english import PUNCTUATION, EnglishCorpus, load_english
 from jneuron.errors import JNeuronError
 from jneuron.models.onlstm import bracket_f1, build_tree, tree_spans
-from jneuron.models.word_lm import WordLM, train_word_lms
+from jneuron.models.word_lm import train_word_lms
 
 NAME = "study-crosslm"
 HELP = "train word-level LSTM LMs with different seeds on Python's own English prose; rank, erase, control neurons"
@@ -78,7 +78,8 @@ def _size(args: argparse.Namespace) -> dict:
     size = dict(SIZES["full" if args.full else "default"])
     size.update({k: getattr(args, k) for k in size if getattr(args, k) is not None})
     if size["models"] < 3:
-        raise JNeuronError(f"--models must be at least 3 (Bau et al. compare each model with several), got {size['models']}")
+        raise JNeuronError(f"--models must be at least 3 (Bau et al. compare each model with several), "
+                           f"got {size['models']}")
     for name in ("hidden", "embed", "window", "epochs", "batch"):
         if size[name] < 1:
             raise JNeuronError(f"--{name} must be at least 1, got {size[name]}")
@@ -156,32 +157,29 @@ def _unit_orders(ranking: jn.Ranking, models: int) -> list[np.ndarray]:
 def _erasure_curves(states, hidden, targets, orders, directions, *, random: int, seed: int) -> dict:
     """Held-out perplexity per ranking, kind (top, bottom, random) and model, against the erased fraction."""
     width = hidden[0].shape[1]
-    counts = [int(round(f * width)) for f in FRACTIONS]
+    counts = [round(f * width) for f in FRACTIONS]
     curves = {name: {"top": [], "bottom": [], "random": [], "random_runs": []} for name in RANKINGS}
     for m, (graphdef, state) in enumerate(states):
-        transforms, slots = [], {}
-
-        def add(key, transform):
-            slots[key] = len(transforms)
-            transforms.append(transform)
-
+        entries = []  # (key, readout transform)
         rng = np.random.default_rng([seed, m])
         for c, count in enumerate(counts):
             draws = [rng.permutation(width)[:count] for _ in range(random)]
             for r, units in enumerate(draws):
-                add(("neurons", "random", c, r), _zeroing(width, units))
+                entries.append((("neurons", "random", c, r), _zeroing(width, units)))
             for name in ("maxcorr", "mincorr", "linreg"):
-                add((name, "top", c), _zeroing(width, orders[name][m][:count]))
-                add((name, "bottom", c), _zeroing(width, orders[name][m][width - count:]))
+                entries.append(((name, "top", c), _zeroing(width, orders[name][m][:count])))
+                entries.append(((name, "bottom", c), _zeroing(width, orders[name][m][width - count:])))
             d = directions[m]
             valid = len(d.rho)
             k = min(count, valid)
-            add(("svcca", "top", c), _direction_erasure(d, np.arange(k)))
-            add(("svcca", "bottom", c), _direction_erasure(d, np.arange(valid - k, valid)))
+            entries.append((("svcca", "top", c), _direction_erasure(d, np.arange(k))))
+            entries.append((("svcca", "bottom", c), _direction_erasure(d, np.arange(valid - k, valid))))
             for r in range(random):
-                add(("svcca", "random", c, r), _direction_erasure(d, np.sort(rng.permutation(valid)[:k])))
-        matrices = jnp.asarray(np.stack([t[0] for t in transforms]))
-        offsets = jnp.asarray(np.stack([t[1] for t in transforms]))
+                chosen = np.sort(rng.permutation(valid)[:k])
+                entries.append((("svcca", "random", c, r), _direction_erasure(d, chosen)))
+        slots = {key: i for i, (key, _) in enumerate(entries)}
+        matrices = jnp.asarray(np.stack([t[0] for _, t in entries]))
+        offsets = jnp.asarray(np.stack([t[1] for _, t in entries]))
         ppl = np.asarray(_perplexities(graphdef, state, hidden[m], targets, matrices, offsets), np.float64)
         for name in RANKINGS:
             source = "svcca" if name == "svcca" else "neurons"
@@ -194,7 +192,8 @@ def _erasure_curves(states, hidden, targets, orders, directions, *, random: int,
 
 
 def _mean_curves(curves: dict) -> dict:
-    return {name: {kind: [float(v) for v in np.mean(np.asarray(per[kind]), axis=0)] for kind in ("top", "bottom", "random")}
+    kinds = ("top", "bottom", "random")
+    return {name: {kind: [float(v) for v in np.mean(np.asarray(per[kind]), axis=0)] for kind in kinds}
             for name, per in curves.items()}
 
 
@@ -232,7 +231,8 @@ def _control(corpus, states, hidden, targets, inputs, ranking: jn.Ranking, order
             keys.append((group, unit, sign * value))
     if not transforms:
         return []
-    kl, shift, ppl = _control_effects(graphdef, state, hidden[0], targets, jnp.asarray(np.stack([t[0] for t in transforms])),
+    matrices = jnp.asarray(np.stack([t[0] for t in transforms]))
+    kl, shift, ppl = _control_effects(graphdef, state, hidden[0], targets, matrices,
                                       jnp.asarray(np.stack([t[1] for t in transforms])))
     kl, shift, ppl = (np.asarray(a, np.float64) for a in (kl, shift, ppl))
     flat = ranking.neurons.model_slice(0).start
