@@ -124,3 +124,40 @@ def build_tree(distances: Sequence[float] | np.ndarray, tokens: Sequence):
         return head if k == lo else (parse(lo, k), head)
 
     return parse(0, len(tokens))
+
+
+def tree_spans(tree, *, trivial: bool = False) -> set[tuple[int, int]]:
+    """The ``(start, end)`` token spans of a tree's constituents (end exclusive).
+
+    The tree is nested tuples over leaves that are their own positions (``build_tree(d, range(n))``).
+    Unless ``trivial``, single tokens and the whole sentence are left out (the unlabeled bracket
+    convention of Shen et al.'s evaluation).
+
+    >>> sorted(tree_spans(build_tree([0.1, 0.9, 0.2, 0.5], range(4))))
+    [(1, 4), (2, 4)]
+    """
+    spans: set[tuple[int, int]] = set()
+
+    def walk(node) -> tuple[int, int]:
+        if not isinstance(node, tuple):
+            spans.add((int(node), int(node) + 1))
+            return int(node), int(node) + 1
+        ranges = [walk(child) for child in node]
+        span = (min(r[0] for r in ranges), max(r[1] for r in ranges))
+        spans.add(span)
+        return span
+
+    whole = walk(tree)
+    return spans if trivial else {s for s in spans if s[1] - s[0] > 1 and s != whole}
+
+
+def bracket_f1(predicted: set, reference: set) -> float:
+    """Unlabeled bracket F1 of two span sets (1 when both are empty, as for a two-token sentence).
+
+    >>> bracket_f1({(0, 2), (2, 4)}, {(0, 2), (1, 4)})
+    0.5
+    """
+    if not predicted and not reference:
+        return 1.0
+    hits = len(predicted & reference)
+    return 0.0 if hits == 0 else 2 * hits / (len(predicted) + len(reference))

@@ -3,11 +3,15 @@ figures of every result kind (:mod:`jneuron.report.figures`).
 
 >>> import jneuron.report as jr
 >>> sorted(n for n in dir(jr) if not n.startswith("_"))
-['Report', 'figures', 'heatmap', 'neuron_view', 'neuron_view_html', 'plot_similarity', 'plots', 'register']
+['Report', 'crosslm', 'figures', 'heatmap', 'neuron_view', 'neuron_view_html', 'plot_similarity', 'plots', 'register']
 """
 
 from jneuron.report import figures as figures
 from jneuron.report._builder import Report as Report
 from jneuron.report._builder import register as register
+from jneuron.report.crosslm import add_crosslm as _add_crosslm
+from jneuron.report.crosslm import is_crosslm as _is_crosslm
 from jneuron.report.heatmap import plot_similarity as plot_similarity
 from jneuron.report.neuron_view import neuron_view_html as neuron_view_html
+
+register(_is_crosslm, _add_crosslm)  # the study-crosslm section (crosslm.json)

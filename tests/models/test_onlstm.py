@@ -225,3 +225,30 @@ def test_build_tree_rejects_mismatched_lengths():
         build_tree([0.1, 0.2], ["a"])
     with pytest.raises(JNeuronError, match="NaN"):
         build_tree([0.1, float("nan")], ["a", "b"])
+
+
+def test_tree_spans_of_branching_trees():
+    from jneuron.models.onlstm import bracket_f1, tree_spans
+
+    n = 6
+    right = tree_spans(build_tree(np.arange(n, 0, -1), range(n)))
+    left = tree_spans(build_tree(np.arange(n), range(n)))
+    assert right == {(i, n) for i in range(1, n - 1)}
+    assert left == {(0, j) for j in range(2, n)}
+    assert bracket_f1(right, right) == 1.0 and bracket_f1(right, left) == 0.0
+    full = tree_spans(build_tree(np.arange(n, 0, -1), range(n)), trivial=True)
+    assert full == right | {(0, n)} | {(i, i + 1) for i in range(n)}
+    assert tree_spans(build_tree([0.5, 0.1], range(2))) == set()
+
+
+@given(st.lists(st.floats(0, 1), min_size=2, max_size=12), st.integers(0, 2**31 - 1))
+def test_bracket_f1_against_its_definition(distances, seed):
+    from jneuron.models.onlstm import bracket_f1, tree_spans
+
+    n = len(distances)
+    a = tree_spans(build_tree(distances, range(n)))
+    b = tree_spans(build_tree(np.random.default_rng(seed).random(n), range(n)))
+    # every binary tree over n tokens has n - 2 non-trivial constituents
+    assert len(a) == len(b) == n - 2
+    expected = 1.0 if n == 2 else len(a & b) / (n - 2)  # precision = recall when the counts match
+    assert bracket_f1(a, b) == pytest.approx(expected, rel=tolerance(n, np.float64))

@@ -19,4 +19,4 @@ from jneuron.cli.commands import (
 )
 
 COMMANDS = (studies.demo, maxcorr, mincorr, linreg, similarity, match, probe, ablate, information,
-            studies.information, studies.rejuvenation, convert, report)
+            studies.information, studies.rejuvenation, studies.crosslm, convert, report)
