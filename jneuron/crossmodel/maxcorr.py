@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from jneuron._checks import check_min_tokens
+from jneuron.data.checks import check_min_tokens
 from jneuron.crossmodel.tilereduce import tile_reducer
 from jneuron.data.source import Source, as_source
 from jneuron.errors import DeadNeuronWarning, JNeuronError

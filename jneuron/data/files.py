@@ -37,7 +37,7 @@ def split_selector(path: str | Path) -> tuple[Path, str | None]:
 
 
 def open_activations(path: str | Path, select: str | Sequence[str] | None = None, *, tokens=None,
-                     labels=None, dtype=None) -> FileSource:
+                     labels=None, dtype=None, valid=None) -> FileSource:
     """Open one activation file or store (see the module docstring) as a streaming source.
 
     Args:
@@ -45,6 +45,8 @@ def open_activations(path: str | Path, select: str | Sequence[str] | None = None
       select: models or layers to keep (``"model"``, ``"model/layer"``, comma-separated), in that order.
       tokens, labels: NeuroX-style text files (one sentence per line) aligned with the rows.
       dtype: read chunks as this dtype (default float32, or float64 if the file is float64).
+      valid: boolean ``(tokens,)`` mask of the rows that count (padding, special tokens and filtered
+        rows are ``False``: no statistic sees them); default every row.
     """
     path, selector = split_selector(path)
     if not path.exists():
@@ -80,4 +82,5 @@ def open_activations(path: str | Path, select: str | Sequence[str] | None = None
         raise JNeuronError(f"{path}: token and label files go with NeuroX .hdf5/.json activations only")
     for terms in (selector, select):
         source = source.select(terms)
-    return source.with_dtype(dtype) if dtype is not None else source
+    source = source.with_dtype(dtype) if dtype is not None else source
+    return source.with_valid(valid) if valid is not None else source

@@ -20,7 +20,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jneuron._checks import as_2d
+from jneuron.data.checks import as_2d
+from jneuron.data.labels import label_values
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
 from jneuron.kernels import sharded as ksharded
@@ -113,24 +114,15 @@ def metrics(counts: np.ndarray, classes: np.ndarray) -> dict:
 
 def class_index(labels) -> np.ndarray:
     """The sorted distinct label values (strings or numbers): the probe's deterministic label-to-row map."""
-    values = np.asarray(labels)
-    if values.ndim != 1:
-        raise JNeuronError(f"labels: expected one label per token (1-D), got shape {values.shape}")
+    values = label_values(labels)
     if values.dtype.kind not in "iubU" and not (values.dtype.kind == "f" and np.all(values == np.round(values))):
-        if values.dtype.kind == "O":
-            values = values.astype(str)
-        else:
-            raise JNeuronError(f"labels: expected strings or integers, got dtype {values.dtype}")
+        raise JNeuronError(f"labels: expected strings or integers, got dtype {values.dtype}")
     return np.unique(values)
 
 
 def encode_labels(labels, classes: np.ndarray, tokens: int) -> np.ndarray:
     """Row index of every label in ``classes``; unknown labels are an error naming the first one and where."""
-    values = np.asarray(labels)
-    if values.dtype.kind == "O":
-        values = values.astype(str)
-    if values.ndim != 1 or len(values) != tokens:
-        raise JNeuronError(f"labels: expected {tokens} labels (one per activation row), got shape {values.shape}")
+    values = label_values(labels, tokens=tokens)
     try:
         index = np.clip(np.searchsorted(classes, values), 0, len(classes) - 1)
         known = classes[index] == values

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jneuron._checks import as_2d
+from jneuron.data.checks import as_2d
 from jneuron.data.source import float_dtype
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jneuron._checks import as_2d, check_min_tokens
+from jneuron.data.checks import as_2d, check_min_tokens
 from jneuron.data.source import Source, as_source
 from jneuron.errors import DeadNeuronWarning, FewTokensWarning, JNeuronError
 from jneuron.kernels import hsic as khsic

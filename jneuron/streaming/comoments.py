@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jneuron._checks import as_2d, check_min_tokens
+from jneuron.data.checks import as_2d, check_min_tokens
 from jneuron.data.source import as_source
 from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments

@@ -18,7 +18,7 @@ from jneuron.errors import DeadNeuronWarning, JNeuronError
 from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.compensated import Pair
-from jneuron.streaming.passes import fold_sharded
+from jneuron.streaming.passes import run_pass
 from tests.reference import (
     assert_mean_close,
     assert_partners_close,
@@ -151,7 +151,7 @@ def test_additive_reduction_combines_with_psum():
     reduction = ksharded.Reduction(lambda: empty, chunk)
     x = np.random.default_rng(6).uniform(0, bins, size=(203, 2)).astype(np.float32)
     shift = np.float32(-1.0)  # a parameter of the statistic, replicated on every device
-    combined = fold_sharded(jn.as_source([x]), reduction, 61, mesh, (shift,))  # 61 rows: padded, uneven
+    combined = run_pass(jn.as_source([x]), reduction, 61, mesh=mesh, args=(shift,)).state  # 61 rows: padded, uneven
     total = jax.tree.map(np.asarray, combined)
     assert total["count"].tolist() == [203, 203]  # one copy per neuron shard
     want = np.bincount(np.clip((x[:, 0] - 1).astype(int), 0, bins - 1), minlength=bins)
