@@ -213,14 +213,17 @@ def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple
         if len(tokens) != 1:
             raise JNeuronError(f"all activation arrays must cover the same tokens; token counts differ: {sorted(tokens)}")
         tokens = tokens.pop()
-        ids = class_ids(labels, "labels", tokens)
+        mask = None if valid is None else check_valid(valid, tokens)
+        ids = np.asarray(labels)
+        if mask is not None and ids.shape == mask.shape:  # the labels of invalid rows are never read
+            ids = np.where(mask, ids, 0)
+        ids = class_ids(ids, "labels", tokens)
         if tokens == 0:
             raise JNeuronError("no tokens to analyse")
         classes = int(ids.max()) + 1 if classes is None else int(classes)
         class_ids(ids, "labels", tokens, classes)
         dtype = float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
-        source = ArraySource(tuple(arrays) + (ids.astype(dtype)[:, None],), tuple(layers.labels) + (LABELS,),
-                             None if valid is None else check_valid(valid, tokens))
+        source = ArraySource(tuple(arrays) + (ids.astype(dtype)[:, None],), tuple(layers.labels) + (LABELS,), mask)
         neurons = layers.neurons()
         rows = min(chunk_tokens or default_chunk_tokens(sum(source.widths), tokens), tokens, kinfo.MAX_CHUNK_TOKENS)
         return _check_classes(classes), source, neurons, rows

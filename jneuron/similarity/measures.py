@@ -223,7 +223,8 @@ def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int
     return _pwcca_result(blocks, 0, 1, side, _rtol(blocks, rtol))
 
 
-def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, devices=None, mesh=None) -> CKAResult:
+def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, valid=None, devices=None,
+        mesh=None) -> CKAResult:
     """Linear CKA (Kornblith et al., 2019), feature-space form, from one streamed pass.
 
     ``CKA = ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F)``. With ``debiased=True`` every HSIC is the unbiased
@@ -238,13 +239,13 @@ def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, device
     >>> round(jn.cka(x, 3 * x + 1).value, 6), round(jn.cka(x, 3 * x + 1, debiased=True).value, 6)
     (1.0, 1.0)
     """
-    blocks = _pair(x, y, chunk_tokens, "cka", row_norms=debiased, mesh=resolve_mesh(devices, mesh))
+    blocks = _pair(x, y, chunk_tokens, "cka", row_norms=debiased, mesh=resolve_mesh(devices, mesh), valid=valid)
     return CKAResult(_cka_value(blocks, 0, 1, debiased), debiased, blocks.count)
 
 
-def _pair(x, y, chunk_tokens, what: str, row_norms: bool = False, mesh=None) -> Blocks:
+def _pair(x, y, chunk_tokens, what: str, row_norms: bool = False, mesh=None, valid=None) -> Blocks:
     return stream_blocks([("x", x), ("y", y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
-                         row_norms=row_norms, what=what, mesh=mesh)
+                         row_norms=row_norms, what=what, mesh=mesh, valid=valid)
 
 
 def _rtol(blocks: Blocks, rtol: float | None) -> float:
