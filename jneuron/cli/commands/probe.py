@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     labels = _labels(args, activations)
     with device_scope(args):
         grid = train_probes(activations, labels, l1=args.l1, l2=args.l2, validation=args.validation,
-                            tolerance=args.tolerance, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                            tolerance=args.tolerance, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                             seed=args.seed, devices=shard_count(args.devices))
     probe = grid.probe
     ordering = neuron_ordering(probe)
