@@ -32,8 +32,17 @@ from jneuron.data.atomic import atomic_write_json
 from jneuron.data.checks import as_2d, check_valid
 from jneuron.data.labels import class_ids
 from jneuron.data.models import parse_layers
-from jneuron.data.source import (ArraySource, IteratorSource, Rows, Source, _names, as_source, float_dtype,
-                                 item_parts, source_rows)
+from jneuron.data.source import (
+    ArraySource,
+    IteratorSource,
+    Rows,
+    Source,
+    _names,
+    as_source,
+    float_dtype,
+    item_parts,
+    source_rows,
+)
 from jneuron.errors import JNeuronError
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
@@ -44,7 +53,12 @@ from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype, working_dtype
 from jneuron.results import NeuronIndex, Ranking, _plain
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import chunk_callback, default_chunk_tokens, raise_on_bad_value, run_pass
+from jneuron.streaming.passes import (
+    chunk_callback,
+    default_chunk_tokens,
+    raise_on_bad_value,
+    run_pass,
+)
 
 MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
@@ -259,7 +273,7 @@ def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple
             seen += rows
             yield Rows(tuple(parts) + (y.astype(dtype)[:, None],), mask)
 
-    source = as_source(labelled if reiterable else labelled(), None)
+    source = as_source(labelled if reiterable else labelled())
     first = item_parts(source.first)
     model_names = _names(None, names, len(first) - 1)
     source = replace(source, names=model_names + (LABELS,))

@@ -30,7 +30,9 @@ from jneuron.streaming.mesh import resolve_mesh
 
 
 def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None = None,
-                   rtol: float | None = None, chunk_tokens: int | None = None, devices=None, mesh=None) -> Ranking:
+                   rtol: float | None = None, chunk_tokens: int | None = None,
+                   valid=None, devices=None, mesh=None,
+                   checkpoint=None, progress: bool = False, on_chunk=None) -> Ranking:
     """Rank every neuron by the ``R^2`` of predicting it linearly from each other model.
 
     Args:
@@ -42,6 +44,9 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
       rtol: relative eigenvalue floor for the predictors' covariance (see :func:`jneuron.cca`).
       chunk_tokens: tokens per streamed chunk.
       devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.streaming.mesh`).
+      valid, checkpoint, progress, on_chunk: rows that count (boolean ``(tokens,)``, array inputs), a
+        checkpoint folder to resume from, a progress line on stderr, a callback with each chunk's rows
+        (the one pass's keywords, see :func:`jneuron.maxcorr`).
 
     Returns:
       A :class:`~jneuron.results.Ranking` (method ``"linreg_min"`` or ``"linreg_max"``, descending) with
@@ -59,7 +64,8 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
     widest = max(sum(np.shape(groups[g][1])[1] for g in ms) for ms in members) if known else None
     pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
     blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="linreg_ranking", widest=widest,
-                           mesh=resolve_mesh(devices, mesh))
+                           mesh=resolve_mesh(devices, mesh),
+                                             valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     neurons = NeuronIndex.from_layers([(model_names[k], [(layer_names[g], blocks.widths[g]) for g in members[k]])
                                        for k in range(count)])
     rtol = _rtol(blocks, rtol)

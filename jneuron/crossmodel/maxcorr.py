@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from jneuron.data.checks import check_min_tokens
 from jneuron.crossmodel.tilereduce import tile_reducer
+from jneuron.data.checks import check_min_tokens
 from jneuron.data.models import parse_layers
 from jneuron.data.source import Source, as_source
 from jneuron.errors import DeadNeuronWarning, JNeuronError
@@ -39,7 +39,12 @@ from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Ranking, _plain
 from jneuron.streaming.memory import release_freed_memory
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import accumulate, chunk_callback, constant_columns, default_chunk_tokens
+from jneuron.streaming.passes import (
+    accumulate,
+    chunk_callback,
+    constant_columns,
+    default_chunk_tokens,
+)
 
 MEMORY_BUDGET = 320 * 2**20  # bytes for the cross-product blocks held at once (and their reduction)
 _BYTES_PER_ENTRY = 24  # compensated pair (8) + chunk product (4) + merge outer product (4) + reduction (8)
@@ -155,7 +160,7 @@ def _prepare(models, names, valid=None) -> tuple[Source, NeuronIndex, tuple[int,
         neurons = layers.neurons()
         widths = layers.model_widths()
     else:
-        source = as_source(models, names, valid=valid)
+        source = as_source(models, names=names, valid=valid)
         widths = source.widths
         if hasattr(source, "layers"):  # a file source knows each model's layers
             model_names = tuple(names) if names is not None else source.names

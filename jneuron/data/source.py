@@ -183,7 +183,7 @@ def _names(models, given: Sequence[str] | None, count: int) -> tuple[str, ...]:
     return names
 
 
-def as_source(models, names: Sequence[str] | None = None, *, valid=None) -> Source:
+def as_source(models, *, names: Sequence[str] | None = None, valid=None) -> Source:
     """Turn arrays, a mapping of name to array, an iterator of chunks, or a source into a source.
 
     Args:

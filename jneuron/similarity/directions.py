@@ -74,8 +74,9 @@ class DirectionRanking:
 
 
 def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, names: Sequence[str] = ("x",),
-                      rtol: float | None = None, chunk_tokens: int | None = None, valid=None, devices=None,
-                      mesh=None) -> DirectionRanking:
+                      rtol: float | None = None, chunk_tokens: int | None = None,
+                      valid=None, devices=None, mesh=None,
+                      checkpoint=None, progress: bool = False, on_chunk=None) -> DirectionRanking:
     """Rank ``x``'s SVCCA (or CCA) directions against ``y`` by canonical correlation.
 
     Args:
@@ -85,8 +86,7 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
       method: ``"svcca"`` (PCA keeping ``keep`` of the variance first) or ``"cca"``.
       keep: SVCCA's kept share of variance, or count.
       names: model names: ``x``'s first (it names the directions' neurons), then ``y``'s (optional).
-      rtol, chunk_tokens, devices, mesh: see :func:`jneuron.cca`.
-      valid: boolean ``(tokens,)`` mask of the rows that count (array inputs).
+      rtol, chunk_tokens, valid, devices, mesh, checkpoint, progress, on_chunk: see :func:`jneuron.cca`.
     """
     if method not in ("svcca", "cca"):
         raise JNeuronError(f"direction_ranking: method must be 'svcca' or 'cca', got {method!r}")
@@ -97,7 +97,8 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
     groups = [("x", x)] + [(f"y{i}", v) for i, v in enumerate(others)]
     pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
     blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="direction_ranking",
-                           mesh=resolve_mesh(devices, mesh), valid=valid)
+                           mesh=resolve_mesh(devices, mesh),
+                                             valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     rtol = _rtol(blocks, rtol)
     ys = list(range(1, len(groups)))
     sx = prepare_side(blocks, 0, method, keep, rtol)

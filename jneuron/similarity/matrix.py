@@ -73,8 +73,9 @@ class SimilarityMatrix:
 
 
 def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: float | int = 0.99,
-                      rtol: float | None = None, chunk_tokens: int | None = None, devices=None,
-                      mesh=None) -> SimilarityMatrix:
+                      rtol: float | None = None, chunk_tokens: int | None = None,
+                      valid=None, devices=None, mesh=None,
+                      checkpoint=None, progress: bool = False, on_chunk=None) -> SimilarityMatrix:
     """Similarity between every pair of layers, from one streamed pass over the tokens.
 
     Args:
@@ -87,6 +88,9 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
       rtol: relative eigenvalue floor of the whitening (see :func:`jneuron.cca`).
       chunk_tokens: tokens per streamed chunk.
       devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.streaming.mesh`).
+      valid, checkpoint, progress, on_chunk: rows that count (boolean ``(tokens,)``, array inputs), a
+        checkpoint folder to resume from, a progress line on stderr, a callback with each chunk's rows
+        (the one pass's keywords, see :func:`jneuron.maxcorr`).
     """
     if metric not in METRICS:
         raise JNeuronError(f"unknown similarity metric {metric!r}; expected one of {', '.join(METRICS)}")
@@ -105,7 +109,8 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
         rows, cols = list(range(la)), list(range(la, la + lb))
         pairs = [(g, g) for g in range(la + lb)] + [(i, j) for i in rows for j in cols]
     blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, row_norms=metric == "cka_debiased",
-                           what=f"similarity_matrix ({metric})", mesh=resolve_mesh(devices, mesh))
+                           what=f"similarity_matrix ({metric})", mesh=resolve_mesh(devices, mesh),
+                           valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     values = np.zeros((la, lb))
     kept = np.zeros(len(groups), np.int64)
     if metric in ("cca", "svcca", "pwcca"):

@@ -30,7 +30,12 @@ from jneuron.kernels import hsic as khsic
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
-from jneuron.streaming.passes import accumulate, constant_columns, default_chunk_tokens
+from jneuron.streaming.passes import (
+    accumulate,
+    chunk_callback,
+    constant_columns,
+    default_chunk_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,8 @@ def joint_source(groups: Sequence[tuple[str, object]], valid=None) -> Source:
 
 def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[int, int]], *,
                   chunk_tokens: int | None = None, row_norms: bool = False, what: str = "similarity",
-                  widest: int | None = None, mesh: Mesh | None = None, valid=None) -> Blocks:
+                  widest: int | None = None, mesh: Mesh | None = None, valid=None, checkpoint=None,
+                  progress: bool = False, on_chunk=None) -> Blocks:
     """Stream the groups once and return the asked-for covariance blocks.
 
     Args:
@@ -107,6 +113,8 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
       widest: the widest set of neurons whose covariance is inverted (default: the widest group).
       mesh: shard the pass over this mesh (see :mod:`jneuron.streaming.mesh`).
       valid: boolean ``(tokens,)`` mask of the rows that count (array groups only).
+      checkpoint, progress, on_chunk: see :func:`jneuron.streaming.passes.accumulate` (a checkpoint folder
+        is not used with ``row_norms``, whose fourth moments are not saved: the pass then runs whole).
 
     Warns :class:`FewTokensWarning` when there are fewer tokens than neurons in some group. float64 groups
     are accumulated in float64 (see :mod:`jneuron.precision`), others in compensated float32.
@@ -119,7 +127,9 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     chunk_tokens = chunk_tokens or default_chunk_tokens(int(starts[-1]), getattr(source, "tokens", None))
     norms = _RowNorms(bounds) if row_norms else None
     with follow_dtype(source.dtype):  # the pass, and reading its statistics, in the data's precision
-        stats = accumulate(source, tiles, chunk_tokens, observe=norms, mesh=mesh)
+        stats = accumulate(source, tiles, chunk_tokens, observe=norms, mesh=mesh,
+                           checkpoint=None if norms is not None else checkpoint,
+                           on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
         count = int(stats.count)
         check_min_tokens(count, what, 4 if row_norms else 2)
         widest = widest or max(widths)

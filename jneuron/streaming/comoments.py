@@ -21,7 +21,12 @@ from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import accumulate, chunk_callback, constant_columns, default_chunk_tokens
+from jneuron.streaming.passes import (
+    accumulate,
+    chunk_callback,
+    constant_columns,
+    default_chunk_tokens,
+)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,9 @@ def chunk_callback(progress: bool, on_chunk: Callable[[int], None] | None, total
     """The pass's ``on_chunk``: the caller's callback and, with ``progress``, a progress line on stderr."""
     callbacks = [] if on_chunk is None else [on_chunk]
     if progress:
-        from jneuron.cli.progress import Progress  # the one progress line, shared with the command line
+        from jneuron.cli.progress import (
+            Progress,  # the one progress line, shared with the command line
+        )
 
         callbacks.append(Progress(total, enabled=True))
     if not callbacks:

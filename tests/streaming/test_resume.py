@@ -25,7 +25,7 @@ def stop_after(chunks):
 def test_neuron_information_resumes(rng, tmp_path, quantize):
     x = rng.random((1000, 5)).astype(np.float32)
     labels = rng.integers(0, 3, 1000)
-    args = dict(classes=3, quantize=quantize, bins=3, chunk_tokens=64)
+    args = {"classes": 3, "quantize": quantize, "bins": 3, "chunk_tokens": 64}
     whole = jn.neuron_information(x, labels, **args)
     with pytest.raises(Killed):
         jn.neuron_information(x, labels, checkpoint=tmp_path, on_chunk=stop_after(11), **args)

@@ -29,7 +29,7 @@ def mean_scale(x, labels, valid, means):
 @pytest.mark.parametrize("devices", [2, 3, 8])
 def test_information_sharded_equals_unsharded_with_invalid_rows(devices, tmp_path):
     x, labels, valid = data()
-    options = dict(threshold=1e3, classes=4, valid=valid, chunk_tokens=100)
+    options = {"threshold": 1e3, "classes": 4, "valid": valid, "chunk_tokens": 100}
     one = jn.neuron_information(x, labels, **options)
     sharded = jn.neuron_information(x, labels, devices=devices, checkpoint=tmp_path, **options)
     np.testing.assert_array_equal(sharded.counts, one.counts)
