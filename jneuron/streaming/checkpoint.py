@@ -173,13 +173,12 @@ def load_checkpoint(file: Path, empty, binding: str, rows_per_chunk: int, tokens
                     count_of: Callable | None = None, position: bool = False):
     """``(state, chunks done, finished, scale exponents or None)`` from ``file``; an empty start when there
     is none or it belongs to other data (with a :class:`StaleCheckpointWarning`). With ``position``, a fifth
-    item: the saved ``(rows counted, caller rows read)`` (``(0, 0)`` for an empty start)."""
+    item: the saved ``(rows counted, caller rows read)`` (``(0, 0)`` for an empty start; where the file has
+    none, both are the chunks done times ``rows_per_chunk``)."""
     start = (empty, 0, False, None) + (((0, 0),) if position else ())
     if not file.is_file():
         return start
     leaves, treedef = jax.tree.flatten(empty)
-    if position:
-        leaves = leaves + [np.zeros(2, np.int64)]
     try:
         with np.load(file) as saved:
             stored = str(saved["binding"]) if "binding" in saved else None
@@ -189,17 +188,18 @@ def load_checkpoint(file: Path, empty, binding: str, rows_per_chunk: int, tokens
             loaded = [saved[f"leaf{i}"] for i in range(len(leaves))]
             done, finished = int(saved["chunks_done"]), bool(saved["finished"])
             scale = saved["scale"] if "scale" in saved else None
+            where = saved["position"] if "position" in saved else None
             digest = str(saved["digest"])
     except Exception as error:
         raise JNeuronError(f"{file}: unreadable checkpoint (delete it to start over): {error}") from None
-    if _digest(binding, done, finished, scale, loaded) != digest:
+    if _digest(binding, done, finished, scale, loaded + ([] if where is None else [where])) != digest:
         raise JNeuronError(f"{file}: checkpoint does not match its digest (edited or damaged); delete it to "
                            "start over")
     for i, (old, new) in enumerate(zip(leaves, loaded)):
         if old.shape != new.shape or old.dtype != new.dtype:
             raise JNeuronError(f"{file}: checkpoint leaf {i} does not match this run (delete it to start over)")
-    saved_position = tuple(int(v) for v in loaded.pop()) if position else None
-    leaves = leaves[: len(loaded)]
+    rows = done * rows_per_chunk if tokens is None else min(done * rows_per_chunk, tokens)
+    saved_position = (rows, rows) if where is None else tuple(int(v) for v in where)
     placed = [jax.device_put(x, old.sharding) for old, x in zip(leaves, loaded)]  # sharded state stays sharded
     state = jax.tree.unflatten(treedef, placed)
     if count_of is not None:
@@ -237,11 +237,12 @@ def save_checkpoint(file: Path, state, done: int, finished: bool, binding: str, 
     of a pass with invalid rows, so a resumed pass names the caller's rows."""
     buffer = io.BytesIO()
     leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
-    if position is not None:
-        leaves.append(np.asarray(position, np.int64))
     extra = {} if scale is None else {"scale": np.asarray(scale, np.int32)}
+    where = [] if position is None else [np.asarray(position, np.int64)]
+    if where:
+        extra["position"] = where[0]
     np.savez(buffer, chunks_done=done, finished=finished, binding=np.asarray(binding),
-             digest=np.asarray(_digest(binding, done, finished, extra.get("scale"), leaves)), **extra,
+             digest=np.asarray(_digest(binding, done, finished, extra.get("scale"), leaves + where)), **extra,
              **{f"leaf{i}": x for i, x in enumerate(leaves)})
     atomic_write_bytes(file, buffer.getvalue())
 
