@@ -21,9 +21,12 @@ maxima and partners, so the full correlation matrix is never held.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -37,7 +40,6 @@ from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Ranking, _plain
-from jneuron.streaming.memory import release_freed_memory
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import (
     accumulate,
@@ -270,3 +272,30 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
             kmax.reduce_tile.clear_cache()
             release_freed_memory()
     return table.best, table.unit, table.rho, np.flatnonzero(dead)
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_freed_memory() -> bool:
+    """Hand freed heap memory back to the system between passes, where the C library can (glibc); whether it could.
+
+    Compiling and running a pass allocates many small blocks; glibc keeps them in its heap after they are
+    freed, so a run of many passes (each compiling its own tile shapes) would grow its resident memory by
+    what every pass left behind.
+
+    >>> release_freed_memory() in (True, False)
+    True
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
