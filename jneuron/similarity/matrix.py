@@ -14,12 +14,12 @@ needs); each layer is whitened once, and every pair then costs one small SVD in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from jneuron.data.models import parse_layers
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.results import _plain
@@ -134,13 +134,6 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
 
 
 def _layers(layers, what: str) -> tuple[tuple[str, ...], list]:
-    if isinstance(layers, Mapping):
-        names, data = tuple(str(k) for k in layers), list(layers.values())
-    elif isinstance(layers, Sequence) and not isinstance(layers, str):
-        names, data = tuple(f"layer{i}" for i in range(len(layers))), list(layers)
-    else:
-        raise JNeuronError(f"{what}: expected a mapping of name to layer or a sequence of layers, "
-                           f"got {type(layers).__name__}")
-    if not data:
-        raise JNeuronError(f"{what}: no layers given")
-    return names, data
+    """Names and data of the layers (a mapping of name to layer, or a sequence: ``layer0, layer1, ...``)."""
+    parsed = parse_layers(layers, prefix="layer", what=what)
+    return parsed.labels, list(parsed.data)
