@@ -37,7 +37,12 @@ from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import chunk_callback, default_chunk_tokens, raise_on_bad_value, run_pass
+from jneuron.streaming.passes import (
+    chunk_callback,
+    default_chunk_tokens,
+    raise_on_bad_value,
+    run_pass,
+)
 
 HIGHEST = jax.lax.Precision.HIGHEST
 

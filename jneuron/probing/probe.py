@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jneuron.data.checks import as_2d
+from jneuron.data.checks import as_2d, check_finite
 from jneuron.data.labels import label_values
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
@@ -154,8 +154,7 @@ def _activations(x, neurons: int | None = None) -> jax.Array:
         raise JNeuronError(f"activations: the probe has {neurons} neurons, the input has {x.shape[1]} columns")
     device = jnp.asarray(x, working_dtype(x.dtype))
     if not bool(_all_finite(device)):
-        row, column = np.argwhere(~np.isfinite(np.asarray(device)))[0]
-        raise JNeuronError(f"activations: NaN or Inf at row {row}, neuron {column}")
+        check_finite(np.asarray(device), "activations")
     return device
 
 

@@ -61,3 +61,23 @@ def test_sharded_bad_value_names_the_callers_row():
         jn.probeless(x, labels, valid=valid, chunk_tokens=64, devices=4)
     with pytest.raises(jn.JNeuronError, match=f"row {row}, neuron model0/3"):
         jn.neuron_information(x, labels, valid=valid, chunk_tokens=64, devices=4)
+
+
+def test_neuron_stats_sharded_equals_unsharded():
+    from flax import nnx
+
+    from jneuron.flax import neuron_stats
+    from jneuron.models import MLP
+
+    model = MLP(12, (10, 6), 4, rngs=nnx.Rngs(7))
+    rng = np.random.default_rng(24)
+    x, y = (rng.normal(size=(90, 12)) + 0.3).astype(np.float32), rng.integers(0, 3, 90)
+    one = neuron_stats(model, x, ["layers/0", "layers/1"], labels=y, batch_size=16)
+    sharded = neuron_stats(model, x, ["layers/0", "layers/1"], labels=y, batch_size=16, devices=4)
+    for layer in one.layers:  # float64 sums of float32 outputs, merged in another order
+        bound = tolerance(90, np.float64)
+        scale = np.abs(one.mean[layer]) + one.std[layer]
+        assert_close(sharded.mean[layer], one.mean[layer], bound, scale, "mean")
+        assert_close(sharded.std[layer], one.std[layer], bound, scale, "std")
+        assert_close(sharded.class_mean[layer], one.class_mean[layer], bound, np.abs(one.class_mean[layer]) + 1,
+                     "class means")
