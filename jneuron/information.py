@@ -65,7 +65,6 @@ QUANTIZERS = ("threshold", "uniform", "quantile")
 COUNTING = ("contract", "segment")
 OFFSET_RATIO = 64.0  # shift sums by the first chunk's mean when some |mean| > OFFSET_RATIO * std
 _SHIFT_ROWS = 1024  # rows of the first chunk that decide the shift
-_FLUSH_TOKENS = 2**31 - 1  # int32 device counts are moved to host int64 before they could overflow
 
 
 @dataclass(frozen=True)
@@ -168,7 +167,7 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
       counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU) or ``"segment"`` (segment
         sums, the default on CPU, where they are faster than a matrix product); the counts are identical.
       devices: shard the tokens of the counting pass over this many devices (or these devices);
-        see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens in all).
+        see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens per device).
       mesh: or a ``("tokens"[, "neurons"])`` mesh (tokens only are split here; with several processes
         each passes its own tokens).
       valid: boolean ``(tokens,)`` mask of the rows that count (padding, special tokens: ``False``), with
