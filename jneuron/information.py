@@ -49,7 +49,7 @@ from jneuron.kernels import information as kinfo
 from jneuron.kernels import quantize as kquant
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
-from jneuron.kernels.sharded import NEURONS
+from jneuron.kernels.sharded import NEURONS, TOKENS
 from jneuron.precision import follow_dtype, working_dtype
 from jneuron.results import NeuronIndex, Ranking, _plain
 from jneuron.streaming.mesh import resolve_mesh
@@ -64,6 +64,7 @@ MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
 COUNTING = ("contract", "segment")
 OFFSET_RATIO = 64.0  # shift sums by the first chunk's mean when some |mean| > OFFSET_RATIO * std
+INT32_ROWS = 2**31 - 1  # rows one device's int32 counts hold
 _SHIFT_ROWS = 1024  # rows of the first chunk that decide the shift
 
 
@@ -327,6 +328,10 @@ class _Passes:
         """One pass of ``reduction``; its combined statistic on the host (one copy per neuron shard dropped)."""
         done = run_pass(self.source, reduction, self.rows, mesh=self.mesh, args=args, on_chunk=self.on_chunk,
                         checkpoint=self.checkpoint, key=key)
+        shards = 1 if self.mesh is None else ksharded.axis_size(self.mesh, TOKENS)
+        if done.position.counted > INT32_ROWS * shards:  # int32 device counts would have wrapped around
+            raise JNeuronError(f"{done.position.counted} rows exceed the int32 counts of {shards} device(s) "
+                               f"({INT32_ROWS} rows each): shard over more devices (devices=)")
         total = jax.tree.map(np.asarray, done.state)
         if self.mesh is not None and NEURONS in self.mesh.axis_names:  # every neuron shard saw the same tokens
             total = jax.tree.map(lambda a: a[0], total)
