@@ -21,6 +21,7 @@ from jneuron.crossmodel.maxcorr import mincorr as mincorr
 from jneuron.data.files import open_activations as open_activations
 from jneuron.data.labels import LabelledTokens as LabelledTokens
 from jneuron.data.labels import load_labels as load_labels
+from jneuron.data.source import Rows as Rows
 from jneuron.data.source import as_source as as_source
 from jneuron.data.store import StoreWriter as StoreWriter
 from jneuron.data.store import open_store as open_store
@@ -96,7 +97,8 @@ __all__ = [
     # results
     "NeuronIndex", "Ranking",
     # data
-    "open_activations", "as_source", "open_store", "write_store", "StoreWriter", "load_labels", "LabelledTokens",
+    "open_activations", "as_source", "Rows", "open_store", "write_store", "StoreWriter", "load_labels",
+    "LabelledTokens",
     # streaming
     "comoments", "CoMoments", "device_mesh",
     # cross-model rankings

@@ -101,7 +101,7 @@ class Position:
         mask = None if valid is None or valid.all() else valid
         kept = values if mask is None else values[mask]
         self._starts.append(self.counted)
-        self._chunks.append((self.read, None if mask is None else np.flatnonzero(mask).astype(np.int32)))
+        self._chunks.append((self.read, None if mask is None else np.packbits(mask)))  # a bit per row read
         self.counted += len(kept)
         self.read += len(values)
         return kept
@@ -111,9 +111,9 @@ class Position:
         i = bisect.bisect_right(self._starts, row) - 1
         if i < 0:  # before a resumed pass's first chunk: where no row was invalid, the offset is known
             return row + self._resumed[1] - self._resumed[0]
-        origin, kept = self._chunks[i]
+        origin, packed = self._chunks[i]
         offset = row - self._starts[i]
-        return origin + (offset if kept is None else int(kept[offset]))
+        return origin + (offset if packed is None else int(np.flatnonzero(np.unpackbits(packed))[offset]))
 
     def check_some_valid(self) -> None:
         """Raise when rows were read but every one was marked invalid."""

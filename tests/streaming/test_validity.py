@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import jneuron as jn
-from jneuron.data.source import Rows
+from jneuron import Rows
 from tests.tolerance import assert_close, tolerance
 
 
