@@ -207,10 +207,3 @@ def squared_error(params, x, y, masks) -> jax.Array:
     residual = outputs(params, x, masks)[:, :, 0] - y[:, None]
     total = jnp.broadcast_to(jnp.sum((y - jnp.mean(y)) ** 2), residual.shape[1:])
     return jnp.stack([jnp.sum(residual**2, axis=0), total], axis=1)
-
-
-def class_sums(x: jax.Array, y: jax.Array, valid: jax.Array, shift: jax.Array, classes: int):
-    """Per-class sums of ``x - shift`` over the valid rows of a chunk, ``(classes, neurons)``, and counts."""
-    onehot = jax.nn.one_hot(y, classes, dtype=x.dtype) * valid[:, None].astype(x.dtype)
-    sums = jnp.matmul(onehot.T, x - shift[None, :], precision=HIGHEST)
-    return sums, jnp.sum(onehot, axis=0)
