@@ -29,6 +29,7 @@ from jneuron.data.source import ArraySource, Rows, float_dtype, source_rows
 from jneuron.errors import JNeuronError
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
+from jneuron.kernels import probe as kp
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
@@ -126,15 +127,18 @@ def _class_means(data, labels, names, chunk_tokens, valid, mesh, checkpoint, pro
 
 @lru_cache(maxsize=16)
 def _reduction(width: int, classes: int, dtype, counting: str) -> ksharded.Reduction:
-    """Per-class sums of ``x - shift`` and token counts (:func:`jneuron.kernels.information.chunk_statistics`
-    with a threshold no value needs: every token in bin 0)."""
+    """Per-class sums of ``x - shift`` and token counts (:func:`jneuron.kernels.probe.class_sums`) as a
+    reduction of the one pass."""
 
     def chunk(columns, n_valid, row0, shift):
         x, ids = columns[:, :width], columns[:, width].astype(jnp.int32)
-        return kinfo.chunk_statistics(x, ids, n_valid, row0, shift, (jnp.full(width, jnp.inf, x.dtype),),
-                                      mode="threshold", bins=2, classes=classes, method=counting)
+        return kp.class_sums(x, ids, n_valid, row0, shift, classes=classes, method=counting)
 
-    return ksharded.Reduction(lambda: kinfo.init(width, 2, classes, dtype), chunk, kinfo.merge)
+    def init():
+        empty = kinfo.init(width, 1, classes, dtype)
+        return empty._replace(counts=empty.counts[:1])
+
+    return ksharded.Reduction(init, chunk, kinfo.merge)
 
 
 def _first_rows(source, rows: int, width: int) -> np.ndarray:
