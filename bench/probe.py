@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--skip-big-ordering", action="store_true", help="do not time the 53,248-neuron ordering")
     args = parser.parse_args()
     train_tokens, test_tokens, neurons, classes = SIZES[args.size]
-    settings = dict(l1=args.l1, l2=args.l2, epochs=args.epochs, batch_size=32, lr=1e-3)
+    settings = dict(l1=args.l1, l2=args.l2, epochs=args.epochs, batch_size=32, learning_rate=1e-3)
     report = {"size": args.size, "tokens": train_tokens, "test_tokens": test_tokens, "neurons": neurons,
               "classes": classes, "settings": settings, "machine": f"{platform.processor() or platform.machine()}, "
               f"{os.cpu_count()} cores", "jax": jax.__version__, "device": str(jax.devices()[0])}
@@ -138,7 +138,7 @@ def main() -> None:
         ours["floor_train_s"] = floor_train(np.asarray(x_train), classes, args.epochs)
         if not args.skip_grid:
             grid_args = dict(l1=GRID, l2=GRID, validation=(x_test, y_test), **{k: settings[k] for k in
-                                                                               ("epochs", "batch_size", "lr")})
+                                                                               ("epochs", "batch_size", "learning_rate")})
             grid, ours["grid16_first_call_s"] = timed(jn.train_probes, x_train, y_train, **grid_args)
             if ours["grid16_first_call_s"] > 20:  # compilation (~2 s) is noise here: do not run it twice
                 ours["grid16_s"] = ours["grid16_first_call_s"]

@@ -21,6 +21,7 @@ _LAZY = {
     "mincorr": "jneuron.crossmodel.maxcorr",
     # Data: sources, files, stores, labels
     "open_activations": "jneuron.data.files",
+    "Rows": "jneuron.data.source",
     "LabelledTokens": "jneuron.data.labels",
     "load_labels": "jneuron.data.labels",
     "as_source": "jneuron.data.source",
@@ -91,7 +92,8 @@ __all__ = [
     # results
     "NeuronIndex", "Ranking",
     # data
-    "open_activations", "as_source", "open_store", "write_store", "StoreWriter", "load_labels", "LabelledTokens",
+    "open_activations", "as_source", "Rows", "open_store", "write_store", "StoreWriter", "load_labels",
+    "LabelledTokens",
     # streaming
     "comoments", "CoMoments", "device_mesh",
     # cross-model rankings

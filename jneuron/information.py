@@ -19,34 +19,52 @@ class selectivity index on the raw activations' class means. See :mod:`jneuron.k
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jneuron._checks import as_2d
-from jneuron.data.source import _chunk_parts, _names, float_dtype
+from jneuron.data.checks import as_2d, check_valid
+from jneuron.data.labels import class_ids
+from jneuron.data.models import parse_layers
+from jneuron.data.source import (
+    ArraySource,
+    IteratorSource,
+    Rows,
+    Source,
+    _names,
+    as_source,
+    float_dtype,
+    item_parts,
+    source_rows,
+)
 from jneuron.errors import JNeuronError
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import quantize as kquant
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
-from jneuron.kernels.sharded import NEURONS
+from jneuron.kernels.sharded import NEURONS, TOKENS
 from jneuron.precision import follow_dtype, working_dtype
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import default_chunk_tokens, fold_sharded
+from jneuron.streaming.passes import (
+    chunk_callback,
+    default_chunk_tokens,
+    raise_on_bad_value,
+    run_pass,
+)
 
 MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
 COUNTING = ("contract", "segment")
 OFFSET_RATIO = 64.0  # shift sums by the first chunk's mean when some |mean| > OFFSET_RATIO * std
+INT32_ROWS = 2**31 - 1  # rows one device's int32 counts hold
 _SHIFT_ROWS = 1024  # rows of the first chunk that decide the shift
-_FLUSH_TOKENS = 2**31 - 1  # int32 device counts are moved to host int64 before they could overflow
 
 
 @dataclass(frozen=True)
@@ -115,8 +133,9 @@ class NeuronInformation(Result):
 def neuron_information(acts, labels=None, *, quantize: str = "threshold", threshold: float = 0.5,
                        bins: int = 2, value_range: tuple | None = None, classes: int | None = None,
                        unit: str = "bits", names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-                       resolution: int = 1024, counting: str | None = None, devices=None,
-                       mesh=None) -> NeuronInformation:
+                       resolution: int = 1024, counting: str | None = None, valid=None, devices=None,
+                       mesh=None, checkpoint: str | Path | None = None, progress: bool = False,
+                       on_chunk: Callable[[int], None] | None = None) -> NeuronInformation:
     """Entropy, mutual information with the labels, KL selectivity and class selectivity of every neuron.
 
     float64 activations are quantized and summed in float64 (see :mod:`jneuron.precision`), others in
@@ -144,9 +163,15 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
       counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU) or ``"segment"`` (segment
         sums, the default on CPU, where they are faster than a matrix product); the counts are identical.
       devices: shard the tokens of the counting pass over this many devices (or these devices);
-        see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens in all).
+        see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens per device).
       mesh: or a ``("tokens"[, "neurons"])`` mesh (tokens only are split here; with several processes
         each passes its own tokens).
+      valid: boolean ``(tokens,)`` mask of the rows that count (padding, special tokens: ``False``), with
+        array activations; chunks carry their own as ``(Rows(x, valid), y)``.
+      checkpoint: a folder; every pass saves its running tables there and a rerun over the same data
+        resumes from them, giving the same result as an uninterrupted run (see :func:`jneuron.streaming.passes.run_pass`).
+      progress: draw a progress line (tokens, throughput, time left) on stderr.
+      on_chunk: called with the rows of each chunk read (progress reporting of your own).
     """
     if quantize not in QUANTIZERS:
         raise JNeuronError(f"unknown quantize={quantize!r}; expected one of {QUANTIZERS}")
@@ -158,13 +183,13 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     bins = 2 if quantize == "threshold" else int(bins)
     if bins < 2:
         raise JNeuronError(f"need at least 2 bins, got {bins}")
-    stream = _Stream.build(acts, labels, names, classes, chunk_tokens)
-    mesh = resolve_mesh(devices, mesh)
-    tables = _tables if mesh is None else partial(_tables_sharded, mesh=mesh)
-    with follow_dtype(stream.dtype):
-        mode, params, description = _quantizer(stream, quantize, threshold, bins, value_range, resolution)
-        counts, sums, shift = tables(stream, mode, params, bins, counting)
-    class_counts = counts[0].sum(axis=0) if len(counts) else np.zeros(stream.classes, np.int64)
+    classes, source, neurons, rows = _labelled_source(acts, labels, names, classes, chunk_tokens, valid)
+    passes = _Passes(source, neurons, classes, rows, resolve_mesh(devices, mesh), checkpoint,
+                     chunk_callback(progress, on_chunk, getattr(source, "tokens", None), "neuron_information"))
+    with follow_dtype(source.dtype):
+        mode, params, description = _quantizer(passes, quantize, threshold, bins, value_range, resolution)
+        counts, sums, shift = _tables(passes, mode, params, bins, counting)
+    class_counts = counts[0].sum(axis=0) if len(counts) else np.zeros(classes, np.int64)
     if np.count_nonzero(class_counts) < 2:
         raise JNeuronError(f"need at least 2 classes among the labels, got {np.count_nonzero(class_counts)} "
                            f"(class counts {class_counts.tolist()})")
@@ -173,7 +198,7 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     base = 2.0 if unit == "bits" else math.e
     tables = counts.astype(np.float64)
     return NeuronInformation(
-        neurons=stream.neurons,
+        neurons=neurons,
         counts=counts,
         class_means=means,
         entropy=kinfo.entropy(tables, base),
@@ -186,116 +211,85 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     )
 
 
-@dataclass
-class _Stream:
-    """Labelled chunks ``(x, y)`` of a fixed padded shape, and the neurons' identities."""
+def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple[Source, NeuronIndex, int, int]:
+    """The activations with their class ids as one more column (labels stream beside the rows), the
+    neurons' identities, the number of classes and the rows per chunk."""
+    if labels is not None:
+        layers = parse_layers(acts, names, what="activations")
+        arrays = [as_2d(a, f"model '{layers.models[m]}'" + (f", layer '{l}'" if l else ""))
+                  for a, m, l in zip(layers.data, layers.model_of, layers.layers)]
+        tokens = {a.shape[0] for a in arrays}
+        if len(tokens) != 1:
+            raise JNeuronError(f"all activation arrays must cover the same tokens; token counts differ: {sorted(tokens)}")
+        tokens = tokens.pop()
+        mask = None if valid is None else check_valid(valid, tokens)
+        ids = np.asarray(labels)
+        if mask is not None and ids.shape == mask.shape:  # the labels of invalid rows are never read
+            ids = np.where(mask, ids, 0)
+        ids = class_ids(ids, "labels", tokens)
+        if tokens == 0:
+            raise JNeuronError("no tokens to analyse")
+        classes = int(ids.max()) + 1 if classes is None else int(classes)
+        class_ids(ids, "labels", tokens, classes)
+        dtype = float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
+        source = ArraySource(tuple(arrays) + (ids.astype(dtype)[:, None],), tuple(layers.labels) + (LABELS,), mask)
+        neurons = layers.neurons()
+        rows = min(chunk_tokens or default_chunk_tokens(sum(source.widths), tokens), tokens, kinfo.MAX_CHUNK_TOKENS)
+        return _check_classes(classes), source, neurons, rows
+    if hasattr(acts, "shape") or isinstance(acts, (Mapping, list, tuple)) and _looks_like_arrays(acts):
+        raise JNeuronError("labels are required when activations are given as arrays")
+    if valid is not None:
+        raise JNeuronError("valid=: give each chunk's mask with its activations, as (Rows(x, valid), y)")
+    if classes is None:
+        raise JNeuronError("classes=... is required when activations and labels come as chunks")
+    classes = _check_classes(int(classes))
+    if isinstance(acts, (list, tuple)):  # a list of (x, y) chunks can be read again
+        items, reiterable = (lambda: iter(acts)), True
+    elif callable(acts):
+        items, reiterable = acts, True
+    elif isinstance(acts, Iterable):
+        once = iter(acts)
+        items, reiterable = (lambda: once), False
+    else:
+        raise JNeuronError(f"cannot read activations from {type(acts).__name__}")
 
-    make_iterator: Callable[[], Iterator]
-    reiterable: bool
-    neurons: NeuronIndex
-    width: int
-    dtype: np.dtype
-    classes: int
-    chunk_tokens: int
+    def labelled():
+        seen = 0
+        for index, item in enumerate(items()):
+            x, y = _split_item(item, index)
+            mask = x.valid if isinstance(x, Rows) else None
+            parts = item_parts(x)
+            dtype = float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
+            rows = np.shape(parts[0])[0] if parts and len(np.shape(parts[0])) else 0
+            y = class_ids(y, f"chunk {index} labels", row0=seen)
+            if len(y) != rows:
+                raise JNeuronError(f"chunk {index}: {rows} tokens but {len(y)} labels")
+            class_ids(y, f"chunk {index} labels", classes=classes, row0=seen)
+            seen += rows
+            yield Rows(tuple(parts) + (y.astype(dtype)[:, None],), mask)
 
-    @classmethod
-    def build(cls, acts, labels, names, classes, chunk_tokens) -> _Stream:
-        if labels is not None:
-            arrays, neurons = _arrays(acts, names)
-            labels = _check_labels(labels, "labels")
-            tokens = arrays[0].shape[0]
-            if len(labels) != tokens:
-                raise JNeuronError(f"labels: expected {tokens} labels (one per token), got {len(labels)}")
-            if tokens == 0:
-                raise JNeuronError("no tokens to analyse")
-            classes = int(labels.max()) + 1 if classes is None else int(classes)
-            dtype = float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
-            width = sum(a.shape[1] for a in arrays)
-            rows = min(chunk_tokens or default_chunk_tokens(width, tokens), tokens, kinfo.MAX_CHUNK_TOKENS)
-
-            def make_iterator():
-                for start in range(0, tokens, rows):
-                    parts = [np.asarray(a[start:start + rows], dtype) for a in arrays]
-                    yield (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)), labels[start:start + rows]
-
-            return cls._finish(make_iterator, True, neurons, width, dtype, classes, rows)
-        if hasattr(acts, "shape") or isinstance(acts, (Mapping, list, tuple)) and _looks_like_arrays(acts):
-            raise JNeuronError("labels are required when activations are given as arrays")
-        if classes is None:
-            raise JNeuronError("classes=... is required when activations and labels come as chunks")
-        if isinstance(acts, (list, tuple)):  # a list of (x, y) chunks can be read again
-            return cls._from_chunks(lambda: iter(acts), True, names, int(classes), chunk_tokens)
-        reiterable = callable(acts)
-        if not reiterable and not isinstance(acts, Iterable):
-            raise JNeuronError(f"cannot read activations from {type(acts).__name__}")
-        once = iter(acts) if not reiterable else None
-        make = acts if reiterable else (lambda: once)
-        return cls._from_chunks(make, reiterable, names, int(classes), chunk_tokens)
-
-    @classmethod
-    def _from_chunks(cls, make, reiterable, names, classes, chunk_tokens) -> _Stream:
-        iterator = iter(make())
-        try:
-            first = next(iterator)
-        except StopIteration:
-            raise JNeuronError("the chunk iterator is empty: no tokens to analyse") from None
-        x0, _ = _split_item(first, 0)
-        parts = list(x0) if isinstance(x0, (tuple, list)) else [x0]
-        model_names = _names(None, names, len(parts))
-        widths = tuple(as_2d(p, f"chunk 0, model '{n}'").shape[1] for p, n in zip(parts, model_names))
-        dtype = float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
-        rows = chunk_tokens or min(default_chunk_tokens(sum(widths)), max(len(np.asarray(first[1])), 1))
-        rows = min(rows, kinfo.MAX_CHUNK_TOKENS)
-        pending = [iterator]
-
-        def make_iterator():
-            source = pending.pop() if pending else iter(make())
-            items = [first] if source is iterator else []
-            for index, item in enumerate(_chain(items, source)):
-                x, y = _split_item(item, index)
-                x_parts = _chunk_parts(x, index, model_names, widths)
-                joined = x_parts[0] if len(x_parts) == 1 else np.concatenate(x_parts, axis=1)
-                y = _check_labels(y, f"chunk {index} labels")
-                if len(y) != joined.shape[0]:
-                    raise JNeuronError(f"chunk {index}: {joined.shape[0]} tokens but {len(y)} labels")
-                for start in range(0, len(y), rows):
-                    yield joined[start:start + rows].astype(dtype, copy=False), y[start:start + rows]
-
-        neurons = NeuronIndex.from_widths(model_names, widths)
-        return cls._finish(make_iterator, reiterable, neurons, sum(widths), dtype, classes, rows)
-
-    @classmethod
-    def _finish(cls, make_iterator, reiterable, neurons, width, dtype, classes, rows) -> _Stream:
-        if classes < 2:
-            raise JNeuronError(f"need at least 2 classes, got classes={classes}")
-        return cls(make_iterator, reiterable, neurons, width, dtype, classes, rows)
-
-    def chunks(self) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """Chunks padded to ``chunk_tokens`` rows: ``(x, y, valid rows)``."""
-        offset = 0
-        for x, y in self.make_iterator():
-            rows = len(y)
-            if rows == 0:
-                continue
-            if (y >= self.classes).any():
-                bad = int(np.flatnonzero(y >= self.classes)[0])
-                raise JNeuronError(f"label {int(y[bad])} at row {offset + bad} is out of range for "
-                                   f"classes={self.classes} (labels must lie in 0..{self.classes - 1})")
-            offset += rows
-            pad = self.chunk_tokens - rows
-            if pad:
-                x, y = np.pad(x, ((0, pad), (0, 0))), np.pad(y, (0, pad))
-            yield x, y.astype(np.int32, copy=False), rows
-
-    def require_reiterable(self, why: str) -> None:
-        if not self.reiterable:
-            raise JNeuronError(f"{why} needs an extra pass over the data, but a plain iterator can be read "
-                               "only once: pass arrays or a callable that returns a fresh iterator")
+    source = as_source(labelled if reiterable else labelled())
+    first = item_parts(source.first)
+    model_names = _names(None, names, len(first) - 1)
+    source = replace(source, names=model_names + (LABELS,))
+    neurons = NeuronIndex.from_widths(model_names, source.widths[:-1])
+    rows = chunk_tokens or min(default_chunk_tokens(sum(source.widths)), max(len(first[-1]), 1))
+    return classes, source, neurons, min(rows, kinfo.MAX_CHUNK_TOKENS)
 
 
-def _chain(items, source):
-    yield from items
-    yield from source
+LABELS = "labels"  # the name of the class-id column that travels beside the activations
+
+
+def _check_classes(classes: int) -> int:
+    if classes < 2:
+        raise JNeuronError(f"need at least 2 classes, got classes={classes}")
+    return classes
+
+
+def _require_reiterable(source: Source, why: str) -> None:
+    if not source.reiterable:
+        raise JNeuronError(f"{why} needs an extra pass over the data, but a plain iterator can be read "
+                           "only once: pass arrays or a callable that returns a fresh iterator")
 
 
 def _looks_like_arrays(acts) -> bool:
@@ -309,64 +303,70 @@ def _split_item(item, index: int):
     return item
 
 
-def _check_labels(labels, what: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise JNeuronError(f"{what}: expected a 1-D array of integer classes, got shape {labels.shape}")
-    if labels.dtype.kind not in "iub":
-        raise JNeuronError(f"{what}: expected integer classes, got dtype {labels.dtype}")
-    if len(labels) and labels.min() < 0:
-        raise JNeuronError(f"{what}: negative class {int(labels.min())} at row {int(np.argmin(labels))}")
-    return labels.astype(np.int64, copy=False)
+@dataclass(frozen=True)
+class _Passes:
+    """How every pass of one analysis runs: the labelled source and the one pass's keywords."""
+
+    source: Source
+    neurons: NeuronIndex
+    classes: int
+    rows: int
+    mesh: object
+    checkpoint: object
+    on_chunk: object
+
+    @property
+    def width(self) -> int:
+        return len(self.neurons)
+
+    def run(self, reduction: ksharded.Reduction, key: dict, args: tuple = ()):
+        """One pass of ``reduction``; its combined statistic on the host (one copy per neuron shard dropped)."""
+        done = run_pass(self.source, reduction, self.rows, mesh=self.mesh, args=args, on_chunk=self.on_chunk,
+                        checkpoint=self.checkpoint, key=key)
+        shards = 1 if self.mesh is None else ksharded.axis_size(self.mesh, TOKENS)
+        if done.position.counted > INT32_ROWS * shards:  # int32 device counts would have wrapped around
+            raise JNeuronError(f"{done.position.counted} rows exceed the int32 counts of {shards} device(s) "
+                               f"({INT32_ROWS} rows each): shard over more devices (devices=)")
+        total = jax.tree.map(np.asarray, done.state)
+        if self.mesh is not None and NEURONS in self.mesh.axis_names:  # every neuron shard saw the same tokens
+            total = jax.tree.map(lambda a: a[0], total)
+        return total, done.position
+
+    def first_rows(self) -> np.ndarray:
+        """The valid rows of the first chunk (without the labels), to choose the sums' shift from."""
+        if isinstance(self.source, IteratorSource):  # a plain iterator cannot be read twice: its first item
+            first = self.source.first
+            parts = item_parts(first)
+            values = np.concatenate([np.asarray(p, np.float64) for p in parts[:-1]], axis=1)[: self.rows]
+        else:
+            first = next(source_rows(self.source, self.rows))
+            values = np.asarray(first.parts[:, : self.width], np.float64)
+        mask = first.valid if isinstance(first, Rows) else None
+        return values if mask is None else values[np.asarray(mask)[: len(values)]]
 
 
-def _arrays(acts, names) -> tuple[list, NeuronIndex]:
-    """Column groups (side by side) and the neurons' identities, from the array forms of ``acts``."""
-    if hasattr(acts, "shape"):
-        array = as_2d(acts, "activations")
-        model = (names or ["model0"])[0]
-        return [array], NeuronIndex.from_widths([model], [array.shape[1]])
-    if isinstance(acts, Mapping) and any(isinstance(v, Mapping) for v in acts.values()):
-        model_names = tuple(names) if names is not None else tuple(str(k) for k in acts)
-        arrays, spec = [], []
-        for model_name, value in zip(model_names, acts.values()):
-            layers = value if isinstance(value, Mapping) else {"": value}
-            arrays += [as_2d(a, f"model '{model_name}', layer '{layer}'") for layer, a in layers.items()]
-            spec.append((model_name, [(str(layer), np.shape(a)[1]) for layer, a in layers.items()]))
-        neurons = NeuronIndex.from_layers(spec)
-    elif isinstance(acts, (Mapping, Sequence)) and not isinstance(acts, str):
-        values = list(acts.values()) if isinstance(acts, Mapping) else list(acts)
-        model_names = _names(acts, names, len(values))
-        arrays = [as_2d(a, f"model '{n}'") for a, n in zip(values, model_names)]
-        neurons = NeuronIndex.from_widths(model_names, [a.shape[1] for a in arrays])
-    else:
-        raise JNeuronError(f"cannot read activations from {type(acts).__name__} together with labels")
-    if not arrays:
-        raise JNeuronError("no activations given")
-    tokens = {a.shape[0] for a in arrays}
-    if len(tokens) != 1:
-        raise JNeuronError(f"all activation arrays must cover the same tokens; token counts differ: {sorted(tokens)}")
-    return arrays, neurons
-
-
-def _quantizer(stream: _Stream, quantize: str, threshold, bins: int, value_range, resolution: int):
+def _quantizer(passes: _Passes, quantize: str, threshold, bins: int, value_range, resolution: int):
     """The kernel mode, its parameters (device arrays) and a JSON-ready description."""
-    dtype = working_dtype(stream.dtype)
+    dtype = working_dtype(passes.source.dtype)
     if quantize == "threshold":
-        value = np.broadcast_to(np.asarray(threshold, np.float64), (stream.width,))
+        value = np.broadcast_to(np.asarray(threshold, np.float64), (passes.width,))
         return "threshold", (jnp.asarray(value, dtype),), {"threshold": _scalar_or_list(value)}
     if quantize == "uniform" and value_range is not None:
-        low, high = (np.broadcast_to(np.asarray(v, np.float64), (stream.width,)) for v in value_range)
+        low, high = (np.broadcast_to(np.asarray(v, np.float64), (passes.width,)) for v in value_range)
         if (high < low).any():
             raise JNeuronError(f"value_range: high < low for neuron {int(np.flatnonzero(high < low)[0])}")
         return "uniform", (jnp.asarray(low, dtype), jnp.asarray(high, dtype)), {
             "low": _scalar_or_list(low), "high": _scalar_or_list(high)}
-    stream.require_reiterable(f"quantize={quantize!r} without value_range")
-    low, high = _minmax(stream, dtype)
+    _require_reiterable(passes.source, f"quantize={quantize!r} without value_range")
+    (low, high, bad_row, bad_col), position = passes.run(_minmax_reduction(passes.width, jnp.dtype(dtype)),
+                                                         {"statistic": "minmax"})
+    raise_on_bad_value(int(bad_row), int(bad_col), passes.source, position, passes.neurons)
+    low, high = jnp.asarray(low, dtype), jnp.asarray(high, dtype)
     if quantize == "uniform":
         return "uniform", (low, high), {"low": np.asarray(low, np.float64), "high": np.asarray(high, np.float64)}
-    counts = _histograms(stream, low, high, resolution)
-    edges = _quantile_edges(counts, low, high, bins)
+    counts, _ = passes.run(_histogram_reduction(passes.width, resolution),
+                           {"statistic": "histogram", "resolution": resolution}, (low, high))
+    edges = _quantile_edges(jnp.asarray(counts), low, high, bins)
     return "edges", (edges,), {"edges": np.asarray(edges, np.float64), "resolution": resolution}
 
 
@@ -374,119 +374,68 @@ def _scalar_or_list(values: np.ndarray):
     return float(values[0]) if (values == values[0]).all() else values
 
 
-@jax.jit
-def _minmax_step(low, high, x, n_valid):
-    chunk_low, chunk_high = kquant.minmax(x, n_valid)
-    return jnp.minimum(low, chunk_low), jnp.maximum(high, chunk_high)
-
-
-@partial(jax.jit, static_argnames="resolution")
-def _histogram_step(counts, x, n_valid, low, high, resolution: int):
-    return counts + kquant.histogram(x, n_valid, low, high, resolution)
-
-
 _quantile_edges = jax.jit(kquant.quantile_edges, static_argnames="bins")
 
 
-def _minmax(stream: _Stream, dtype):
-    low, high = jnp.asarray(np.full(stream.width, np.inf), dtype), jnp.asarray(np.full(stream.width, -np.inf), dtype)
-    for x, _, rows in stream.chunks():
-        low, high = _minmax_step(low, high, jnp.asarray(x, dtype), rows)
-    return low, high
+@lru_cache(maxsize=16)
+def _minmax_reduction(width: int, dtype) -> ksharded.Reduction:
+    """Per-neuron minimum and maximum (and the first bad value) as a reduction of the one pass."""
+
+    def init():
+        none = jnp.array(-1, count_dtype())
+        return jnp.full(width, jnp.inf, dtype), jnp.full(width, -jnp.inf, dtype), none, none
+
+    def chunk(columns, n_valid, row0):
+        x = columns[:, :width]
+        low, high = kquant.minmax(x, n_valid)
+        none = jnp.full_like(jnp.asarray(row0, count_dtype()), -1)
+        row, col = jax.lax.cond(jnp.all(jnp.isfinite(low) & jnp.isfinite(high)) | (n_valid == 0),
+                                lambda: (none, none), lambda: kinfo.first_bad(x, n_valid, row0))
+        return low, high, row, col
+
+    def merge(a, b):
+        take_a = (a[2] >= 0) & ((b[2] < 0) | (a[2] <= b[2]))
+        return (jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1]), jnp.where(take_a, a[2], b[2]),
+                jnp.where(take_a, a[3], b[3]))
+
+    return ksharded.Reduction(init, chunk, merge)
 
 
-def _histograms(stream: _Stream, low, high, resolution: int):
-    counts = jnp.asarray(np.zeros((stream.width, resolution), np.int32))
-    for x, _, rows in stream.chunks():
-        counts = _histogram_step(counts, jnp.asarray(x, low.dtype), rows, low, high, resolution)
-    return counts
+@lru_cache(maxsize=16)
+def _histogram_reduction(width: int, resolution: int) -> ksharded.Reduction:
+    """Fine per-neuron histograms over ``[low, high]`` (the quantile pre-pass) as a reduction."""
+
+    def chunk(columns, n_valid, row0, low, high):
+        return kquant.histogram(columns[:, :width], n_valid, low, high, resolution)
+
+    return ksharded.Reduction(lambda: jnp.zeros((width, resolution), jnp.int32), chunk)
 
 
-def _tables(stream: _Stream, mode: str, params, bins: int, counting: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tables(passes: _Passes, mode: str, params, bins: int, counting: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass: host int64 joint counts, float64 class sums of ``x - shift``, and the shift.
 
-    Where the first chunk's first rows show a neuron whose mean is large against its spread (``|mean| > OFFSET_RATIO
-    * std``), every neuron is shifted by its first-chunk mean before summing, so float32 sums keep the
-    digits that class differences live in; otherwise the raw values are summed (one memory pass fewer).
+    Where the first chunk's first rows show a neuron whose mean is large against its spread (``|mean| >
+    OFFSET_RATIO * std``), every neuron is shifted by its first-chunk mean before summing, so float32 sums
+    keep the digits that class differences live in.
     """
     dtype = params[0].dtype
-    shift = None
-    counts = np.zeros((stream.width, bins, stream.classes), np.int64)
-    tables = kinfo.init(stream.width, bins, stream.classes, dtype)
-    row0, since_flush = 0, 0
-    for x, y, rows in stream.chunks():
-        if shift is None:
-            shift = _shift(x[:min(rows, _SHIFT_ROWS)])
-            device_shift = jnp.asarray(shift, dtype) if shift.any() else None
-            shift = np.asarray(jnp.asarray(shift, dtype), np.float64)
-        if since_flush + rows > _FLUSH_TOKENS:
-            counts += np.asarray(tables.counts, np.int64)
-            tables = tables._replace(counts=jnp.zeros_like(tables.counts))
-            since_flush = 0
-        tables = kinfo.update(tables, jnp.asarray(x, dtype), jnp.asarray(y), rows, jnp.asarray(row0, count_dtype()),
-                              device_shift, params, mode=mode, bins=bins, classes=stream.classes, method=counting)
-        row0, since_flush = row0 + rows, since_flush + rows
-    if shift is None:
-        raise JNeuronError("no tokens to analyse")
-    if int(tables.bad_row) >= 0:
-        neuron = stream.neurons.label(int(tables.bad_col))
-        raise JNeuronError(f"non-finite value (NaN or Inf) at row {int(tables.bad_row)}, neuron {neuron}")
-    counts += np.asarray(tables.counts, np.int64)
-    return counts, comp.value64(tables.sums), shift
-
-
-def _tables_sharded(stream: _Stream, mode: str, params, bins: int, counting: str, *, mesh):
-    """:func:`_tables` with the tokens sharded over ``mesh`` (labels travel as one more column)."""
-    dtype = params[0].dtype
-    first, _, rows = next(stream.chunks())
-    shift = np.asarray(jnp.asarray(_shift(first[: min(rows, _SHIFT_ROWS)]), dtype), np.float64)
-    reduction = _sharded_reduction(stream.width, bins, stream.classes, jnp.dtype(dtype), mode, counting)
-    total = fold_sharded(_LabelledColumns(stream), reduction, stream.chunk_tokens, mesh,
-                         args=(jnp.asarray(shift, dtype), *params))
-    total = jax.tree.map(np.asarray, total)
-    if NEURONS in mesh.axis_names:  # every neuron shard counted the same tokens: keep one copy
-        total = jax.tree.map(lambda a: a[0], total)
-    if int(total.bad_row) >= 0:
-        neuron = stream.neurons.label(int(total.bad_col))
-        raise JNeuronError(f"non-finite value (NaN or Inf) at row {int(total.bad_row)}, neuron {neuron}")
+    shift = np.asarray(jnp.asarray(_shift(passes.first_rows()[:_SHIFT_ROWS]), dtype), np.float64)
+    reduction = _counting_reduction(passes.width, bins, passes.classes, jnp.dtype(dtype), mode, counting)
+    key = {"statistic": "information", "mode": mode, "bins": bins, "classes": passes.classes, "counting": counting,
+           "params": [np.asarray(p, np.float64).tolist() for p in params], "shift": shift.tolist()}
+    total, position = passes.run(reduction, key, (jnp.asarray(shift, dtype), *params))
+    raise_on_bad_value(int(total.bad_row), int(total.bad_col), passes.source, position, passes.neurons)
     return np.asarray(total.counts, np.int64), comp.value64(total.sums), shift
 
 
 @lru_cache(maxsize=16)
-def _sharded_reduction(width: int, bins: int, classes: int, dtype, mode: str, counting: str) -> ksharded.Reduction:
+def _counting_reduction(width: int, bins: int, classes: int, dtype, mode: str, counting: str) -> ksharded.Reduction:
     def chunk(columns, n_valid, row0, shift, *params):
         x, labels = columns[:, :width], columns[:, width].astype(jnp.int32)
         return kinfo.chunk_statistics(x, labels, n_valid, row0, shift, params, mode=mode, bins=bins,
                                       classes=classes, method=counting)
 
     return ksharded.Reduction(lambda: kinfo.init(width, bins, classes, dtype), chunk, kinfo.merge)
-
-
-@dataclass(frozen=True)
-class _LabelledColumns:
-    """A labelled stream as a plain chunk source: the labels as one more (float) column, for sharding."""
-
-    stream: _Stream
-    reiterable = True
-    tokens = None
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return ("activations+labels",)
-
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return (self.stream.width + 1,)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.stream.dtype
-
-    def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
-        for x, y, rows in self.stream.chunks():
-            columns = np.concatenate([x[:rows], y[:rows, None].astype(x.dtype)], axis=1)
-            for start in range(0, rows, chunk_tokens):
-                yield columns[start : start + chunk_tokens]
 
 
 def _shift(first: np.ndarray) -> np.ndarray:

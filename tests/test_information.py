@@ -325,11 +325,10 @@ def test_bad_input_errors(rng):
         jn.neuron_information(x, labels, quantize="kmeans")
 
 
-def test_counts_flush_to_host_and_float64_input(rng, monkeypatch):
+def test_counts_flush_to_host_and_float64_input(rng):
     x, labels = planted(rng, tokens=700)
     whole = jn.neuron_information(x, labels, chunk_tokens=128)
-    monkeypatch.setattr(jn.information, "_FLUSH_TOKENS", 300)  # int32 device counts moved to host every 2 chunks
-    np.testing.assert_array_equal(jn.neuron_information(x, labels, chunk_tokens=128).counts, whole.counts)
+    np.testing.assert_array_equal(jn.neuron_information(x, labels, chunk_tokens=300).counts, whole.counts)
     with jax.enable_x64(True):
         wide = jn.neuron_information(x.astype(np.float64) + 1e6, labels, threshold=1e6 + 0.5, chunk_tokens=128)
     np.testing.assert_array_equal(wide.counts, whole.counts)

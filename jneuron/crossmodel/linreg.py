@@ -17,10 +17,11 @@ paper ranks by the minimum over the other models (a neuron every model can repro
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
+from jneuron.data.models import parse_layers
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.results import NeuronIndex, Ranking
@@ -30,7 +31,9 @@ from jneuron.streaming.mesh import resolve_mesh
 
 
 def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None = None,
-                   rtol: float | None = None, chunk_tokens: int | None = None, devices=None, mesh=None) -> Ranking:
+                   rtol: float | None = None, chunk_tokens: int | None = None,
+                   valid=None, devices=None, mesh=None,
+                   checkpoint=None, progress: bool = False, on_chunk=None) -> Ranking:
     """Rank every neuron by the ``R^2`` of predicting it linearly from each other model.
 
     Args:
@@ -42,6 +45,9 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
       rtol: relative eigenvalue floor for the predictors' covariance (see :func:`jneuron.cca`).
       chunk_tokens: tokens per streamed chunk.
       devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.streaming.mesh`).
+      valid, checkpoint, progress, on_chunk: rows that count (boolean ``(tokens,)``, array inputs), a
+        checkpoint folder to resume from, a progress line on stderr, a callback with each chunk's rows
+        (the one pass's keywords, see :func:`jneuron.maxcorr`).
 
     Returns:
       A :class:`~jneuron.results.Ranking` (method ``"linreg_min"`` or ``"linreg_max"``, descending) with
@@ -50,16 +56,20 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
     """
     if reduce not in ("min", "max"):
         raise JNeuronError(f"linreg_ranking: reduce must be 'min' or 'max', got {reduce!r}")
-    groups, model_of, model_names, layer_names = _model_groups(models, names)
+    if hasattr(models, "shape"):
+        raise JNeuronError("linreg_ranking needs at least 2 models, got 1 array")
+    layers = parse_layers(models, names)
+    groups, model_names, layer_names = layers.groups, layers.models, layers.layers
     count = len(model_names)
     if count < 2:
         raise JNeuronError(f"linreg_ranking needs at least 2 models, got {count}")
-    members = [[g for g, m in enumerate(model_of) if m == k] for k in range(count)]
+    members = [layers.members(k) for k in range(count)]
     known = all(hasattr(data, "shape") for _, data in groups)
     widest = max(sum(np.shape(groups[g][1])[1] for g in ms) for ms in members) if known else None
     pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
     blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="linreg_ranking", widest=widest,
-                           mesh=resolve_mesh(devices, mesh))
+                           mesh=resolve_mesh(devices, mesh),
+                                             valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     neurons = NeuronIndex.from_layers([(model_names[k], [(layer_names[g], blocks.widths[g]) for g in members[k]])
                                        for k in range(count)])
     rtol = eigenvalue_floor(blocks, rtol)
@@ -76,24 +86,3 @@ def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None =
     dead = np.flatnonzero(blocks.dead)
     return Ranking(f"linreg_{reduce}", scores, neurons, True, dead, {"r2": r2})
 
-
-def _model_groups(models, names):
-    """Column groups (one per layer), the model of each group, the model names and each group's layer."""
-    if isinstance(models, Mapping):
-        model_names = tuple(names) if names is not None else tuple(str(k) for k in models)
-        values = list(models.values())
-    elif isinstance(models, Sequence) and not isinstance(models, str):
-        values = list(models)
-        model_names = tuple(names) if names is not None else tuple(f"model{i}" for i in range(len(values)))
-    else:
-        raise JNeuronError(f"expected a sequence or mapping of models, got {type(models).__name__}")
-    if len(model_names) != len(values) or len(set(model_names)) != len(model_names):
-        raise JNeuronError(f"need one unique name per model, got {model_names} for {len(values)} models")
-    groups, model_of, layer_names = [], [], []
-    for k, (model, value) in enumerate(zip(model_names, values)):
-        layers = value if isinstance(value, Mapping) else {"": value}
-        for layer, data in layers.items():
-            groups.append((f"{model}/{layer}" if layer else model, data))
-            model_of.append(k)
-            layer_names.append(str(layer))
-    return groups, model_of, model_names, layer_names

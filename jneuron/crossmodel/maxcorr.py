@@ -21,15 +21,19 @@ maxima and partners, so the full correlation matrix is never held.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
 from jneuron import config
-from jneuron._checks import check_min_tokens
 from jneuron.crossmodel.tilereduce import tile_reducer
+from jneuron.data.checks import check_min_tokens
+from jneuron.data.models import parse_layers
 from jneuron.data.source import Source, as_source
 from jneuron.errors import DeadNeuronWarning, JNeuronError
 from jneuron.kernels import maxcorr as kmax
@@ -37,9 +41,13 @@ from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Ranking, to_plain
-from jneuron.streaming.memory import release_freed_memory
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import accumulate, constant_columns, default_chunk_tokens
+from jneuron.streaming.passes import (
+    accumulate,
+    chunk_callback,
+    constant_columns,
+    default_chunk_tokens,
+)
 
 _BYTES_PER_ENTRY = 24  # compensated pair (8) + chunk product (4) + merge outer product (4) + reduction (8)
 
@@ -80,8 +88,8 @@ class CrossModelRanking(Ranking):
 
 
 def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-            memory_budget: int | None = None, devices=None, mesh=None, checkpoint=None,
-            on_chunk=None) -> CrossModelRanking:
+            memory_budget: int | None = None, valid=None, devices=None, mesh=None, checkpoint=None,
+            progress: bool = False, on_chunk=None) -> CrossModelRanking:
     """Rank every neuron of every model by MaxCorr: its best ``|rho|`` with any other model's neuron.
 
     Args:
@@ -99,6 +107,8 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
         its own tokens.
       checkpoint: a folder to save the running statistics in every few chunks; a rerun with the same
         inputs resumes from it (see :func:`jneuron.streaming.passes.accumulate`).
+      valid: boolean ``(tokens,)`` mask of the rows that count (arrays; chunks carry theirs as ``Rows``).
+      progress: draw a progress line on stderr.
       on_chunk: called with the rows of each chunk read (progress reporting).
 
     Returns:
@@ -107,25 +117,26 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
       correlated in float64 (see :mod:`jneuron.precision`), others in float32 with compensated sums.
     """
     return _rank(models, names, chunk_tokens, memory_budget, "maxcorr", resolve_mesh(devices, mesh), checkpoint,
-                 on_chunk)
+                 on_chunk, valid, progress)
 
 
 def mincorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
-            memory_budget: int | None = None, devices=None, mesh=None, checkpoint=None,
-            on_chunk=None) -> CrossModelRanking:
+            memory_budget: int | None = None, valid=None, devices=None, mesh=None, checkpoint=None,
+            progress: bool = False, on_chunk=None) -> CrossModelRanking:
     """Rank every neuron by MinCorr: the min over other models of its best ``|rho|`` in that model.
 
     Arguments and result as :func:`maxcorr`.
     """
     return _rank(models, names, chunk_tokens, memory_budget, "mincorr", resolve_mesh(devices, mesh), checkpoint,
-                 on_chunk)
+                 on_chunk, valid, progress)
 
 
 def _rank(models, names, chunk_tokens, memory_budget, method: str, mesh, checkpoint,
-          on_chunk) -> CrossModelRanking:
-    source, neurons, model_widths = _prepare(models, names)
+          on_chunk, valid=None, progress=False) -> CrossModelRanking:
+    source, neurons, model_widths = _prepare(models, names, valid)
     memory_budget = config.MEMORY_BUDGET if memory_budget is None else memory_budget
     tokens = getattr(source, "tokens", None)
+    on_chunk = chunk_callback(progress, on_chunk, tokens, method)
     chunk_tokens = chunk_tokens or default_chunk_tokens(sum(model_widths), tokens)
     with follow_dtype(source.dtype):
         best, unit, rho, dead = _best_partners(source, model_widths, chunk_tokens, memory_budget, mesh, checkpoint,
@@ -144,21 +155,16 @@ def _reduce(score_matrix: np.ndarray, method: str) -> np.ndarray:
     return (np.nanmax if method == "maxcorr" else np.nanmin)(score_matrix, axis=1)
 
 
-def _prepare(models, names) -> tuple[Source, NeuronIndex, tuple[int, ...]]:
+def _prepare(models, names, valid=None) -> tuple[Source, NeuronIndex, tuple[int, ...]]:
     """The source, the neuron identities, and each model's total width (its layers side by side)."""
     layered = isinstance(models, Mapping) and any(isinstance(v, Mapping) for v in models.values())
     if layered:
-        model_names = tuple(names) if names is not None else tuple(str(k) for k in models)
-        groups, spec = [], []
-        for model_name, value in zip(model_names, models.values()):
-            layers = value if isinstance(value, Mapping) else {"": value}
-            groups += [(f"{model_name}/{layer}", array) for layer, array in layers.items()]
-            spec.append((model_name, [(str(layer), np.shape(array)[1]) for layer, array in layers.items()]))
-        source = as_source(dict(groups))
-        neurons = NeuronIndex.from_layers(spec)
-        widths = tuple(sum(w for _, w in layers) for _, layers in spec)
+        layers = parse_layers(models, names)
+        source = as_source(dict(layers.groups), valid=valid)
+        neurons = layers.neurons()
+        widths = layers.model_widths()
     else:
-        source = as_source(models, names)
+        source = as_source(models, names=names, valid=valid)
         widths = source.widths
         if hasattr(source, "layers"):  # a file source knows each model's layers
             model_names = tuple(names) if names is not None else source.names
@@ -269,3 +275,30 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
             kmax.reduce_tile.clear_cache()
             release_freed_memory()
     return table.best, table.unit, table.rho, np.flatnonzero(dead)
+
+
+@lru_cache(maxsize=1)
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_freed_memory() -> bool:
+    """Hand freed heap memory back to the system between passes, where the C library can (glibc); whether it could.
+
+    Compiling and running a pass allocates many small blocks; glibc keeps them in its heap after they are
+    freed, so a run of many passes (each compiling its own tile shapes) would grow its resident memory by
+    what every pass left behind.
+
+    >>> release_freed_memory() in (True, False)
+    True
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 import ml_dtypes
 import numpy as np
 
+from jneuron.data.checks import check_valid
+from jneuron.data.source import Rows
 from jneuron.errors import JNeuronError
 
 
@@ -57,6 +59,7 @@ class FileSource:
       tokens: rows every column has.
       out_dtype: dtype of the chunks (float32 unless given or every column is float64).
       text: a callable returning the token :class:`Text`, or ``None`` when the files have none.
+      valid: boolean ``(tokens,)`` mask of the rows that count, or ``None`` (every row counts).
     """
 
     path: str
@@ -64,6 +67,7 @@ class FileSource:
     tokens: int
     out_dtype: np.dtype | None = None
     text: Callable[[], Text] | None = field(default=None, compare=False)
+    valid: np.ndarray | None = field(default=None, compare=False)
 
     reiterable = True
 
@@ -128,6 +132,15 @@ class FileSource:
         """Chunks of ``chunk_tokens`` rows (the last may be shorter), from token ``start`` on."""
         for begin in range(start, self.tokens, chunk_tokens):
             yield self.read(begin, min(begin + chunk_tokens, self.tokens))
+
+    def rows(self, chunk_tokens: int, start: int = 0) -> Iterator[Rows]:
+        """The chunks of :meth:`chunks` with their validity masks."""
+        for begin, chunk in zip(range(start, self.tokens, chunk_tokens), self.chunks(chunk_tokens, start)):
+            yield Rows(chunk, None if self.valid is None else self.valid[begin : begin + len(chunk)])
+
+    def with_valid(self, valid) -> FileSource:
+        """The same files with validity mask ``valid`` (boolean, one entry per token)."""
+        return replace(self, valid=check_valid(valid, self.tokens, f"{self.path}: valid"))
 
     def select(self, terms: str | Sequence[str] | None) -> FileSource:
         """Keep some models or layers: ``"model"``, ``"model/layer"``, or a layer of a one-model source.
@@ -247,4 +260,5 @@ def combine(sources: Sequence[FileSource], dtype=None) -> FileSource:
     text = next((s.text for s in sources if s.text is not None), None)
     columns = tuple(c for s in sources for c in s.columns)
     path = " + ".join(s.path for s in sources)
-    return FileSource(path, columns, sources[0].tokens, None if dtype is None else np.dtype(dtype), text)
+    valid = next((s.valid for s in sources if s.valid is not None), None)
+    return FileSource(path, columns, sources[0].tokens, None if dtype is None else np.dtype(dtype), text, valid)

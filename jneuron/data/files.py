@@ -46,7 +46,7 @@ def split_selector(path: str | Path) -> tuple[Path, str | None]:
 
 
 def open_activations(path: str | Path, select: str | Sequence[str] | None = None, *, tokens=None,
-                     labels=None, dtype=None, layers_as_models: bool = False) -> FileSource:
+                     labels=None, dtype=None, valid=None, layers_as_models: bool = False) -> FileSource:
     """Open one activation file or store (see the module docstring) as a streaming source.
 
     Args:
@@ -55,6 +55,8 @@ def open_activations(path: str | Path, select: str | Sequence[str] | None = None
       tokens, labels: NeuroX-style text files (one sentence per line) aligned with the rows.
       dtype: read chunks as this dtype (default float32, or float64 if the file is float64).
       layers_as_models: make every (selected) layer its own model, named ``model/layer``.
+      valid: boolean ``(tokens,)`` mask of the rows that count (padding, special tokens and filtered
+        rows are ``False``: no statistic sees them); default every row.
     """
     path, selector = split_selector(path)
     if not path.exists():
@@ -92,7 +94,8 @@ def open_activations(path: str | Path, select: str | Sequence[str] | None = None
         source = source.select(terms)
     if layers_as_models:
         source = as_layer_models(source)
-    return source.with_dtype(dtype) if dtype is not None else source
+    source = source.with_dtype(dtype) if dtype is not None else source
+    return source.with_valid(valid) if valid is not None else source
 
 
 def as_layer_models(source: FileSource) -> FileSource:

@@ -20,6 +20,41 @@ import numpy as np
 from jneuron.errors import JNeuronError
 
 
+def label_values(labels, what: str = "labels", tokens: int | None = None) -> np.ndarray:
+    """Labels checked once for every analysis: 1-D, one per row (``tokens`` when given); objects become strings.
+
+    >>> label_values(["DT", "NN"], tokens=2).tolist()
+    ['DT', 'NN']
+    """
+    values = np.asarray(labels)
+    if values.dtype.kind == "O":
+        values = values.astype(str)
+    if values.ndim != 1 or (tokens is not None and len(values) != tokens):
+        expected = "one label per token (1-D)" if tokens is None else f"{tokens} labels (one per activation row)"
+        raise JNeuronError(f"{what}: expected {expected}, got shape {values.shape}")
+    return values
+
+
+def class_ids(labels, what: str = "labels", tokens: int | None = None, classes: int | None = None,
+              row0: int = 0) -> np.ndarray:
+    """Integer classes in ``[0, classes)`` as int64, or a one-line error naming the first bad row (from ``row0``).
+
+    >>> class_ids([0, 2, 1], classes=3).tolist()
+    [0, 2, 1]
+    """
+    values = label_values(labels, what, tokens)
+    if values.dtype.kind not in "iub":
+        raise JNeuronError(f"{what}: expected integer classes, got dtype {values.dtype}")
+    values = values.astype(np.int64, copy=False)
+    if len(values) and values.min() < 0:
+        raise JNeuronError(f"{what}: negative class {int(values.min())} at row {row0 + int(np.argmin(values))}")
+    if classes is not None and len(values) and values.max() >= classes:
+        bad = int(np.flatnonzero(values >= classes)[0])
+        raise JNeuronError(f"label {int(values[bad])} at row {row0 + bad} is out of range for classes={classes} "
+                           f"(labels must lie in 0..{classes - 1})")
+    return values
+
+
 def read_sentences(path: str | Path) -> list[list[str]]:
     """One list of space-separated items per line (an empty line is an empty sentence)."""
     path = Path(path)

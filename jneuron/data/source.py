@@ -1,23 +1,33 @@
-"""Chunk sources: one interface over in-memory arrays and iterators of chunks.
+"""Chunk sources: one interface over in-memory arrays, files and iterators of chunks, with row validity.
 
 A source holds several *models* (column groups) over the same tokens and yields them chunk by chunk,
 side by side, as one ``(tokens, sum of widths)`` float array, so data larger than memory streams.
 
+Every source answers ``rows(chunk_tokens)`` with :class:`Rows`: the chunk and its boolean validity
+mask. Invalid rows (padding of a batch of sequences, special tokens, rows a user filters out) count in
+no statistic, mean, count or ranking, and a NaN in them is ignored; rows keep their numbers (errors name
+the caller's row). Give the mask as ``as_source(..., valid=mask)`` or
+``jn.open_activations(..., valid=mask)`` (one entry per token), or let each item of an iterator carry
+its own: ``Rows(parts, valid)``. ``chunks(chunk_tokens)`` yields the raw rows, every row.
+
 >>> import numpy as np
->>> src = as_source([np.ones((5, 2)), np.zeros((5, 3))])
+>>> src = as_source([np.ones((5, 2)), np.zeros((5, 3))], valid=np.array([1, 1, 0, 1, 1], bool))
 >>> src.names, src.widths, [c.shape for c in src.chunks(4)]
 (('model0', 'model1'), (2, 3), [(4, 5), (1, 5)])
+>>> [r.valid.tolist() for r in src.rows(4)]
+[[True, True, False, True], [True]]
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 
-from jneuron._checks import as_2d
+from jneuron.data.checks import as_2d, check_valid
 from jneuron.errors import JNeuronError
 
 
@@ -26,12 +36,32 @@ def float_dtype(dtype) -> np.dtype:
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
+class Rows(NamedTuple):
+    """One chunk of rows and which of them count.
+
+    Attributes:
+      parts: the rows: one ``(rows, neurons)`` array, or a tuple with one such array per model.
+      valid: boolean ``(rows,)`` mask, ``True`` where a row counts; ``None``: every row counts.
+
+    >>> import numpy as np
+    >>> Rows(np.zeros((3, 2)), np.array([True, False, True])).valid.sum()
+    np.int64(2)
+    """
+
+    parts: object
+    valid: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class ArraySource:
-    """Models given as arrays (numpy, memory-mapped or JAX), all with the same number of tokens."""
+    """Models given as arrays (numpy, memory-mapped or JAX), all with the same number of tokens.
+
+    ``valid`` (boolean, one entry per token, or ``None``) says which rows count.
+    """
 
     arrays: tuple
     names: tuple[str, ...]
+    valid: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -47,12 +77,21 @@ class ArraySource:
 
     reiterable = True
 
+    def with_valid(self, valid) -> ArraySource:
+        """The same arrays with validity mask ``valid`` (boolean, one entry per token)."""
+        return replace(self, valid=check_valid(valid, self.tokens))
+
     def chunks(self, chunk_tokens: int, start: int = 0) -> Iterator[np.ndarray]:
         """Chunks of ``chunk_tokens`` rows (the last may be shorter), from token ``start`` on."""
         for begin in range(start, self.tokens, chunk_tokens):
             stop = min(begin + chunk_tokens, self.tokens)
             parts = [np.asarray(a[begin:stop], dtype=self.dtype) for a in self.arrays]
             yield parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+    def rows(self, chunk_tokens: int, start: int = 0) -> Iterator[Rows]:
+        """The chunks of :meth:`chunks` with their validity masks."""
+        for begin, chunk in zip(range(start, self.tokens, chunk_tokens), self.chunks(chunk_tokens, start)):
+            yield Rows(chunk, None if self.valid is None else self.valid[begin : begin + len(chunk)])
 
     def parts(self, chunk_tokens: int, start: int = 0) -> Iterator[list[np.ndarray]]:
         """The chunks of :meth:`chunks` as each model's rows, not joined (views where no conversion is due)."""
@@ -62,7 +101,8 @@ class ArraySource:
 
 @dataclass(frozen=True)
 class IteratorSource:
-    """Models given chunk by chunk: each item is a tuple of per-model arrays (or one array).
+    """Models given chunk by chunk: each item is a tuple of per-model arrays (or one array), or a
+    :class:`Rows` of them with its validity mask.
 
     ``make_iterator`` is called once per pass; a plain iterator can be consumed only once, so
     analyses that need several passes over it raise a clear error instead.
@@ -77,15 +117,41 @@ class IteratorSource:
     first: object = field(default=None, compare=False, repr=False)  # the first item (a checkpoint's binding)
 
     def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
+        """Every row, in chunks of at most ``chunk_tokens`` rows."""
+        for rows in self.rows(chunk_tokens):
+            yield rows.parts
+
+    def rows(self, chunk_tokens: int) -> Iterator[Rows]:
+        """Chunks of at most ``chunk_tokens`` rows (each item cut to size), with their validity masks."""
         for index, item in enumerate(self.make_iterator()):
+            valid = item.valid if isinstance(item, Rows) else None
             parts = _chunk_parts(item, index, self.names, self.widths)
             joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            if valid is not None:
+                valid = check_valid(valid, joined.shape[0], f"chunk {index}: valid")
             for start in range(0, joined.shape[0], chunk_tokens):
-                yield joined[start : start + chunk_tokens]
+                yield Rows(joined[start : start + chunk_tokens],
+                           None if valid is None else valid[start : start + chunk_tokens])
+
+
+def source_rows(source, chunk_tokens: int, start: int = 0) -> Iterator[Rows]:
+    """``source.rows(chunk_tokens[, start])``, for any source (one with only ``chunks`` has every row valid)."""
+    method = getattr(source, "rows", None)
+    if method is None:
+        chunks = source.chunks(chunk_tokens, start=start) if start else source.chunks(chunk_tokens)
+        return (Rows(chunk) for chunk in chunks)
+    return method(chunk_tokens, start=start) if start else method(chunk_tokens)
+
+
+def item_parts(item) -> list:
+    """The per-model arrays of one iterator item (a :class:`Rows`, a tuple of arrays, or one array)."""
+    if isinstance(item, Rows):
+        item = item.parts
+    return list(item) if isinstance(item, (tuple, list)) else [item]
 
 
 def _chunk_parts(item, index: int, names, widths) -> list[np.ndarray]:
-    parts = list(item) if isinstance(item, (tuple, list)) else [item]
+    parts = item_parts(item)
     if len(parts) != len(names):
         raise JNeuronError(f"chunk {index}: expected {len(names)} model arrays, got {len(parts)}")
     arrays = [np.asarray(as_2d(p, f"chunk {index}, model '{n}'")) for p, n in zip(parts, names)]
@@ -117,17 +183,24 @@ def _names(models, given: Sequence[str] | None, count: int) -> tuple[str, ...]:
     return names
 
 
-def as_source(models, names: Sequence[str] | None = None) -> Source:
+def as_source(models, *, names: Sequence[str] | None = None, valid=None) -> Source:
     """Turn arrays, a mapping of name to array, an iterator of chunks, or a source into a source.
 
     Args:
       models: a source; a sequence or mapping of ``(tokens, neurons)`` arrays (one per model); an
-        iterator of chunks, each a tuple of per-model arrays; or a callable returning such an
-        iterator (re-iterable, so multi-pass analyses can use it).
+        iterator of chunks, each a tuple of per-model arrays (or a :class:`Rows` of them with its own
+        validity mask); or a callable returning such an iterator (re-iterable, so multi-pass analyses
+        can use it).
       names: model names (defaults to the mapping's keys or ``model0, model1, ...``).
+      valid: boolean ``(tokens,)`` mask of the rows that count (arrays and file sources only; chunks
+        carry their own masks as :class:`Rows`). ``None``: every row counts.
     """
     if isinstance(models, (ArraySource, IteratorSource)) or _is_source(models):
-        return models
+        if valid is None:
+            return models
+        if not hasattr(models, "with_valid"):
+            raise JNeuronError("valid=: give a chunk iterator's masks with its chunks, as Rows(parts, valid)")
+        return models.with_valid(valid)
     if isinstance(models, Mapping) or (isinstance(models, Sequence) and not isinstance(models, str)):
         values = list(models.values()) if isinstance(models, Mapping) else list(models)
         model_names = _names(models, names, len(values))
@@ -137,7 +210,10 @@ def as_source(models, names: Sequence[str] | None = None) -> Source:
             if len(tokens) != 1:
                 counts = ", ".join(f"'{n}': {a.shape[0]}" for n, a in zip(model_names, arrays))
                 raise JNeuronError(f"models must cover the same tokens; token counts differ ({counts})")
-        return ArraySource(arrays, model_names)
+        tokens = arrays[0].shape[0] if arrays else 0
+        return ArraySource(arrays, model_names, None if valid is None else check_valid(valid, tokens))
+    if valid is not None:
+        raise JNeuronError("valid=: give a chunk iterator's masks with its chunks, as Rows(parts, valid)")
     if callable(models):
         return _iterator_source(models, names, reiterable=True)
     if isinstance(models, (Iterator, Iterable)):
@@ -157,7 +233,7 @@ def _iterator_source(make_iterator, names, reiterable: bool) -> IteratorSource:
         first = next(iterator)
     except StopIteration:
         raise JNeuronError("the chunk iterator is empty: no tokens to analyse") from None
-    parts = list(first) if isinstance(first, (tuple, list)) else [first]
+    parts = item_parts(first)
     model_names = _names(None, names, len(parts))
     widths = tuple(as_2d(p, f"chunk 0, model '{n}'").shape[1] for p, n in zip(parts, model_names))
     dtype = float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))

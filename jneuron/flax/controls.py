@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +27,24 @@ import numpy as np
 from flax import nnx
 
 from jneuron.config import HIGHEST
+from jneuron.data.source import as_source
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, sweep
-from jneuron.flax.capturing import as_inputs, capture_batches
+from jneuron.flax.capturing import as_inputs, capture_batches, output_shapes
+from jneuron.kernels import information as kinfo
+from jneuron.kernels import sharded as ksharded
+from jneuron.kernels.moments import count_dtype
+from jneuron.kernels.sharded import NEURONS
+from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Result, to_plain
+from jneuron.streaming.mesh import resolve_mesh
+from jneuron.streaming.passes import (
+    chunk_callback,
+    default_chunk_tokens,
+    raise_on_bad_value,
+    run_pass,
+)
 
 
 @dataclass(frozen=True)
@@ -77,42 +91,137 @@ def _row_labels(labels: np.ndarray, positions: np.ndarray, layer: str) -> np.nda
                        f"'{layer}' ({positions.shape[1] - 1} position axes)")
 
 
-def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=None,
-                 batch_size: int | None = None) -> NeuronStats:
-    """Stream the layers' outputs once: per-neuron mean and std (Chan's merge in float64), and with
-    ``labels`` (per sample, or per position like ``(batch, time)``) the mean of each class."""
+def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=None, batch_size: int | None = None,
+                 chunk_tokens: int | None = None, devices=None, mesh=None, checkpoint=None, progress: bool = False,
+                 on_chunk=None) -> NeuronStats:
+    """Stream the layers' outputs once through the one pass: per-neuron mean and std (Chan's merge, in
+    float64), and with ``labels`` (per sample, or per position like ``(batch, time)``) the mean of each class.
+
+    Layers whose outputs have the same positions per sample share one pass (one run of the model); each
+    other shape of layer takes a run of its own.
+
+    Args:
+      model: a Flax NNX module (left unchanged).
+      inputs: the model's input array (batch first), or a tuple of arrays passed as positional arguments.
+      layers: submodule paths, e.g. ``"layers/0"``.
+      labels: class labels per sample or per position, or None.
+      batch_size: samples per compiled forward pass (default: all at once).
+      chunk_tokens, devices, mesh, checkpoint, progress, on_chunk: the one pass's keywords (see
+        :func:`jneuron.streaming.passes.run_pass`): rows per statistics update, sharding of the rows,
+        a checkpoint folder to resume from, a progress line, a callback with each chunk's rows.
+    """
     layers = paths.check_layers(model, layers)
-    count = dict.fromkeys(layers, 0)
-    mean = {layer: 0.0 for layer in layers}
-    m2 = {layer: 0.0 for layer in layers}
-    shapes, sums, totals = {}, {}, {}
+    classes = None
     if labels is not None:
         labels = np.asarray(labels)
         classes = np.unique(labels)
-        if np.shape(labels)[0] != np.shape(as_inputs(inputs)[0])[0]:
-            samples = np.shape(as_inputs(inputs)[0])[0]
+        samples = np.shape(as_inputs(inputs)[0])[0]
+        if np.shape(labels)[0] != samples:
             raise JNeuronError(f"labels cover {np.shape(labels)[0]} samples, the inputs {samples}")
-    for acts, where in capture_batches(model, inputs, layers, batch_size=batch_size):
-        for layer in layers:
-            rows = acts[layer].astype(np.float64)
-            n, batch_mean = rows.shape[0], rows.mean(axis=0)
-            batch_m2 = ((rows - batch_mean) ** 2).sum(axis=0)
-            total = count[layer] + n
-            delta = batch_mean - mean[layer]
-            m2[layer] = m2[layer] + batch_m2 + delta**2 * count[layer] * n / total
-            mean[layer] = mean[layer] + delta * n / total
-            count[layer] = total
-            shapes[layer] = (*(int(where[layer][:, i].max()) + 1 for i in range(1, where[layer].shape[1])),
-                             rows.shape[1])
-            if labels is not None:
-                own = np.searchsorted(classes, _row_labels(labels, where[layer], layer))
-                sums[layer] = sums.get(layer, 0.0) + np.eye(len(classes))[own].T @ rows
-                totals[layer] = totals.get(layer, 0) + np.bincount(own, minlength=len(classes))
-    std = {layer: np.sqrt(m2[layer] / count[layer]) for layer in layers}
-    class_mean = None
-    if labels is not None:
-        class_mean = {layer: sums[layer] / np.maximum(totals[layer], 1)[:, None] for layer in layers}
-    return NeuronStats(layers, count, mean, std, shapes, None if labels is None else classes, class_mean)
+    mesh = resolve_mesh(devices, mesh)
+    count, mean, std, shapes, class_mean = {}, {}, {}, {}, {}
+    for group in _groups_by_positions(model, inputs, layers, batch_size):
+        source, seen = _layer_source(model, inputs, group, labels, classes, batch_size)
+        width = sum(source.widths) - (classes is not None)
+        first = len(source.first[0])  # rows of one batch: chunks as long as a batch (never padded far past it)
+        rows = chunk_tokens or min(default_chunk_tokens(sum(source.widths)), first)
+        with follow_dtype(np.float64) as dtype:
+            reduction = _moments_reduction(width, 0 if classes is None else len(classes), jnp.dtype(dtype))
+            done = run_pass(source, reduction, rows, mesh=mesh, checkpoint=checkpoint,
+                            on_chunk=chunk_callback(progress, on_chunk, None),
+                            key={"statistic": "neuron_stats", "classes": 0 if classes is None else len(classes)})
+            total = jax.tree.map(np.asarray, done.state)
+        if mesh is not None and NEURONS in mesh.axis_names:
+            total = jax.tree.map(lambda a: a[0], total)
+        raise_on_bad_value(int(total.bad_row), int(total.bad_col), source, done.position)
+        edges = np.cumsum([0] + [source.widths[i] for i in range(len(group))])
+        n = int(total.count)
+        for i, layer in enumerate(group):
+            cut = slice(int(edges[i]), int(edges[i + 1]))
+            count[layer], mean[layer] = n, np.asarray(total.mean[cut], np.float64)
+            std[layer] = np.sqrt(np.asarray(total.m2[cut], np.float64) / max(n, 1))
+            shapes[layer] = seen[layer]
+            if classes is not None:
+                class_mean[layer] = total.sums[:, cut] / np.maximum(total.totals, 1)[:, None]
+    return NeuronStats(layers, count, mean, std, shapes, classes, None if classes is None else class_mean)
+
+
+class _Moments(NamedTuple):
+    """Running per-neuron count, mean and centred sum of squares; per-class sums and counts; first bad value."""
+
+    count: jax.Array
+    mean: jax.Array
+    m2: jax.Array
+    sums: jax.Array
+    totals: jax.Array
+    bad_row: jax.Array
+    bad_col: jax.Array
+
+
+@functools.lru_cache(maxsize=16)
+def _moments_reduction(width: int, classes: int, dtype) -> ksharded.Reduction:
+    """:class:`_Moments` as a reduction of the one pass, in ``dtype``."""
+
+    def init():
+        none = jnp.array(-1, count_dtype())
+        return _Moments(jnp.zeros((), count_dtype()), jnp.zeros(width, dtype), jnp.zeros(width, dtype),
+                        jnp.zeros((classes, width), dtype), jnp.zeros(classes, count_dtype()), none, none)
+
+    def chunk(columns, n_valid, row0):
+        x = columns[:, :width].astype(dtype)
+        valid = jnp.arange(x.shape[0]) < n_valid
+        n = n_valid.astype(dtype)
+        mean = jnp.where(valid[:, None], x, 0).sum(0) / jnp.maximum(n, 1)
+        m2 = jnp.where(valid[:, None], (x - mean[None, :]) ** 2, 0).sum(0)
+        target = jnp.where(valid, columns[:, width].astype(jnp.int32), classes) if classes else None
+        sums = jax.ops.segment_sum(jnp.where(valid[:, None], x, 0), target, classes + 1)[:classes] if classes else (
+            jnp.zeros((0, width), dtype))
+        totals = jax.ops.segment_sum(valid.astype(count_dtype()), target, classes + 1)[:classes] if classes else (
+            jnp.zeros(0, count_dtype()))
+        none = jnp.full_like(jnp.asarray(row0, count_dtype()), -1)
+        row, col = jax.lax.cond(jnp.all(jnp.isfinite(m2)), lambda: (none, none),
+                                lambda: kinfo.first_bad(x, n_valid, row0))
+        return _Moments(n_valid.astype(count_dtype()), mean, m2, sums, totals, row, col)
+
+    def merge(a: _Moments, b: _Moments) -> _Moments:
+        na, nb = a.count.astype(dtype), b.count.astype(dtype)
+        n = jnp.maximum(na + nb, 1)
+        delta = b.mean - a.mean
+        take_a = (a.bad_row >= 0) & ((b.bad_row < 0) | (a.bad_row <= b.bad_row))
+        return _Moments(a.count + b.count, a.mean + delta * nb / n, a.m2 + b.m2 + delta**2 * na * nb / n,
+                        a.sums + b.sums, a.totals + b.totals, jnp.where(take_a, a.bad_row, b.bad_row),
+                        jnp.where(take_a, a.bad_col, b.bad_col))
+
+    return ksharded.Reduction(init, chunk, merge)
+
+
+def _groups_by_positions(model, inputs, layers, batch_size) -> list[list[str]]:
+    """The layers in groups sharing their positions per sample (one pass, one model run, per group)."""
+    shapes = output_shapes(model, tuple(np.asarray(a)[:1] for a in as_inputs(inputs)), layers)
+    groups: dict = {}
+    for layer in layers:
+        groups.setdefault(tuple(shapes[layer][1:-1]), []).append(layer)
+    return list(groups.values())
+
+
+def _layer_source(model, inputs, group, labels, classes, batch_size):
+    """A re-iterable source over the group's rows (float64), with class ids as a last column when labelled;
+    and the per-layer output shapes it sees (filled as it runs)."""
+    seen: dict = {}
+
+    def batches():
+        for acts, where in capture_batches(model, inputs, group, batch_size=batch_size):
+            for layer in group:
+                shape = tuple(int(where[layer][:, i].max()) + 1 for i in range(1, where[layer].shape[1]))
+                seen[layer] = (*shape, acts[layer].shape[1])
+            parts = tuple(np.asarray(acts[layer], np.float64) for layer in group)
+            if classes is not None:
+                own = np.searchsorted(classes, _row_labels(labels, where[group[0]], group[0]))
+                parts += (own.astype(np.float64)[:, None],)
+            yield parts
+
+    names = tuple(group) + (("labels",) if classes is not None else ())
+    return as_source(batches, names=names), seen
 
 
 def _neuron_list(neurons, width: int, layer: str) -> np.ndarray:

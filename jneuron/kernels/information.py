@@ -236,7 +236,7 @@ def init(neurons: int, bins: int, classes: int, dtype=jnp.float32) -> Tables:
                   jnp.array(-1, count_dtype()), jnp.array(-1, count_dtype()))
 
 
-def _first_bad(x: Array, n_valid: Array | int, row0: Array) -> tuple[Array, Array]:
+def first_bad(x: Array, n_valid: Array | int, row0: Array) -> tuple[Array, Array]:
     bad = (~jnp.isfinite(x)) & (jnp.arange(x.shape[0]) < n_valid)[:, None]
     flat = jnp.argmax(bad.reshape(-1))
     return (row0 + flat // x.shape[1]).astype(count_dtype()), (flat % x.shape[1]).astype(count_dtype())
@@ -250,7 +250,7 @@ def chunk_statistics(x: Array, labels: Array, n_valid: Array | int, row0: Array,
     counts, sums = chunk_tables(x, codes, labels, n_valid, shift, bins=bins, classes=classes, method=method)
     none = jnp.full_like(jnp.asarray(row0, count_dtype()), -1)  # varies over the same mesh axes as row0
     row, col = jax.lax.cond(jnp.all(jnp.isfinite(sums)), lambda: (none, none),
-                            lambda: _first_bad(x, n_valid, row0))
+                            lambda: first_bad(x, n_valid, row0))
     return Tables(counts, Pair(sums, jnp.zeros_like(sums)), row, col)
 
 

@@ -25,6 +25,9 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from jneuron.config import HIGHEST
+from jneuron.kernels import information
+from jneuron.kernels.compensated import Pair
+from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import TOKENS
 
 
@@ -208,8 +211,32 @@ def squared_error(params, x, y, masks) -> jax.Array:
     return jnp.stack([jnp.sum(residual**2, axis=0), total], axis=1)
 
 
-def class_sums(x: jax.Array, y: jax.Array, valid: jax.Array, shift: jax.Array, classes: int):
-    """Per-class sums of ``x - shift`` over the valid rows of a chunk, ``(classes, neurons)``, and counts."""
-    onehot = jax.nn.one_hot(y, classes, dtype=x.dtype) * valid[:, None].astype(x.dtype)
-    sums = jnp.matmul(onehot.T, x - shift[None, :], precision=HIGHEST)
-    return sums, jnp.sum(onehot, axis=0)
+def class_sums(x: jax.Array, ids: jax.Array, n_valid, row0, shift: jax.Array, *, classes: int,
+               method: str = "segment") -> information.Tables:
+    """Per-class sums of ``x - shift`` and token counts over the first ``n_valid`` rows of a chunk, as
+    :class:`jneuron.kernels.information.Tables` (counts ``(1, 1, classes)``, sums ``(neurons, classes)``),
+    with the chunk's first non-finite value.
+
+    ``method``: ``"segment"`` (blocked segment sums, the fast path on CPU) or ``"contract"`` (one-hot
+    contraction with ``precision=HIGHEST``, the fast path on matrix units).
+    """
+    rows = x.shape[0]
+    inside = jnp.arange(rows) < n_valid
+    values = x - shift[None, :]
+    if method == "segment":
+        target = jnp.where(inside, ids, classes)
+        blocks = min(information.SUM_BLOCKS, rows)
+        block = -(-rows // blocks)
+        slots = (jnp.arange(rows, dtype=target.dtype) // block) * (classes + 1) + target
+        partial = jax.ops.segment_sum(values, slots, num_segments=blocks * (classes + 1))
+        sums = partial.reshape(blocks, classes + 1, -1)[:, :classes].sum(axis=0)
+        totals = jax.ops.segment_sum(inside.astype(jnp.int32), target, num_segments=classes + 1)[:classes]
+    else:
+        onehot = jax.nn.one_hot(ids, classes, dtype=x.dtype) * inside[:, None].astype(x.dtype)
+        sums = jnp.matmul(onehot.T, values, precision=HIGHEST)
+        totals = jnp.rint(jnp.sum(onehot, axis=0)).astype(jnp.int32)
+    none = jnp.full_like(jnp.asarray(row0, count_dtype()), -1)
+    row, col = jax.lax.cond(jnp.all(jnp.isfinite(sums)), lambda: (none, none),
+                            lambda: information.first_bad(x, n_valid, row0))
+    sums = sums.T
+    return information.Tables(totals[None, None, :], Pair(sums, jnp.zeros_like(sums)), row, col)

@@ -7,7 +7,7 @@ call (the masks are a batch axis of the probe weights).
 >>> import numpy as np, jneuron as jn
 >>> rng = np.random.default_rng(0)
 >>> y = rng.integers(0, 2, 800); x = rng.normal(size=(800, 20)).astype(np.float32); x[:, 3] += 3.0 * y
->>> probe = jn.train_probe(x, y, epochs=3, lr=1e-2)
+>>> probe = jn.train_probe(x, y, epochs=3, learning_rate=1e-2)
 >>> table = zero_out_ablation(probe, x, y, [0.05, 0.5])
 >>> table.top[0] > table.bottom[0], table.counts.tolist()
 (np.True_, [1, 10])
@@ -79,14 +79,18 @@ def _table(mode: str, shares, counts, accuracy) -> AblationTable:
 
 
 def zero_out_ablation(probe: jprobe.Probe, x, labels, percentages: Sequence[float] = (0.1, 0.2, 0.5), *,
-             ordering: Ranking | None = None, keep: bool = True, seed: int = 0) -> AblationTable:
-    """Accuracy of a trained probe when only the selected neurons are kept (``keep=False``: removed), the
-    others' activations set to zero, for top, bottom and random selections at every share at once.
+             ordering: Ranking | None = None, mode: str = "keep", seed: int = 0) -> AblationTable:
+    """Accuracy of a trained probe when only the selected neurons are kept (``mode="remove"``: the selected
+    ones are removed), the others' activations set to zero, for top, bottom and random selections at
+    every share at once.
 
     ``ordering`` defaults to :func:`~jneuron.probing.selection.neuron_ordering` of the probe.
     """
     if probe.task != "classification":
         raise JNeuronError("zero_out: needs a classification probe")
+    if mode not in ("keep", "remove"):
+        raise JNeuronError(f"mode: expected 'keep' or 'remove', got {mode!r}")
+    keep = mode == "keep"
     ordering = ordering if ordering is not None else neuron_ordering(probe)
     shares, counts, masks = selection_masks(ordering, percentages, seed)
     if not keep:
@@ -97,12 +101,12 @@ def zero_out_ablation(probe: jprobe.Probe, x, labels, percentages: Sequence[floa
     weight = jnp.broadcast_to(jnp.asarray(probe.weight), (stack, *probe.weight.shape))
     bias = jnp.broadcast_to(jnp.asarray(probe.bias), (stack, *probe.bias.shape))
     counts_ = jprobe.confusion_counts(weight, bias, device, y, jnp.asarray(masks, device.dtype), len(probe.classes))
-    return _table("keep" if keep else "remove", shares, counts, counts_[:, 1].sum(1) / counts_[:, 0].sum(1))
+    return _table(mode, shares, counts, counts_[:, 1].sum(1) / counts_[:, 0].sum(1))
 
 
 def retrain_ablation(x_train, labels_train, x_test, labels_test, ordering: Ranking,
             percentages: Sequence[float] = (0.1, 0.2, 0.5), *, l1: float = 0.0, l2: float = 0.0,
-            epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+            epochs: int = 10, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0,
             squared: bool = False, devices=None, mesh=None) -> AblationTable:
     """Train a fresh probe on all neurons and on the top, bottom and random selections at every share, all in
     one compiled call (same batches for all), and report their test accuracy.
@@ -115,7 +119,7 @@ def retrain_ablation(x_train, labels_train, x_test, labels_test, ordering: Ranki
     stack = len(masks)
     masks_ = jnp.asarray(masks, device.dtype)
     weights, biases = jprobe._fit(device, y, masks_, np.full(stack, l1), np.full(stack, l2), len(classes),
-                                  epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, squared=squared,
+                                  epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, squared=squared,
                                   shuffle=True, mesh=resolve_mesh(devices, mesh))
     test = jprobe._activations(x_test, device.shape[1])
     y_test = jnp.asarray(jprobe.encode_labels(labels_test, classes, test.shape[0]))

@@ -21,7 +21,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jneuron import config
-from jneuron._checks import as_2d
+from jneuron.data.checks import as_2d, check_finite
+from jneuron.data.labels import label_values
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
 from jneuron.kernels import sharded as ksharded
@@ -114,24 +115,15 @@ def metrics(counts: np.ndarray, classes: np.ndarray) -> dict:
 
 def class_index(labels) -> np.ndarray:
     """The sorted distinct label values (strings or numbers): the probe's deterministic label-to-row map."""
-    values = np.asarray(labels)
-    if values.ndim != 1:
-        raise JNeuronError(f"labels: expected one label per token (1-D), got shape {values.shape}")
+    values = label_values(labels)
     if values.dtype.kind not in "iubU" and not (values.dtype.kind == "f" and np.all(values == np.round(values))):
-        if values.dtype.kind == "O":
-            values = values.astype(str)
-        else:
-            raise JNeuronError(f"labels: expected strings or integers, got dtype {values.dtype}")
+        raise JNeuronError(f"labels: expected strings or integers, got dtype {values.dtype}")
     return np.unique(values)
 
 
 def encode_labels(labels, classes: np.ndarray, tokens: int) -> np.ndarray:
     """Row index of every label in ``classes``; unknown labels are an error naming the first one and where."""
-    values = np.asarray(labels)
-    if values.dtype.kind == "O":
-        values = values.astype(str)
-    if values.ndim != 1 or len(values) != tokens:
-        raise JNeuronError(f"labels: expected {tokens} labels (one per activation row), got shape {values.shape}")
+    values = label_values(labels, tokens=tokens)
     try:
         index = np.clip(np.searchsorted(classes, values), 0, len(classes) - 1)
         known = classes[index] == values
@@ -163,8 +155,7 @@ def _activations(x, neurons: int | None = None) -> jax.Array:
         raise JNeuronError(f"activations: the probe has {neurons} neurons, the input has {x.shape[1]} columns")
     device = jnp.asarray(x, working_dtype(x.dtype))
     if not bool(_all_finite(device)):
-        row, column = np.argwhere(~np.isfinite(np.asarray(device)))[0]
-        raise JNeuronError(f"activations: NaN or Inf at row {row}, neuron {column}")
+        check_finite(np.asarray(device), "activations")
     return device
 
 
@@ -197,13 +188,13 @@ def batch_rows(tokens: int, epochs: int, batch_size: int, seed: int = 0, shuffle
     return jnp.asarray(rows.reshape(shape)), jnp.asarray(valid.reshape(shape))
 
 
-def _fit(x, y, masks, l1s, l2s, classes: int, *, epochs: int, batch_size: int, lr: float, seed: int,
+def _fit(x, y, masks, l1s, l2s, classes: int, *, epochs: int, batch_size: int, learning_rate: float, seed: int,
          squared: bool, shuffle: bool, regression: bool = False, mesh: Mesh | None = None):
     """Train a stack of probes (one per mask / penalty row) on the same seeded batches in one compiled call."""
-    if not lr > 0:
-        raise JNeuronError(f"lr: expected a positive learning rate, got {lr}")
+    if not learning_rate > 0:
+        raise JNeuronError(f"learning_rate: expected a positive learning rate, got {learning_rate}")
     rows, valid = batch_rows(x.shape[0], epochs, batch_size, seed, shuffle)
-    static = {"classes": 1 if regression else int(classes), "learning_rate": float(lr), "squared": bool(squared),
+    static = {"classes": 1 if regression else int(classes), "learning_rate": float(learning_rate), "squared": bool(squared),
               "regression": regression}
     l1s, l2s = jnp.asarray(l1s, x.dtype), jnp.asarray(l2s, x.dtype)
     if mesh is None:
@@ -259,8 +250,9 @@ def _penalties(values, name: str) -> np.ndarray:
 
 
 def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10, batch_size: int = 32,
-                lr: float = 1e-3, seed: int = 0, squared: bool = False, task: str = "classification",
-                shuffle: bool = True, neurons: NeuronIndex | None = None, devices=None, mesh=None) -> Probe:
+                learning_rate: float = 1e-3, seed: int = 0, squared: bool = False, task: str = "classification",
+                shuffle: bool = True, names: Sequence[str] | NeuronIndex | None = None, devices=None,
+                mesh=None) -> Probe:
     """Train one probe: cross-entropy (or squared error) + ``l1 * sum|W| + l2 * ||W||_F`` with Adam.
 
     Args:
@@ -268,9 +260,10 @@ def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10
       labels: one label per token: strings or integers (any values; mapped to rows in sorted order),
         or real targets when ``task="regression"``.
       l1, l2: penalty weights (NeuroX's form, not scaled by the batch); ``squared`` uses ``||W||_F^2``.
-      epochs, batch_size, lr: Adam training; every token is seen once per epoch (the last batch is smaller).
+      epochs, batch_size, learning_rate: Adam training; every token is seen once per epoch (the last batch is smaller).
       seed: shuffles the minibatches (``shuffle=False`` keeps NeuroX's fixed token order).
-      neurons: identity of the columns (default: one model ``"model"``).
+      names: who the columns are: a model name (a one-item sequence) or a NeuronIndex naming every
+        column (model, layer, unit); default one model ``"model"``.
       devices, mesh: shard the tokens over devices (see :mod:`jneuron.streaming.mesh`): every device takes the
         gradient of its own rows of each batch, combined by ``psum``; the batches are the same as on one
         device, so the result equals it to float32 rounding.
@@ -280,22 +273,28 @@ def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10
 
     >>> import numpy as np
     >>> x = np.random.default_rng(1).normal(size=(300, 4)).astype(np.float32)
-    >>> train_probe(x, x[:, 0] * 2.0, task="regression", epochs=20, lr=1e-2).weight.argmax()
+    >>> train_probe(x, x[:, 0] * 2.0, task="regression", epochs=20, learning_rate=1e-2).weight.argmax()
     np.int64(0)
     """
     l1v, l2v = float(_penalties(l1, "l1")[0]), float(_penalties(l2, "l2")[0])
     device, y, classes = _prepare(x, labels, task)
     weight, bias = _fit(device, y, None, [l1v], [l2v], len(classes),
-                        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, squared=squared, shuffle=shuffle,
+                        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, squared=squared, shuffle=shuffle,
                         regression=task == "regression", mesh=resolve_mesh(devices, mesh))
-    return _probe(weight[0], bias[0], classes, task, device.shape[1], neurons, l1=l1v, l2=l2v, squared=squared,
-                  epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
+    return _probe(weight[0], bias[0], classes, task, device.shape[1], names, l1=l1v, l2=l2v, squared=squared,
+                  epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, shuffle=shuffle)
 
 
-def _probe(weight, bias, classes, task, width, neurons, **settings) -> Probe:
-    neurons = neurons if neurons is not None else NeuronIndex.from_widths(("model",), (width,))
+def _probe(weight, bias, classes, task, width, names, **settings) -> Probe:
+    if isinstance(names, NeuronIndex):
+        neurons = names
+    else:
+        model = tuple(names) if names is not None else ("model",)
+        if len(model) != 1:
+            raise JNeuronError(f"names: a probe reads one model's columns, got {len(model)} names")
+        neurons = NeuronIndex.from_widths(model, (width,))
     if len(neurons) != width:
-        raise JNeuronError(f"neurons: the index names {len(neurons)} neurons, the activations have {width}")
+        raise JNeuronError(f"names: the index names {len(neurons)} neurons, the activations have {width}")
     return Probe(np.asarray(weight), np.asarray(bias), classes, task, neurons, settings)
 
 
@@ -336,8 +335,9 @@ class ProbeGrid(Result):
 
 def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
                  l2: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3), validation=0.1, tolerance: float = 0.01,
-                 mass: float = 0.9, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-                 squared: bool = False, shuffle: bool = True, neurons: NeuronIndex | None = None, devices=None,
+                 mass: float = 0.9, epochs: int = 10, batch_size: int = 32, learning_rate: float = 1e-3, seed: int = 0,
+                 squared: bool = False, shuffle: bool = True, names: Sequence[str] | NeuronIndex | None = None,
+                 devices=None,
                  mesh=None) -> ProbeGrid:
     """Train a classification probe for every ``(l1, l2)`` pair in one compiled call and choose one.
 
@@ -371,7 +371,7 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
     grid_l1 = np.repeat(l1s, len(l2s))
     grid_l2 = np.tile(l2s, len(l1s))
     weights, biases = _fit(device, y, None, grid_l1, grid_l2, len(classes), epochs=epochs, batch_size=batch_size,
-                           lr=lr, seed=seed, squared=squared, shuffle=shuffle, mesh=resolve_mesh(devices, mesh))
+                           learning_rate=learning_rate, seed=seed, squared=squared, shuffle=shuffle, mesh=resolve_mesh(devices, mesh))
     val = _activations(x_val, device.shape[1])
     y_v = jnp.asarray(encode_labels(y_val, classes, val.shape[0]))
     counts = confusion_counts(weights, biases, val, y_v, None, len(classes))
@@ -381,8 +381,8 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
     close = accuracy >= accuracy.max() - tolerance
     flat = np.lexsort((np.arange(accuracy.size), -accuracy.ravel(), np.where(close, needed, np.inf).ravel()))[0]
     probes = [[_probe(weights[i * len(l2s) + j], biases[i * len(l2s) + j], classes, "classification",
-                      device.shape[1], neurons, l1=float(a), l2=float(b), squared=squared, epochs=epochs,
-                      batch_size=batch_size, lr=lr, seed=seed, shuffle=shuffle)
+                      device.shape[1], names, l1=float(a), l2=float(b), squared=squared, epochs=epochs,
+                      batch_size=batch_size, learning_rate=learning_rate, seed=seed, shuffle=shuffle)
                for j, b in enumerate(l2s)] for i, a in enumerate(l1s)]
     best = (int(flat // len(l2s)), int(flat % len(l2s)))
     return ProbeGrid(l1s, l2s, accuracy, needed, probes, best, float(tolerance), float(mass))

@@ -16,19 +16,26 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jneuron._checks import as_2d
-from jneuron.data.source import float_dtype
+from jneuron.data.checks import as_2d, check_valid
+from jneuron.data.labels import label_values
+from jneuron.data.models import parse_layers
+from jneuron.data.source import ArraySource, Rows, float_dtype, source_rows
 from jneuron.errors import JNeuronError
+from jneuron.kernels import compensated as comp
+from jneuron.kernels import information as kinfo
 from jneuron.kernels import probe as kp
+from jneuron.kernels import sharded as ksharded
+from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
-
-_class_sums = jax.jit(kp.class_sums, static_argnames=("classes",))
+from jneuron.streaming.mesh import resolve_mesh
+from jneuron.streaming.passes import chunk_callback, raise_on_bad_value, run_pass
 
 
 @dataclass(frozen=True)
@@ -59,43 +66,31 @@ class Probeless(Result):
                 "per_class": {str(c): r.to_dict() for c, r in self.per_class.items()}}
 
 
-def _chunks(data, labels, chunk_tokens: int):
-    """The non-empty ``(activations, labels)`` chunks, checked, each with the index of its first row."""
-    if labels is None:
-        pairs = data
-    else:
-        acts = as_2d(data, "activations")
-        values = np.asarray(labels)
-        if values.ndim != 1 or len(values) != acts.shape[0]:
-            raise JNeuronError(f"labels: expected {acts.shape[0]} labels (one per activation row), "
-                               f"got shape {values.shape}")
-        pairs = ((acts[start:start + chunk_tokens], values[start:start + chunk_tokens])
-                 for start in range(0, acts.shape[0], chunk_tokens))
-    seen = 0
-    for x, y in pairs:
-        x = as_2d(x, "activations chunk")
-        y = np.asarray(y)
-        if y.dtype.kind == "O":
-            y = y.astype(str)
-        if y.ndim != 1 or len(y) != x.shape[0]:
-            raise JNeuronError(f"labels chunk at token {seen}: expected {x.shape[0]} labels, got shape {y.shape}")
-        if len(y):
-            yield x, y, seen
-            seen += len(y)
+STREAMED_CLASSES = 1024  # distinct labels a stream of (activations, labels) chunks may hold (the tables' width)
+LABELS = "labels"  # the class-id column that travels beside the activations
 
 
-def class_means(data, labels=None, *, chunk_tokens: int = 16384):
-    """Per-class token counts and mean activations (float64), in one streamed pass.
+def class_means(data, labels=None, *, names=None, chunk_tokens: int = 16384, valid=None, devices=None, mesh=None,
+                checkpoint=None, progress: bool = False, on_chunk=None):
+    """Per-class token counts and mean activations (float64), in one streamed pass (the one pass of
+    :func:`jneuron.streaming.passes.run_pass`: sharded, resumable, with progress).
 
     The sums run in the activations' precision (float64 for float64 input, see :mod:`jneuron.precision`;
-    else float32) about a per-neuron shift, the first chunk's mean rounded to that precision, which is
-    added back exactly: offsets cost no digits.
+    else float32 with compensated sums) about a per-neuron shift, the first chunk's mean rounded to that
+    precision, which is added back exactly: offsets cost no digits.
 
     Args:
-      data: activations ``(tokens, neurons)`` with ``labels``, or (``labels=None``) an iterable of
-        ``(activations_chunk, labels_chunk)`` pairs.
+      data: activations ``(tokens, neurons)`` (or models: a sequence or mapping of arrays, a mapping of
+        model to layer to array) with ``labels``, or (``labels=None``) an iterable of
+        ``(activations_chunk, labels_chunk)`` pairs (``activations_chunk`` may be ``Rows(x, valid)``), or
+        a callable returning one.
       labels: one label per activation row (strings or integers), or None.
-      chunk_tokens: rows summed per compiled step when ``data`` is one array.
+      names: model names (default: the mapping's keys, or ``model``).
+      chunk_tokens: rows summed per compiled step.
+      valid: boolean ``(tokens,)`` mask of the rows that count (with array ``data``).
+      devices, mesh: shard the tokens over these devices or this mesh (see :mod:`jneuron.streaming.mesh`).
+      checkpoint: a folder; the running sums are saved there, and a rerun resumes from them.
+      progress: draw a progress line on stderr. on_chunk: called with the rows of each chunk read.
 
     Returns:
       ``(classes, counts, means)``: sorted label values, tokens per class, ``(classes, neurons)`` means.
@@ -105,50 +100,166 @@ def class_means(data, labels=None, *, chunk_tokens: int = 16384):
     >>> classes.tolist(), counts.tolist(), means[:, 0].tolist()
     (['a', 'b'], [2, 1], [10002.0, 9998.0])
     """
-    chunks = _chunks(data, labels, chunk_tokens)
-    first = next(chunks, None)
-    if first is None:
-        raise JNeuronError("activations: no tokens")
-    with follow_dtype(float_dtype(first[0].dtype)) as dtype:
-        sums, counts, shift = _class_sums_pass(itertools.chain([first], chunks), dtype)
-    classes = np.array(sorted(counts))
-    count = np.array([counts[c] for c in classes.tolist()], np.int64)
-    means = np.stack([sums[c] for c in classes.tolist()]) / count[:, None] + shift[None, :]
-    return classes, count, means
+    classes, counts, means, _ = _class_means(data, labels, names, chunk_tokens, valid, resolve_mesh(devices, mesh),
+                                             checkpoint, progress, on_chunk)
+    return classes, counts, means
 
 
-def _class_sums_pass(chunks, dtype: np.dtype) -> tuple[dict, dict, np.ndarray]:
-    """Host float64 sums of ``x - shift`` and token counts per label, and ``shift`` (exactly the value
-    subtracted on the device: the first chunk's mean rounded to ``dtype``)."""
-    sums: dict = {}
-    counts: dict = {}
-    shift = None
-    for x, y, seen in chunks:
-        chunk = np.asarray(x, dtype)
-        bad = ~np.isfinite(chunk)
-        if bad.any():
-            row, column = np.argwhere(bad)[0]
-            raise JNeuronError(f"activations: NaN or Inf at row {seen + row}, neuron {column}")
-        if shift is None:
-            shift = chunk.mean(axis=0, dtype=np.float64).astype(dtype)
-        elif chunk.shape[1] != len(shift):
-            raise JNeuronError(f"activations chunk at token {seen}: {chunk.shape[1]} neurons, expected {len(shift)}")
-        present, local = np.unique(y, return_inverse=True)
-        slots = 1 << max(0, int(len(present) - 1).bit_length())  # few shapes, few compilations
-        rows = 1 << max(0, int(len(y) - 1).bit_length())
-        padded = np.zeros((rows, chunk.shape[1]), dtype)
-        padded[: len(y)] = chunk
-        ids = np.zeros(rows, np.int32)
-        ids[: len(y)] = local
-        valid = np.zeros(rows, dtype)
-        valid[: len(y)] = 1
-        part, _ = _class_sums(jnp.asarray(padded), jnp.asarray(ids), jnp.asarray(valid), jnp.asarray(shift),
-                              classes=slots)
-        part = np.asarray(part, np.float64)
-        for slot, label in enumerate(present.tolist()):
-            sums[label] = sums.get(label, 0.0) + part[slot]
-            counts[label] = counts.get(label, 0) + int(np.sum(local == slot))
-    return sums, counts, shift.astype(np.float64)
+def _class_means(data, labels, names, chunk_tokens, valid, mesh, checkpoint, progress, on_chunk):
+    source, neurons, values, rows = _labelled_source(data, labels, names, chunk_tokens, valid)
+    width = len(neurons)
+    callback = chunk_callback(progress, on_chunk, getattr(source, "tokens", None))
+    with follow_dtype(source.dtype) as dtype:
+        first = _first_rows(source, rows, width)
+        if not len(first):
+            raise JNeuronError("activations: no tokens")
+        shift = first.mean(axis=0).astype(dtype)
+        capacity = len(values) if values is not None else STREAMED_CLASSES
+        counting = "segment" if jax.default_backend() == "cpu" else "contract"
+        reduction = _reduction(width, capacity, jnp.dtype(dtype), counting)
+        key = {"statistic": "class_sums", "classes": capacity, "shift": np.asarray(shift, np.float64).tolist()}
+        done = run_pass(source, reduction, rows, mesh=mesh, args=(jnp.asarray(shift),),
+                        on_chunk=callback, checkpoint=checkpoint, key=key)
+        total = jax.tree.map(np.asarray, done.state)
+        if mesh is not None and NEURONS in mesh.axis_names:
+            total = jax.tree.map(lambda a: a[0], total)
+        raise_on_bad_value(int(total.bad_row), int(total.bad_col), source, done.position)
+    counts = np.asarray(total.counts, np.int64)[0].sum(axis=0)
+    sums = comp.value64(total.sums).T
+    labels_seen = values if values is not None else source.labels_seen()
+    present = np.flatnonzero(counts[: len(labels_seen)])
+    order = np.argsort(np.asarray(labels_seen)[present], kind="stable")
+    keep = present[order]
+    classes = np.asarray(labels_seen)[keep]
+    count = counts[keep]
+    means = sums[keep] / count[:, None] + np.asarray(shift, np.float64)[None, :]
+    return classes, count, means, neurons
+
+
+@lru_cache(maxsize=16)
+def _reduction(width: int, classes: int, dtype, counting: str) -> ksharded.Reduction:
+    """Per-class sums of ``x - shift`` and token counts (:func:`jneuron.kernels.probe.class_sums`) as a
+    reduction of the one pass."""
+
+    def chunk(columns, n_valid, row0, shift):
+        x, ids = columns[:, :width], columns[:, width].astype(jnp.int32)
+        return kp.class_sums(x, ids, n_valid, row0, shift, classes=classes, method=counting)
+
+    def init():
+        empty = kinfo.init(width, 1, classes, dtype)
+        return empty._replace(counts=empty.counts[:1])
+
+    return ksharded.Reduction(init, chunk, kinfo.merge)
+
+
+def _first_rows(source, rows: int, width: int) -> np.ndarray:
+    """The valid rows of the first chunk (float64, without the labels): the shift is their mean."""
+    first = source.first_rows(rows) if hasattr(source, "first_rows") else next(source_rows(source, rows))
+    values = np.asarray(first.parts[:, :width], np.float64)
+    return values if first.valid is None else values[first.valid]
+
+
+def _labelled_source(data, labels, names, chunk_tokens: int, valid):
+    """The activations with class ids as one more column, the neurons, the sorted label values (None
+    when they come with the chunks) and the rows per chunk."""
+    if labels is not None:
+        layers = parse_layers(data, names, prefix="model", what="activations")
+        if hasattr(data, "shape") and names is None:
+            layers = parse_layers(data, ["model"], what="activations")
+        arrays = [as_2d(a, "activations") for a in layers.data]
+        tokens = arrays[0].shape[0]
+        if any(a.shape[0] != tokens for a in arrays):
+            raise JNeuronError("activations: all arrays must cover the same tokens")
+        values = label_values(labels, "labels", tokens)
+        mask = None if valid is None else check_valid(valid, tokens)
+        classes = np.unique(values if mask is None else values[mask])
+        ids = np.searchsorted(classes, values) if len(classes) else np.zeros(tokens, np.int64)
+        if mask is not None:
+            ids = np.where(mask, ids, 0)
+        dtype = float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
+        source = ArraySource(tuple(arrays) + (ids.astype(dtype)[:, None],), tuple(layers.labels) + (LABELS,), mask)
+        return source, layers.neurons(), classes, max(1, min(chunk_tokens, tokens))
+    if valid is not None:
+        raise JNeuronError("valid=: give each chunk's mask with its activations, as (Rows(x, valid), y)")
+    source = _LabelledChunks(data, names)
+    return source, source.neurons, None, chunk_tokens
+
+
+class _LabelledChunks:
+    """``(activations, labels)`` chunks as a source: labels become class ids in order of first appearance
+    (at most :data:`STREAMED_CLASSES`), carried as one more column."""
+
+    def __init__(self, data, names):
+        if isinstance(data, (list, tuple)):
+            self._make, self.reiterable = (lambda: iter(data)), True
+        elif callable(data):
+            self._make, self.reiterable = data, True
+        else:
+            once = iter(data)
+            self._make, self.reiterable = (lambda: once), False
+        self._pending: list = []
+        self._ids: dict = {}
+        items = iter(self._make())
+        first = next(_nonempty(items), None)
+        if first is None:
+            raise JNeuronError("activations: no tokens")
+        self._pending = [(first, items)]
+        x = first[0].parts if isinstance(first[0], Rows) else first[0]
+        width = as_2d(x, "activations chunk").shape[1]
+        model = (list(names) if names is not None else ["model"])[0]
+        self.neurons = NeuronIndex.from_widths((model,), (width,))
+        self.names = (model, LABELS)
+        self.widths = (width, 1)
+        self.dtype = float_dtype(np.asarray(x).dtype)
+        self.tokens = None
+
+    def labels_seen(self) -> list:
+        return list(self._ids)
+
+    def first_rows(self, rows: int) -> Rows:
+        (x, y), _ = self._pending[0] if self._pending else (next(_nonempty(iter(self._make()))), None)
+        return self._rows(x, y, 0)
+
+    def rows(self, chunk_tokens: int):
+        if self._pending:
+            first, rest = self._pending.pop()
+            items = itertools.chain([first], rest)
+        else:
+            items = _nonempty(iter(self._make()))
+        self._ids.clear()
+        seen = 0
+        for x, y in items:
+            rows = self._rows(x, y, seen)
+            seen += len(rows.parts)
+            for start in range(0, len(rows.parts), chunk_tokens):
+                yield Rows(rows.parts[start:start + chunk_tokens],
+                           None if rows.valid is None else rows.valid[start:start + chunk_tokens])
+
+    def chunks(self, chunk_tokens: int):
+        for rows in self.rows(chunk_tokens):
+            yield rows.parts
+
+    def _rows(self, x, y, seen: int) -> Rows:
+        mask = x.valid if isinstance(x, Rows) else None
+        x = as_2d(x.parts if isinstance(x, Rows) else x, "activations chunk")
+        if x.shape[1] != self.widths[0]:
+            raise JNeuronError(f"activations chunk at token {seen}: {x.shape[1]} neurons, expected {self.widths[0]}")
+        y = label_values(y, f"labels chunk at token {seen}", x.shape[0])
+        ids = np.empty(len(y), np.int64)
+        for i, label in enumerate(y.tolist()):
+            ids[i] = self._ids.setdefault(label, len(self._ids))
+        if len(self._ids) > STREAMED_CLASSES:
+            raise JNeuronError(f"labels: more than {STREAMED_CLASSES} distinct labels in the chunks")
+        values = np.concatenate([np.asarray(x, self.dtype), ids.astype(self.dtype)[:, None]], axis=1)
+        return Rows(values, None if mask is None else check_valid(mask, len(y), f"chunk at token {seen}: valid"))
+
+
+def _nonempty(items):
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise JNeuronError("expected (activations, labels) pairs")
+        if len(item[1]):
+            yield item
 
 
 def pairwise_distance_sums(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,20 +277,23 @@ def pairwise_distance_sums(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return per_class.sum(axis=0) / 2, per_class
 
 
-def probeless(data, labels=None, *, chunk_tokens: int = 16384, neurons: NeuronIndex | None = None) -> Probeless:
+def probeless(data, labels=None, *, names=None, chunk_tokens: int = 16384, valid=None, devices=None, mesh=None,
+              checkpoint=None, progress: bool = False, on_chunk=None) -> Probeless:
     """Rank neurons by how far apart the class means are, overall and per class (higher first, ties by index).
 
     Args:
-      data: activations ``(tokens, neurons)`` with ``labels`` (strings or integers), or an iterable of
-        ``(activations_chunk, labels_chunk)`` pairs (streamed; ``labels=None``).
-      neurons: identity of the columns (default: one model ``"model"``).
+      data: activations ``(tokens, neurons)`` (or several models, see :func:`class_means`) with ``labels``
+        (strings or integers), or an iterable of ``(activations_chunk, labels_chunk)`` pairs (streamed;
+        ``labels=None``).
+      labels: one label per row, or None.
+      names: model names (default: the mapping's keys, or ``model``).
+      chunk_tokens, valid, devices, mesh, checkpoint, progress, on_chunk: the one pass's keywords (see
+        :func:`class_means`).
     """
-    classes, counts, means = class_means(data, labels, chunk_tokens=chunk_tokens)
+    classes, counts, means, neurons = _class_means(data, labels, names, chunk_tokens, valid,
+                                                   resolve_mesh(devices, mesh), checkpoint, progress, on_chunk)
     if len(classes) < 2:
         raise JNeuronError(f"labels: probeless ranking needs at least 2 classes, got {classes.tolist()}")
-    neurons = neurons if neurons is not None else NeuronIndex.from_widths(("model",), (means.shape[1],))
-    if len(neurons) != means.shape[1]:
-        raise JNeuronError(f"neurons: the index names {len(neurons)} neurons, the activations have {means.shape[1]}")
     overall, per_class = pairwise_distance_sums(means)
     return Probeless(
         classes, counts, means, Ranking("probeless", overall, neurons),

@@ -73,9 +73,10 @@ class DirectionRanking(Result):
         return {"method": self.method, "directions": out, "rho": to_plain(self.rho)}
 
 
-def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, name: str = "x",
-                      rtol: float | None = None, chunk_tokens: int | None = None, devices=None,
-                      mesh=None) -> DirectionRanking:
+def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, names: Sequence[str] = ("x",),
+                      rtol: float | None = None, chunk_tokens: int | None = None,
+                      valid=None, devices=None, mesh=None,
+                      checkpoint=None, progress: bool = False, on_chunk=None) -> DirectionRanking:
     """Rank ``x``'s SVCCA (or CCA) directions against ``y`` by canonical correlation.
 
     Args:
@@ -84,8 +85,8 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
         models, as Bau et al. compare one model against the rest).
       method: ``"svcca"`` (PCA keeping ``keep`` of the variance first) or ``"cca"``.
       keep: SVCCA's kept share of variance, or count.
-      name: the model name used for x's neurons.
-      rtol, chunk_tokens, devices, mesh: see :func:`jneuron.cca`.
+      names: model names: ``x``'s first (it names the directions' neurons), then ``y``'s (optional).
+      rtol, chunk_tokens, valid, devices, mesh, checkpoint, progress, on_chunk: see :func:`jneuron.cca`.
     """
     if method not in ("svcca", "cca"):
         raise JNeuronError(f"direction_ranking: method must be 'svcca' or 'cca', got {method!r}")
@@ -96,7 +97,8 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
     groups = [("x", x)] + [(f"y{i}", v) for i, v in enumerate(others)]
     pairs = [(i, j) for i in range(len(groups)) for j in range(i, len(groups))]
     blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, what="direction_ranking",
-                           mesh=resolve_mesh(devices, mesh))
+                           mesh=resolve_mesh(devices, mesh),
+                           valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     rtol = eigenvalue_floor(blocks, rtol)
     ys = list(range(1, len(groups)))
     sx = prepare_side(blocks, 0, method, keep, rtol)
@@ -106,5 +108,7 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
     valid = int(r.valid)
     weights = r.a[:, :valid]
     patterns = blocks.cov(0, 0) @ weights
-    neurons = NeuronIndex.from_widths((name,), (blocks.widths[0],))
+    if isinstance(names, str) or not len(names):
+        raise JNeuronError(f"names: expected a sequence of model names, x's first, got {names!r}")
+    neurons = NeuronIndex.from_widths((str(names[0]),), (blocks.widths[0],))
     return DirectionRanking(method, r.rho[:valid], weights, patterns, blocks.mean[blocks.columns(0)], neurons)

@@ -101,7 +101,9 @@ class SparsePrediction(Result):
 
 
 def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, names: Sequence[str] = ("x", "y"),
-                  chunk_tokens: int | None = None, devices=None, mesh=None) -> Matching:
+                  chunk_tokens: int | None = None,
+                  valid=None, devices=None, mesh=None,
+                  checkpoint=None, progress: bool = False, on_chunk=None) -> Matching:
     """Match the units of two networks by their correlation over the same tokens.
 
     Args:
@@ -112,11 +114,15 @@ def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, na
       names: the two networks' names, for the records.
       chunk_tokens: tokens per streamed chunk.
       devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.streaming.mesh`).
+      valid, checkpoint, progress, on_chunk: rows that count (boolean ``(tokens,)``, array inputs), a
+        checkpoint folder to resume from, a progress line on stderr, a callback with each chunk's rows
+        (the one pass's keywords, see :func:`jneuron.maxcorr`).
     """
     if method not in ("bipartite", "semi"):
         raise JNeuronError(f"match_neurons: method must be 'bipartite' or 'semi', got {method!r}")
     blocks = stream_blocks([(names[0], x), (names[1], y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
-                           what="match_neurons", mesh=resolve_mesh(devices, mesh))
+                           what="match_neurons", mesh=resolve_mesh(devices, mesh),
+                           valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     corr = _correlation(blocks)
     score = np.abs(corr) if absolute else corr
     if method == "bipartite":
@@ -128,8 +134,9 @@ def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, na
 
 
 def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps: int = 200,
-                      names: Sequence[str] = ("x", "y"), chunk_tokens: int | None = None, devices=None,
-                      mesh=None) -> SparsePrediction:
+                      names: Sequence[str] = ("x", "y"), chunk_tokens: int | None = None,
+                      valid=None, devices=None, mesh=None,
+                      checkpoint=None, progress: bool = False, on_chunk=None) -> SparsePrediction:
     """Predict every ``y`` unit from all ``x`` units with an L1 penalty, for each penalty of a grid.
 
     Args:
@@ -138,10 +145,11 @@ def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps:
         down by a factor 1000, log-spaced).
       sweeps: coordinate-descent passes over the ``x`` units.
       names: the two networks' names, for the neurons' identities.
-      chunk_tokens, devices, mesh: as for :func:`match_neurons`.
+      chunk_tokens, valid, devices, mesh, checkpoint, progress, on_chunk: as for :func:`match_neurons`.
     """
     blocks = stream_blocks([(names[0], x), (names[1], y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
-                           what="sparse_prediction", mesh=resolve_mesh(devices, mesh))
+                           what="sparse_prediction", mesh=resolve_mesh(devices, mesh),
+                           valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     gram, cross = _standardised(blocks, 0, 0), _standardised(blocks, 0, 1)
     if penalties is None:
         top = max(float(np.abs(cross).max()), np.finfo(np.float32).tiny)

@@ -14,11 +14,11 @@ needs); each layer is whitened once, and every pair then costs one small SVD in 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from jneuron.data.models import parse_layers
 from jneuron.errors import JNeuronError
 from jneuron.kernels import cca as kcca
 from jneuron.results import NeuronIndex, Result, to_plain
@@ -76,8 +76,9 @@ def _widths(neurons: NeuronIndex) -> list[int]:
 
 
 def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: float | int = 0.99,
-                      rtol: float | None = None, chunk_tokens: int | None = None, devices=None,
-                      mesh=None) -> SimilarityMatrix:
+                      rtol: float | None = None, chunk_tokens: int | None = None,
+                      valid=None, devices=None, mesh=None,
+                      checkpoint=None, progress: bool = False, on_chunk=None) -> SimilarityMatrix:
     """Similarity between every pair of layers, from one streamed pass over the tokens.
 
     Args:
@@ -90,6 +91,9 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
       rtol: relative eigenvalue floor of the whitening (see :func:`jneuron.cca`).
       chunk_tokens: tokens per streamed chunk.
       devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.streaming.mesh`).
+      valid, checkpoint, progress, on_chunk: rows that count (boolean ``(tokens,)``, array inputs), a
+        checkpoint folder to resume from, a progress line on stderr, a callback with each chunk's rows
+        (the one pass's keywords, see :func:`jneuron.maxcorr`).
     """
     if metric not in METRICS:
         raise JNeuronError(f"unknown similarity metric {metric!r}; expected one of {', '.join(METRICS)}")
@@ -108,7 +112,8 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
         rows, cols = list(range(la)), list(range(la, la + lb))
         pairs = [(g, g) for g in range(la + lb)] + [(i, j) for i in rows for j in cols]
     blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, row_norms=metric == "cka_debiased",
-                           what=f"similarity_matrix ({metric})", mesh=resolve_mesh(devices, mesh))
+                           what=f"similarity_matrix ({metric})", mesh=resolve_mesh(devices, mesh),
+                           valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     values = np.zeros((la, lb))
     kept = np.zeros(len(groups), np.int64)
     if metric in ("cca", "svcca", "pwcca"):
@@ -136,13 +141,6 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
 
 
 def _layers(layers, what: str) -> tuple[tuple[str, ...], list]:
-    if isinstance(layers, Mapping):
-        names, data = tuple(str(k) for k in layers), list(layers.values())
-    elif isinstance(layers, Sequence) and not isinstance(layers, str):
-        names, data = tuple(f"layer{i}" for i in range(len(layers))), list(layers)
-    else:
-        raise JNeuronError(f"{what}: expected a mapping of name to layer or a sequence of layers, "
-                           f"got {type(layers).__name__}")
-    if not data:
-        raise JNeuronError(f"{what}: no layers given")
-    return names, data
+    """Names and data of the layers (a mapping of name to layer, or a sequence: ``layer0, layer1, ...``)."""
+    parsed = parse_layers(layers, prefix="layer", what=what)
+    return parsed.labels, list(parsed.data)

@@ -160,7 +160,8 @@ class CKAResult(Result):
         return {"method": "cka", "value": self.value, "debiased": self.debiased, "tokens": self.tokens}
 
 
-def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None, devices=None, mesh=None) -> CCAResult:
+def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None,
+        valid=None, devices=None, mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> CCAResult:
     """Canonical correlation analysis of two layers over the same tokens, from one streamed pass.
 
     Args:
@@ -169,6 +170,9 @@ def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None, dev
         ``1e-10`` for float64).
       chunk_tokens: tokens per streamed chunk.
       devices, mesh: shard the pass over devices (see :func:`jneuron.maxcorr` and :mod:`jneuron.streaming.mesh`).
+      valid, checkpoint, progress, on_chunk: rows that count (boolean ``(tokens,)``, array inputs), a
+        checkpoint folder to resume from, a progress line on stderr, a callback with each chunk's rows
+        (the one pass's keywords, see :func:`jneuron.maxcorr`).
 
     >>> import numpy as np, jneuron as jn
     >>> x = np.random.default_rng(1).normal(size=(300, 4))
@@ -176,12 +180,14 @@ def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None, dev
     >>> np.round(r.rho, 6).tolist(), round(r.mean, 6)
     ([1.0, 1.0, 1.0, 1.0], 1.0)
     """
-    blocks = _pair(x, y, chunk_tokens, "cca", mesh=resolve_mesh(devices, mesh))
+    blocks = _pair(x, y, chunk_tokens, "cca", mesh=resolve_mesh(devices, mesh),
+                   valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     return _cca_result(blocks, 0, 1, "cca", None, eigenvalue_floor(blocks, rtol))
 
 
 def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
-          chunk_tokens: int | None = None, devices=None, mesh=None) -> CCAResult:
+          chunk_tokens: int | None = None,
+              valid=None, devices=None, mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> CCAResult:
     """SVCCA (Raghu et al., 2017): keep per side the leading principal directions, then CCA.
 
     Args:
@@ -189,7 +195,7 @@ def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
       keep: a share of variance in ``(0, 1]``: the smallest number ``k`` of principal directions whose
         eigenvalues (variances, not singular values) sum to at least ``keep`` of the total; or an ``int``,
         the number of directions to keep per side.
-      rtol, chunk_tokens, devices, mesh: as for :func:`cca`.
+      rtol, chunk_tokens, valid, devices, mesh, checkpoint, progress, on_chunk: as for :func:`cca`.
 
     >>> import numpy as np, jneuron as jn
     >>> rng = np.random.default_rng(0)
@@ -199,12 +205,13 @@ def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
     (2, 2, [1.0, 1.0])
     """
     check_keep(keep)
-    blocks = _pair(x, y, chunk_tokens, "svcca", mesh=resolve_mesh(devices, mesh))
+    blocks = _pair(x, y, chunk_tokens, "svcca", mesh=resolve_mesh(devices, mesh),
+                   valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     return _cca_result(blocks, 0, 1, "svcca", keep, eigenvalue_floor(blocks, rtol))
 
 
-def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int | None = None, devices=None,
-          mesh=None) -> PWCCAResult:
+def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int | None = None,
+          valid=None, devices=None, mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> PWCCAResult:
     """Projection-weighted CCA (Morcos et al., 2018).
 
     Each canonical correlation ``rho_i`` is weighted by how much of one side's centred neurons ``z_j``
@@ -223,11 +230,13 @@ def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int
     """
     if side not in ("x", "y", "symmetric"):
         raise JNeuronError(f"pwcca: side must be 'x', 'y' or 'symmetric', got {side!r}")
-    blocks = _pair(x, y, chunk_tokens, "pwcca", mesh=resolve_mesh(devices, mesh))
+    blocks = _pair(x, y, chunk_tokens, "pwcca", mesh=resolve_mesh(devices, mesh),
+                   valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     return pwcca_result(blocks, 0, 1, side, eigenvalue_floor(blocks, rtol))
 
 
-def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, devices=None, mesh=None) -> CKAResult:
+def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None,
+        valid=None, devices=None, mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> CKAResult:
     """Linear CKA (Kornblith et al., 2019), feature-space form, from one streamed pass.
 
     ``CKA = ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F)``. With ``debiased=True`` every HSIC is the unbiased
@@ -242,13 +251,14 @@ def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None, device
     >>> round(jn.cka(x, 3 * x + 1).value, 6), round(jn.cka(x, 3 * x + 1, debiased=True).value, 6)
     (1.0, 1.0)
     """
-    blocks = _pair(x, y, chunk_tokens, "cka", row_norms=debiased, mesh=resolve_mesh(devices, mesh))
+    blocks = _pair(x, y, chunk_tokens, "cka", row_norms=debiased, mesh=resolve_mesh(devices, mesh),
+                   valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
     return CKAResult(cka_value(blocks, 0, 1, debiased), debiased, blocks.count)
 
 
-def _pair(x, y, chunk_tokens, what: str, row_norms: bool = False, mesh=None) -> Blocks:
+def _pair(x, y, chunk_tokens, what: str, row_norms: bool = False, **passing) -> Blocks:
     return stream_blocks([("x", x), ("y", y)], [(0, 0), (0, 1), (1, 1)], chunk_tokens=chunk_tokens,
-                         row_norms=row_norms, what=what, mesh=mesh)
+                         row_norms=row_norms, what=what, **passing)
 
 
 def eigenvalue_floor(blocks: Blocks, rtol: float | None) -> float:

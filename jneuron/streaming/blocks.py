@@ -23,14 +23,19 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jneuron._checks import as_2d, check_min_tokens
+from jneuron.data.checks import as_2d, check_min_tokens
 from jneuron.data.source import Source, as_source
 from jneuron.errors import DeadNeuronWarning, FewTokensWarning, JNeuronError
 from jneuron.kernels import hsic as khsic
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
-from jneuron.streaming.passes import accumulate, constant_columns, default_chunk_tokens
+from jneuron.streaming.passes import (
+    accumulate,
+    chunk_callback,
+    constant_columns,
+    default_chunk_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,13 @@ class Blocks:
         return np.flatnonzero(self.dead[self.columns(i)])
 
 
-def joint_source(groups: Sequence[tuple[str, object]]) -> Source:
-    """One source over named groups given as arrays, or all as iterables of chunks (zipped token-wise)."""
+def joint_source(groups: Sequence[tuple[str, object]], valid=None) -> Source:
+    """One source over named groups given as arrays (``valid``: the rows that count), or all as iterables
+    of chunks (zipped token-wise)."""
     names = [name for name, _ in groups]
     data = [value for _, value in groups]
     if all(hasattr(value, "shape") for value in data):
-        return as_source(dict(zip(names, [as_2d(v, f"'{n}'") for n, v in zip(names, data)])))
+        return as_source(dict(zip(names, [as_2d(v, f"'{n}'") for n, v in zip(names, data)])), valid=valid)
     if any(hasattr(value, "shape") or not isinstance(value, Iterable) for value in data):
         kinds = ", ".join(f"'{n}': {type(v).__name__}" for n, v in groups)
         raise JNeuronError(f"give every input as an array, or every input as an iterable of chunks; got {kinds}")
@@ -94,7 +100,8 @@ def joint_source(groups: Sequence[tuple[str, object]]) -> Source:
 
 def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[int, int]], *,
                   chunk_tokens: int | None = None, row_norms: bool = False, what: str = "similarity",
-                  widest: int | None = None, mesh: Mesh | None = None) -> Blocks:
+                  widest: int | None = None, mesh: Mesh | None = None, valid=None, checkpoint=None,
+                  progress: bool = False, on_chunk=None) -> Blocks:
     """Stream the groups once and return the asked-for covariance blocks.
 
     Args:
@@ -105,11 +112,14 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
       what: the analysis, for messages.
       widest: the widest set of neurons whose covariance is inverted (default: the widest group).
       mesh: shard the pass over this mesh (see :mod:`jneuron.streaming.mesh`).
+      valid: boolean ``(tokens,)`` mask of the rows that count (array groups only).
+      checkpoint, progress, on_chunk: see :func:`jneuron.streaming.passes.accumulate` (a checkpoint folder
+        is not used with ``row_norms``, whose fourth moments are not saved: the pass then runs whole).
 
     Warns :class:`FewTokensWarning` when there are fewer tokens than neurons in some group. float64 groups
     are accumulated in float64 (see :mod:`jneuron.precision`), others in compensated float32.
     """
-    source = joint_source(groups)
+    source = joint_source(groups, valid)
     names, widths = tuple(source.names), tuple(source.widths)
     starts = np.cumsum((0,) + widths)
     bounds = tuple((int(starts[g]), int(starts[g + 1])) for g in range(len(widths)))
@@ -117,7 +127,9 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
     chunk_tokens = chunk_tokens or default_chunk_tokens(int(starts[-1]), getattr(source, "tokens", None))
     norms = _RowNorms(bounds) if row_norms else None
     with follow_dtype(source.dtype):  # the pass, and reading its statistics, in the data's precision
-        stats = accumulate(source, tiles, chunk_tokens, observe=norms, mesh=mesh)
+        stats = accumulate(source, tiles, chunk_tokens, observe=norms, mesh=mesh,
+                           checkpoint=None if norms is not None else checkpoint,
+                           on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
         count = int(stats.count)
         check_min_tokens(count, what, 4 if row_norms else 2)
         widest = widest or max(widths)

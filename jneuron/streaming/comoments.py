@@ -14,15 +14,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jneuron._checks import as_2d, check_min_tokens
-from jneuron.data.source import as_source
+from jneuron.data.checks import as_2d, check_min_tokens
+from jneuron.data.source import Rows, as_source
 from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import accumulate, constant_columns, default_chunk_tokens
+from jneuron.streaming.passes import (
+    accumulate,
+    chunk_callback,
+    constant_columns,
+    default_chunk_tokens,
+)
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class CoMoments(Result):
         return np.clip(corr, -1.0, 1.0)
 
 
-def comoments(data, *, chunk_tokens: int | None = None, devices=None, mesh=None) -> CoMoments:
+def comoments(data, *, chunk_tokens: int | None = None, valid=None, devices=None, mesh=None,
+              checkpoint=None, progress: bool = False, on_chunk=None) -> CoMoments:
     """Stream ``data`` once and return its co-moments.
 
     float64 data are accumulated in float64 (see :mod:`jneuron.precision`), anything else in
@@ -83,17 +89,25 @@ def comoments(data, *, chunk_tokens: int | None = None, devices=None, mesh=None)
       chunk_tokens: tokens per compiled update (default: about 64 MiB of columns).
       devices: shard the tokens over this many devices (or these devices); see :mod:`jneuron.streaming.mesh`.
       mesh: or a ``("tokens"[, "neurons"])`` mesh; with several processes each passes its own tokens.
+      valid: boolean ``(tokens,)`` mask of the rows that count (an array ``data``; chunks may come as
+        ``Rows(chunk, valid)``).
+      checkpoint: a folder; the running co-moments are saved there and a rerun resumes from them.
+      progress: draw a progress line on stderr. on_chunk: called with the rows of each chunk read.
     """
     if hasattr(data, "shape"):
-        source = as_source([as_2d(data, "data")], names=["data"])
+        source = as_source([as_2d(data, "data")], names=["data"], valid=valid)
     elif isinstance(data, Iterable):
-        source = as_source(((chunk,) for chunk in data), names=["data"])
+        if valid is not None:
+            raise JNeuronError("valid=: give each chunk's mask with it, as Rows(chunk, valid)")
+        source = as_source((chunk if isinstance(chunk, Rows) else (chunk,) for chunk in data), names=["data"])
     else:
         raise JNeuronError(f"comoments: expected an array or an iterable of arrays, got {type(data).__name__}")
     width = source.widths[0]
     chunk_tokens = chunk_tokens or default_chunk_tokens(width, getattr(source, "tokens", None))
     with follow_dtype(source.dtype):
-        stats = accumulate(source, (Tile(0, width, 0, width),), chunk_tokens, mesh=resolve_mesh(devices, mesh))
+        stats = accumulate(source, (Tile(0, width, 0, width),), chunk_tokens, mesh=resolve_mesh(devices, mesh),
+                           checkpoint=checkpoint,
+                           on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
         count = int(stats.count)
         check_min_tokens(count, "comoments", 1)
         return CoMoments(count, kmoments.mean64(stats), kmoments.cross_value64(stats, 0),

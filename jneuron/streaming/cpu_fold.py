@@ -44,8 +44,8 @@ from jneuron.kernels import compensated
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.compensated import Pair
 from jneuron.kernels.moments import Stats, Tile
-from jneuron.streaming.aligned import aligned_empty
 
+ALIGNMENT = 64  # bytes: JAX's CPU client adopts a host buffer starting on this boundary without a copy
 BLOCK_ROWS = 512  # rows summed in float32 at a time (the blocks' sums are added in float64): bounds the rounding
 SAMPLE_ROWS = 512  # rows (at least, strided over the chunk) whose float64 mean is the centring point
 
@@ -177,3 +177,20 @@ def _two_sum(a: np.ndarray, b: np.ndarray) -> Pair:
     total = a + b
     b_kept = total - a
     return Pair(total, (a - (total - b_kept)) + (b - b_kept))
+
+
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on an ``ALIGNMENT``-byte boundary.
+
+    JAX wraps a host numpy array as a CPU device array in place when its data is so aligned (numpy itself
+    only guarantees 16 bytes, so an ordinary array is copied on every transfer); the chunk products are
+    allocated here, so each is written once and merged where it lies.
+
+    >>> aligned_empty((3, 5), np.float32).ctypes.data % ALIGNMENT
+    0
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % ALIGNMENT
+    return raw[start : start + size].view(dtype).reshape(shape)

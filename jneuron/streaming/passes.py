@@ -1,38 +1,52 @@
-"""Fold a chunk source into streamed co-moments (the one pass every correlation analysis shares)."""
+"""The one streaming pass: a chunk source folded into running statistics, chunk by chunk.
+
+Every streamed analysis runs here: co-moments (:func:`accumulate`; correlations, CCA, CKA, LinReg,
+matching) and any other :class:`jneuron.kernels.sharded.Reduction` (:func:`run_pass`; information
+counts, probeless class sums, neuron statistics). Both read ahead on a background thread, shard the tokens
+over a mesh (``devices=`` / ``mesh=``), save and resume checkpoints (a folder, see
+:mod:`jneuron.streaming.checkpoint`), report progress (``on_chunk``), drop the rows a source marks
+invalid (:class:`jneuron.data.source.Rows`) before a chunk is padded to its compiled shape, and name the
+model, neuron and caller's row of the first NaN or Inf.
+
+>>> import numpy as np, jax.numpy as jnp, jneuron as jn
+>>> from jneuron.kernels.sharded import Reduction
+>>> total = Reduction(init=lambda: jnp.zeros(2), chunk=lambda x, n, row0: x.sum(0))
+>>> x = np.arange(10.0, dtype=np.float32).reshape(5, 2)
+>>> valid = np.array([True, True, False, True, True])
+>>> run_pass(jn.as_source([x], valid=valid), total, 2).state.tolist()
+[16.0, 20.0]
+"""
 
 from __future__ import annotations
 
-import hashlib
+import bisect
 import inspect
-import io
 import itertools
-import json
-import os
-import warnings
 from collections.abc import Callable, Iterator
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jneuron import config
-from jneuron.data.atomic import atomic_write_bytes
-from jneuron.data.source import ArraySource, IteratorSource, Source
-from jneuron.errors import JNeuronError, StaleCheckpointWarning
+from jneuron.data.checks import non_finite
+from jneuron.data.source import ArraySource, Rows, Source, source_rows
+from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import Stats, Tile
 from jneuron.kernels.sharded import NEURONS, TOKENS
 from jneuron.precision import default_platform, working_dtype
+from jneuron.streaming import checkpoint as ckpt
 from jneuron.streaming.cpu_fold import HostFold
 from jneuron.streaming.prefetch import prefetch
 
-CONTENT_ROWS = 1024  # rows at each end of the data whose bytes a checkpoint is bound to (with files' sizes and times)
 
 
 def default_chunk_tokens(width: int, tokens: int | None = None) -> int:
@@ -45,6 +59,66 @@ def default_chunk_tokens(width: int, tokens: int | None = None) -> int:
         return rows
     chunks = -(-tokens // rows)
     return -(-tokens // chunks)
+
+
+def chunk_callback(progress: bool, on_chunk: Callable[[int], None] | None, total: int | None,
+                   what: str = "tokens") -> Callable[[int], None] | None:
+    """The pass's ``on_chunk``: the caller's callback and, with ``progress``, a progress line on stderr."""
+    callbacks = [] if on_chunk is None else [on_chunk]
+    if progress:
+        from jneuron.cli.progress import (
+            Progress,  # the one progress line, shared with the command line
+        )
+
+        callbacks.append(Progress(total, enabled=True))
+    if not callbacks:
+        return None
+    if len(callbacks) == 1:
+        return callbacks[0]
+
+    def both(rows: int) -> None:
+        for callback in callbacks:
+            callback(rows)
+
+    return both
+
+
+class Position:
+    """Where the pass is in the caller's rows: invalid rows are dropped before a chunk is folded, so the
+    statistics count ``counted`` rows of the ``read`` rows read; :meth:`caller_row` maps a counted row
+    (as the kernels report it) back to the caller's row."""
+
+    def __init__(self, counted: int = 0, read: int = 0):
+        self.counted, self.read = counted, read
+        self._resumed = (counted, read)
+        self._starts: list[int] = []
+        self._chunks: list[tuple[int, np.ndarray | None]] = []
+
+    def take(self, rows: Rows) -> np.ndarray:
+        """The valid rows of a chunk (the chunk itself when all are valid), recorded."""
+        values = rows.parts
+        valid = rows.valid
+        mask = None if valid is None or valid.all() else valid
+        kept = values if mask is None else values[mask]
+        self._starts.append(self.counted)
+        self._chunks.append((self.read, None if mask is None else np.packbits(mask)))  # a bit per row read
+        self.counted += len(kept)
+        self.read += len(values)
+        return kept
+
+    def caller_row(self, row: int) -> int:
+        """The caller's row of counted row ``row``."""
+        i = bisect.bisect_right(self._starts, row) - 1
+        if i < 0:  # before a resumed pass's first chunk: where no row was invalid, the offset is known
+            return row + self._resumed[1] - self._resumed[0]
+        origin, packed = self._chunks[i]
+        offset = row - self._starts[i]
+        return origin + (offset if packed is None else int(np.flatnonzero(np.unpackbits(packed))[offset]))
+
+    def check_some_valid(self) -> None:
+        """Raise when rows were read but every one was marked invalid."""
+        if self.read and not self.counted:
+            raise JNeuronError(f"every one of the {self.read} rows is marked invalid (valid=False): no rows to analyse")
 
 
 def accumulate(
@@ -75,7 +149,7 @@ def accumulate(
       mesh: shard the pass over this mesh.
       checkpoint: a folder; the running statistics are saved there (atomically) every
         ``checkpoint_every`` chunks and at the end, one file per pass configuration and data
-        (:func:`checkpoint_binding`). A later call over the same data with the same tiles,
+        (:func:`jneuron.streaming.checkpoint.checkpoint_binding`). A later call over the same data with the same tiles,
         ``chunk_tokens``, dtype and mesh shape resumes from the saved position and gives the same result
         as an uninterrupted run (bit for bit); a finished checkpoint is read back without a pass. A
         checkpoint written for other data (other arrays of the same shapes, a file changed since) is
@@ -89,48 +163,59 @@ def accumulate(
     if checkpoint is not None and observe is not None:
         raise JNeuronError("checkpoint= cannot be combined with observe=: the observer's state is not saved")
     if mesh is not None:
-        stats = _accumulate_sharded(source, tiles, chunk_tokens, mesh, on_chunk, observe, checkpoint,
-                                    checkpoint_every)
-        _raise_on_bad_value(stats, source)
+        stats, position = _accumulate_sharded(source, tiles, chunk_tokens, mesh, on_chunk, observe, checkpoint,
+                                              checkpoint_every)
+        raise_on_bad_value(int(stats.bad_row), int(stats.bad_col), source, position)
         return stats
     width = sum(source.widths)
     stats = kmoments.init(width, tiles, working_dtype(source.dtype))
-    done = 0
+    done, position = 0, Position()
     file = binding = None
     if checkpoint is not None:
-        file, binding = _checkpoint_file(checkpoint, source, tiles, chunk_tokens, stats.mean.hi.dtype)
-        stats, done, finished, scale = _load_checkpoint(file, stats, binding, chunk_tokens, _expected_rows(source),
-                                                        lambda s: int(s.count))
+        file, binding = ckpt.checkpoint_file(checkpoint, source, tiles, chunk_tokens, stats.mean.hi.dtype)
+        stats, done, finished, scale, saved = ckpt.load_checkpoint(
+            file, stats, binding, chunk_tokens, ckpt.expected_rows(source), lambda s: int(s.count), position=True)
+        position = Position(*saved)
         if scale is not None:
             stats = stats._replace(scale=kmoments.make_scale(scale, tiles))
         if finished:
-            _raise_on_bad_value(stats, source)
+            raise_on_bad_value(int(stats.bad_row), int(stats.bad_col), source, position)
             return stats
     cpu = on_cpu()
     fold = HostFold() if cpu else DeviceFold()
-    if cpu and observe is None and in_memory(source):
+    if cpu and observe is None and in_memory(source) and source.valid is None:
         # numpy arrays in memory: each model's rows are centred straight into the fold's buffer, so there
         # is nothing to read ahead (and no joined copy competing with the BLAS for the cores)
-        chunks = ((len(parts[0]), parts) for parts in source.parts(chunk_tokens, start=done * chunk_tokens))
+        chunks = ((len(parts[0]), len(parts[0]), parts)
+                  for parts in source.parts(chunk_tokens, start=done * chunk_tokens))
     else:
         depth = prefetch_depth or (1 if in_memory(source) else 2)
-        chunks = prefetch(_skip(source, chunk_tokens, done), depth, _padder(chunk_tokens))
-    for rows, chunk in chunks:
-        stats = fold(stats, chunk, rows, tiles)
-        if observe is not None:
-            observe(chunk, rows)
+        chunks = prefetch(rows_after(source, chunk_tokens, done), depth, _padder(chunk_tokens, position))
+    for rows, read, chunk in chunks:
+        if rows:
+            stats = fold(stats, chunk, rows, tiles)
+            if observe is not None:
+                observe(chunk, rows)
         # Wait for this update before taking the next chunk: the read-ahead thread keeps I/O overlapped,
         # and without the wait JAX's asynchronous dispatch would queue every chunk read so far in memory.
         stats = jax.block_until_ready(stats)
         done += 1
         if on_chunk is not None:
-            on_chunk(rows)
+            on_chunk(read)
         if file is not None and done % max(1, checkpoint_every) == 0:
-            _save_stats(file, stats, done, False, binding)
+            ckpt.save_stats(file, stats, done, False, binding, _counted(position, stats))
     if file is not None:
-        _save_stats(file, stats, done, True, binding)
-    _raise_on_bad_value(stats, source)
+        ckpt.save_stats(file, stats, done, True, binding, _counted(position, stats))
+    raise_on_bad_value(int(stats.bad_row), int(stats.bad_col), source, position)
+    position.check_some_valid()
     return stats
+
+
+def _counted(position: Position, stats: Stats) -> tuple[int, int]:
+    """``(rows counted, rows read)`` for a checkpoint (the in-memory path reads without a :class:`Position`)."""
+    if position.read:
+        return position.counted, position.read
+    return int(stats.count), int(stats.count)
 
 
 class DeviceFold:
@@ -163,216 +248,30 @@ def on_cpu() -> bool:
     return default_platform() == "cpu"
 
 
-def _padder(chunk_tokens: int) -> Callable[[np.ndarray], tuple[int, np.ndarray]]:
-    """Pad a chunk to ``chunk_tokens`` rows on the read-ahead thread.
+def _padder(chunk_tokens: int, position: Position) -> Callable[[Rows], tuple[int, int, np.ndarray]]:
+    """Drop a chunk's invalid rows and pad it to ``chunk_tokens`` rows on the read-ahead thread:
+    ``(rows counted, rows read, padded chunk)``.
 
     The chunk stays a host array: JAX's configuration (``jax.enable_x64`` contexts) is thread-local, so
     moving it to the device here would silently cast float64 to float32; the caller's thread does that.
     """
 
-    def pad(chunk: np.ndarray) -> tuple[int, np.ndarray]:
-        rows = chunk.shape[0]
-        if rows < chunk_tokens:
-            chunk = np.pad(chunk, ((0, chunk_tokens - rows), (0, 0)))
-        return rows, chunk
+    def pad(rows: Rows) -> tuple[int, int, np.ndarray]:
+        chunk = position.take(rows)
+        kept = chunk.shape[0]
+        if kept < chunk_tokens:
+            chunk = np.pad(chunk, ((0, chunk_tokens - kept), (0, 0)))
+        return kept, len(rows.parts), chunk
 
     return pad
 
 
-def _skip(source: Source, chunk_tokens: int, done: int) -> Iterator[np.ndarray]:
-    """The chunks after the first ``done``: seek where the source can, else read and drop them."""
-    if done and "start" in inspect.signature(source.chunks).parameters:
-        return source.chunks(chunk_tokens, start=done * chunk_tokens)
-    return itertools.islice(source.chunks(chunk_tokens), done, None)
-
-
-def checkpoint_binding(source: Source, chunk_tokens: int) -> tuple[dict, dict]:
-    """What a checkpoint of a pass over ``source`` is bound to: ``(identity, state)``, both JSON-ready.
-
-    ``identity`` names the data: the source's kind, model names, widths, token count and dtype; for
-    files (:func:`jneuron.open_activations`), the files' resolved paths and the selected (model, layer) columns; for
-    memory-mapped arrays, their files. It picks the checkpoint file, so each data set (a loop over
-    layers, say) keeps its own. ``state`` says whether the data are still the same: every file's size
-    and modification time (every file in a store's folder), and a blake2b hash of the first and last
-    ``CONTENT_ROWS`` rows; for numpy arrays in memory also a checksum over all their bytes (about
-    0.15 s per GiB), so a value changed anywhere counts. An iterator that can be read only once is
-    bound to its first chunk only (the one it has already given), a re-iterable callable or other
-    source to its first ``chunk_tokens`` rows, read once more.
-    """
-    identity = {"kind": type(source).__name__, "names": list(source.names),
-                "widths": [int(w) for w in source.widths], "tokens": getattr(source, "tokens", None),
-                "source_dtype": str(np.dtype(source.dtype))}
-    state: dict = {}
-    columns = getattr(source, "columns", None)
-    if columns is not None and hasattr(source, "path"):  # a FileSource: files by path (" + " joins several)
-        identity["columns"] = [[c.model, c.layer, int(c.width), str(np.dtype(c.dtype))] for c in columns]
-        paths = [Path(p) for p in str(source.path).split(" + ")]
-        identity["files"] = [str(p.resolve()) for p in paths]
-        state["files"] = [_file_state(p) for p in paths]
-    if isinstance(source, ArraySource):
-        arrays = []
-        for a in source.arrays:
-            entry = {"shape": list(a.shape), "dtype": str(np.dtype(a.dtype))}
-            if isinstance(a, np.memmap) and getattr(a, "filename", None):
-                entry["file"] = str(Path(a.filename).resolve())
-            arrays.append(entry)
-        identity["arrays"] = arrays
-        state["files"] = [_file_state(Path(e["file"])) for e in arrays if "file" in e]
-        state["checksums"] = [_checksum(a) for a in source.arrays]
-    state["content"] = _content_hash(source, chunk_tokens)
-    return identity, state
-
-
-def _file_state(path: Path) -> list:
-    """``[relative path, size, mtime_ns]`` of a file, or of every file under a folder; ``[]`` if missing."""
-    try:
-        if not path.is_dir():
-            info = path.stat()
-            return [[path.name, info.st_size, info.st_mtime_ns]]
-        entries = []
-        for folder, _, names in sorted(os.walk(path)):
-            for name in sorted(names):
-                full = Path(folder) / name
-                info = full.stat()
-                entries.append([str(full.relative_to(path)), info.st_size, info.st_mtime_ns])
-        return entries
-    except OSError:
-        return []
-
-
-def _checksum(array) -> str | None:
-    """A checksum over every byte of a numpy array held in memory (None for others: files have their
-    sizes and times, device arrays are not copied to the host for it)."""
-    if not isinstance(array, np.ndarray) or isinstance(array, np.memmap):
-        return None
-    if array.flags.c_contiguous and array.nbytes % 8 == 0:
-        return str(int(np.add.reduce(array.reshape(-1).view(np.uint64), dtype=np.uint64)))
-    return repr(float(np.sum(array, dtype=np.float64)))  # a strided view: its float64 sum
-
-
-def _content_hash(source: Source, chunk_tokens: int) -> str:
-    """blake2b of the first and last ``CONTENT_ROWS`` rows (see :func:`checkpoint_binding`)."""
-    digest = hashlib.blake2b(digest_size=16)
-
-    def add(block) -> None:
-        block = np.ascontiguousarray(np.asarray(block))
-        digest.update(str((block.shape, block.dtype.str)).encode())
-        digest.update(block.tobytes())
-
-    tokens = getattr(source, "tokens", None)
-    rows = min(CONTENT_ROWS, chunk_tokens)
-    if isinstance(source, ArraySource):
-        for a in source.arrays:
-            add(a[:rows])
-            add(a[max(0, tokens - rows):])
-    elif hasattr(source, "read") and tokens:  # a FileSource reads any token range
-        add(source.read(0, min(rows, tokens)))
-        add(source.read(max(0, tokens - rows), tokens))
-    elif isinstance(source, IteratorSource):
-        if source.first is not None:
-            for part in source.first if isinstance(source.first, (tuple, list)) else [source.first]:
-                add(part)
-    elif source.reiterable:
-        add(next(iter(source.chunks(chunk_tokens)), np.zeros((0, 0))))
-    return digest.hexdigest()
-
-
-def _checkpoint_file(folder, source: Source, tiles, chunk_tokens: int, dtype,
-                     mesh: Mesh | None = None) -> tuple[Path, str]:
-    """The checkpoint file of this pass configuration and data, and the binding it must carry."""
-    identity, state = checkpoint_binding(source, chunk_tokens)
-    layout = {**identity, "tiles": [list(t) for t in tiles], "chunk_tokens": int(chunk_tokens),
-              "dtype": str(np.dtype(dtype))}
-    if mesh is not None:  # the running state has one statistic per device
-        layout["mesh"] = {str(name): int(size) for name, size in mesh.shape.items()}
-    key = json.dumps(layout, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(folder) / f"stats-{digest}.npz", json.dumps({"layout": layout, "data": state}, sort_keys=True)
-
-
-def _expected_rows(source: Source) -> int | None:
-    """Tokens of a source read in regular chunks (then ``count == min(chunks done * rows, tokens)``)."""
-    return None if isinstance(source, IteratorSource) else getattr(source, "tokens", None)
-
-
-def _digest(binding: str, done: int, finished: bool, scale, leaves) -> str:
-    """blake2b over everything a checkpoint holds: a changed counter or statistic does not match it."""
-    digest = hashlib.blake2b(digest_size=32)
-    digest.update(json.dumps([binding, int(done), bool(finished)]).encode())
-    for array in ([] if scale is None else [np.asarray(scale)]) + [np.asarray(x) for x in leaves]:
-        array = np.ascontiguousarray(array)
-        digest.update(str((array.shape, array.dtype.str)).encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def _load_checkpoint(file: Path, empty, binding: str, rows_per_chunk: int, tokens: int | None,
-                     count_of: Callable | None = None):
-    """``(state, chunks done, finished, scale exponents or None)`` from ``file``; an empty start when there
-    is none or it belongs to other data (with a :class:`StaleCheckpointWarning`)."""
-    if not file.is_file():
-        return empty, 0, False, None
-    leaves, treedef = jax.tree.flatten(empty)
-    try:
-        with np.load(file) as saved:
-            stored = str(saved["binding"]) if "binding" in saved else None
-            if stored != binding:
-                _warn_stale(file, stored, binding)
-                return empty, 0, False, None
-            loaded = [saved[f"leaf{i}"] for i in range(len(leaves))]
-            done, finished = int(saved["chunks_done"]), bool(saved["finished"])
-            scale = saved["scale"] if "scale" in saved else None
-            digest = str(saved["digest"])
-    except Exception as error:
-        raise JNeuronError(f"{file}: unreadable checkpoint (delete it to start over): {error}") from None
-    if _digest(binding, done, finished, scale, loaded) != digest:
-        raise JNeuronError(f"{file}: checkpoint does not match its digest (edited or damaged); delete it to "
-                           "start over")
-    for i, (old, new) in enumerate(zip(leaves, loaded)):
-        if old.shape != new.shape or old.dtype != new.dtype:
-            raise JNeuronError(f"{file}: checkpoint leaf {i} does not match this run (delete it to start over)")
-    placed = [jax.device_put(x, old.sharding) for old, x in zip(leaves, loaded)]  # sharded state stays sharded
-    state = jax.tree.unflatten(treedef, placed)
-    if count_of is not None:
-        count = count_of(state)
-        expected = done * rows_per_chunk if tokens is None else min(done * rows_per_chunk, tokens)
-        wrong = count > expected if tokens is None else (count != expected or (finished and count != tokens))
-        if done < 0 or wrong:
-            raise JNeuronError(f"{file}: checkpoint counts {count} tokens after {done} chunks of {rows_per_chunk} "
-                               f"rows (of {tokens if tokens is not None else 'unknown'}); delete it to start over")
-    return state, done, finished, None if scale is None else np.asarray(scale, np.int32)
-
-
-def _warn_stale(file: Path, stored: str | None, binding: str) -> None:
-    """One line: the checkpoint is someone else's, and what differs."""
-    if stored is None:
-        why = "it predates data binding"
-    else:
-        try:
-            old, new = json.loads(stored), json.loads(binding)
-            changed = [k for k in new["layout"] if old["layout"].get(k) != new["layout"][k]]
-            changed += [k for k in new["data"] if old["data"].get(k) != new["data"][k]]
-        except (ValueError, KeyError, TypeError, AttributeError):  # another version's binding
-            changed = []
-        names = {"files": "the files changed since", "content": "the data differ", "checksums": "the data differ"}
-        why = ", ".join(dict.fromkeys(names.get(k, k) for k in changed)) or "its binding differs"
-    warnings.warn(f"{file}: checkpoint written for other data ({why}); starting over", StaleCheckpointWarning,
-                  stacklevel=4)
-
-
-def _save_checkpoint(file: Path, state, done: int, finished: bool, binding: str, scale=None) -> None:
-    buffer = io.BytesIO()
-    leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
-    extra = {} if scale is None else {"scale": np.asarray(scale, np.int32)}
-    np.savez(buffer, chunks_done=done, finished=finished, binding=np.asarray(binding),
-             digest=np.asarray(_digest(binding, done, finished, extra.get("scale"), leaves)), **extra,
-             **{f"leaf{i}": x for i, x in enumerate(leaves)})
-    atomic_write_bytes(file, buffer.getvalue())
-
-
-def _save_stats(file: Path, stats: Stats, done: int, finished: bool, binding: str) -> None:
-    scale = None if stats.scale is None else kmoments.exponents(stats)
-    _save_checkpoint(file, stats._replace(scale=None), done, finished, binding, scale)
+def rows_after(source: Source, chunk_tokens: int, done: int) -> Iterator[Rows]:
+    """The chunks (:class:`Rows`) after the first ``done``: seek where the source can, else read and drop them."""
+    method = getattr(source, "rows", None) or source.chunks
+    if done and "start" in inspect.signature(method).parameters:
+        return source_rows(source, chunk_tokens, start=done * chunk_tokens)
+    return itertools.islice(source_rows(source, chunk_tokens), done, None)
 
 
 def constant_columns(count: int, mean: np.ndarray, m2: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -386,16 +285,29 @@ def constant_columns(count: int, mean: np.ndarray, m2: np.ndarray, dtype=np.floa
     return spread <= 8 * np.finfo(dtype).eps * np.abs(mean)
 
 
-def _raise_on_bad_value(stats: Stats, source: Source) -> None:
-    row, column = int(stats.bad_row), int(stats.bad_col)
-    if row == kmoments.NO_BAD_ROW:
+def raise_on_bad_value(row: int, column: int, source: Source, position: Position, neurons=None) -> None:
+    """The error naming the model (and layer), the caller's row and the neuron of the first NaN or Inf
+    (``row`` as the kernels count it, < 0 for none); ``neurons``: a NeuronIndex naming every column."""
+    if row < 0 or row == kmoments.NO_BAD_ROW:
         return
     starts = np.cumsum((0,) + tuple(source.widths))
     model = int(np.searchsorted(starts, column, side="right") - 1)
-    raise JNeuronError(
-        f"model '{source.names[model]}': non-finite value (NaN or Inf) at row {row}, "
-        f"neuron {column - starts[model]}; first bad row is {row}"
-    )
+    where = f"model '{source.names[model]}'"
+    neuron = column - int(starts[model])
+    if neurons is not None and column < len(neurons):
+        record = neurons.record(column)
+        where = f"model '{record['model']}'" + (f", layer '{record['layer']}'" if record["layer"] else "")
+        neuron = neurons.label(column)
+    else:
+        layers = getattr(source, "layers", None)
+        if isinstance(layers, dict) and source.names[model] in layers:
+            edge = 0
+            for layer, width in layers[source.names[model]]:
+                if neuron < edge + width:
+                    where += f", layer '{layer}'" if layer else ""
+                    break
+                edge += width
+    raise non_finite(where, position.caller_row(row), neuron)
 
 
 @lru_cache(maxsize=32)
@@ -412,16 +324,16 @@ def _accumulate_sharded(source: Source, tiles: tuple[Tile, ...], chunk_tokens: i
     dtype = working_dtype(source.dtype)
     dim = sum(source.widths)
     reduction, to_stats = _comoment_reduction(mesh, dim, tiles, dtype)
-    file = binding = None
+    binding = None
     if checkpoint is not None:
-        file, binding = _checkpoint_file(checkpoint, source, tiles, chunk_tokens, dtype, mesh)
+        checkpoint, binding = ckpt.checkpoint_file(checkpoint, source, tiles, chunk_tokens, dtype, mesh)
     scaling = _ShardedScaling(mesh, dim, tiles, dtype)
-    total = fold_sharded(source, reduction, chunk_tokens, mesh, on_chunk=on_chunk, observe=observe,
-                         checkpoint=file, checkpoint_every=checkpoint_every, binding=binding, scaling=scaling)
-    stats = to_stats(jax.device_put(total, NamedSharding(mesh, P())))
+    done = run_pass(source, reduction, chunk_tokens, mesh=mesh, on_chunk=on_chunk, observe=observe,
+                    checkpoint=checkpoint, checkpoint_every=checkpoint_every, binding=binding, scaling=scaling)
+    stats = to_stats(jax.device_put(done.state, NamedSharding(mesh, P())))
     if scaling.exponents is not None:
         stats = stats._replace(scale=kmoments.make_scale(scaling.exponents, tiles))
-    return stats
+    return stats, done.position
 
 
 class _ShardedScaling:
@@ -517,52 +429,71 @@ def local_token_shards(mesh: Mesh) -> int:
     return sum(any(d.process_index == here for d in row) for row in devices)
 
 
-def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, mesh: Mesh, args: tuple = (),
-                 on_chunk: Callable[[int], None] | None = None,
-                 observe: Callable[[np.ndarray, int], None] | None = None, checkpoint: Path | None = None,
-                 checkpoint_every: int = 8, binding: str | None = None, scaling: _ShardedScaling | None = None):
-    """One pass over ``source`` folding every chunk into ``reduction`` on ``mesh``; the combined statistic.
+class PassResult(NamedTuple):
+    """What :func:`run_pass` returns: the combined statistic and where the pass's rows came from."""
 
-    Each chunk (about ``chunk_tokens`` rows of this process's tokens, padded so the update compiles once)
-    is split over the mesh's ``"tokens"`` axis; every device keeps its own running statistic; they are
-    combined once at the end (:func:`jneuron.kernels.sharded.make_finalize`). With several processes
-    (``jax.distributed``) each reads its own ``source`` and all take the same number of steps. Keep the
-    same ``reduction`` object between calls: the compiled functions are cached on it. ``args`` (a tuple
-    of arrays, replicated) are passed on to ``reduction.chunk`` after ``(x, n_valid, row0)``;
-    ``on_chunk`` is called with the real rows of each chunk (progress reporting), ``observe`` with each
-    padded host chunk and its real rows. ``checkpoint`` (a file) saves the devices' running statistics
-    every ``checkpoint_every`` chunks and at the end, and resumes from it (one process only), bound to
-    ``binding`` (default: the source's :func:`checkpoint_binding` and the mesh; a checkpoint of other
-    data starts over with a :class:`~jneuron.errors.StaleCheckpointWarning`). ``scaling`` (co-moments
-    only) scales data whose range needs it (see :mod:`jneuron.kernels.moments`).
+    state: Any
+    position: Position
+
+
+def run_pass(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, *, mesh: Mesh | None = None,
+             args: tuple = (), on_chunk: Callable[[int], None] | None = None,
+             observe: Callable[[np.ndarray, int], None] | None = None, checkpoint: str | Path | None = None,
+             checkpoint_every: int = 8, key: dict | None = None, binding: str | None = None,
+             scaling: _ShardedScaling | None = None) -> PassResult:
+    """One pass over ``source`` folding every chunk into ``reduction``; the combined statistic.
+
+    Each chunk (about ``chunk_tokens`` rows of this process's tokens, its invalid rows dropped, padded so
+    the update compiles once) is split over the mesh's ``"tokens"`` axis (one device when ``mesh`` is
+    None); every device keeps its own running statistic; they are combined once at the end
+    (:func:`jneuron.kernels.sharded.make_finalize`). With several processes (``jax.distributed``) each
+    reads its own ``source`` and all take the same number of steps. Keep the same ``reduction`` object
+    between calls: the compiled functions are cached on it.
+
+    Args:
+      args: arrays passed on (replicated) to ``reduction.chunk`` after ``(x, n_valid, row0)``; ``row0``
+        counts the rows the pass keeps (map it back with ``result.position.caller_row``).
+      on_chunk: called with the rows read of each chunk (progress reporting).
+      observe: called with each padded host chunk and its counted rows.
+      checkpoint: a folder: the devices' running statistics are saved there every ``checkpoint_every``
+        chunks and at the end, and a rerun over the same data and ``key`` resumes from them (one process
+        only); a checkpoint of other data starts over with a :class:`~jneuron.errors.StaleCheckpointWarning`
+        (see :mod:`jneuron.streaming.checkpoint`).
+      key: what else the statistic depends on (JSON-ready: its parameters), part of the checkpoint's binding.
+      binding, scaling: the co-moment pass's own (``checkpoint`` is then its file): see :func:`accumulate`.
     """
+    mesh = mesh if mesh is not None else _one_device_mesh()
     init, update, finalize = _compiled(reduction, mesh)
     dim = sum(source.widths)
     shards, local = ksharded.axis_size(mesh, TOKENS), local_token_shards(mesh)
     shard_size = -(-chunk_tokens // local)
     local_rows = shard_size * local
     rows_sharding = NamedSharding(mesh, P(TOKENS))
-    state, done, finished = init(), 0, False
+    state, done, finished, saved = init(), 0, False, (0, 0)
+    file = None
     if checkpoint is not None:
         if jax.process_count() > 1:
             raise JNeuronError("checkpoint= is not supported when several processes share the pass")
         if binding is None:
-            identity, data = checkpoint_binding(source, local_rows)
-            binding = json.dumps({"layout": {**identity, "rows": local_rows, "mesh": dict(mesh.shape)},
-                                  "data": data}, sort_keys=True)
+            file, binding = ckpt.checkpoint_file(checkpoint, source, (), local_rows, working_dtype(source.dtype),
+                                                 mesh, key)
+        else:
+            file = Path(checkpoint)
         count_of = _sharded_count if scaling is not None else None
-        state, done, finished, exponents = _load_checkpoint(checkpoint, state, binding, local_rows,
-                                                            _expected_rows(source), count_of)
+        state, done, finished, exponents, saved = ckpt.load_checkpoint(
+            file, state, binding, local_rows, ckpt.expected_rows(source), count_of, position=True)
         if scaling is not None:
             scaling.exponents = exponents
-    position = _process_offset(source) + done * local_rows
-    for chunk in () if finished else _agreed_chunks(_skip(source, local_rows, done)):
+    offset = _process_offset(source)
+    position = Position(saved[0] + offset, saved[1] + offset)
+    for rows_in in () if finished else _agreed_chunks(rows_after(source, local_rows, done)):
+        chunk = None if rows_in is None else position.take(rows_in)
         rows = 0 if chunk is None else chunk.shape[0]
         padded = np.zeros((local_rows, dim), np.dtype(working_dtype(source.dtype)))
         if rows:
             padded[:rows] = chunk
         n_valid = np.asarray(ksharded.shard_rows(rows, shard_size, local), kmoments.count_dtype())
-        row0 = (position + shard_size * np.arange(local)).astype(kmoments.count_dtype())
+        row0 = (position.counted - rows + shard_size * np.arange(local)).astype(kmoments.count_dtype())
         x, n_valid, row0 = (
             jax.make_array_from_process_local_data(rows_sharding, a, (a.shape[0] * shards // local,) + a.shape[1:])
             for a in (padded, n_valid, row0)
@@ -572,15 +503,24 @@ def fold_sharded(source: Source, reduction: ksharded.Reduction, chunk_tokens: in
         state = jax.block_until_ready(update(state, x, n_valid, row0, *args))  # bound the chunks in flight
         if observe is not None and rows:
             observe(padded, rows)
-        position += rows
         done += 1
-        if on_chunk is not None and rows:
-            on_chunk(rows)
-        if checkpoint is not None and done % max(1, checkpoint_every) == 0:
-            _save_checkpoint(checkpoint, state, done, False, binding, _exponents_of(scaling))
-    if checkpoint is not None and not finished:
-        _save_checkpoint(checkpoint, state, done, True, binding, _exponents_of(scaling))
-    return finalize(state)
+        if on_chunk is not None and rows_in is not None and len(rows_in.parts):
+            on_chunk(len(rows_in.parts))
+        if file is not None and done % max(1, checkpoint_every) == 0:
+            ckpt.save_checkpoint(file, state, done, False, binding, _exponents_of(scaling),
+                                 (position.counted, position.read))
+    if file is not None and not finished:
+        ckpt.save_checkpoint(file, state, done, True, binding, _exponents_of(scaling),
+                             (position.counted, position.read))
+    if not finished:
+        position.check_some_valid()
+    return PassResult(finalize(state), position)
+
+
+@lru_cache(maxsize=1)
+def _one_device_mesh() -> Mesh:
+    """The default device alone, as a ``("tokens",)`` mesh (the unsharded pass)."""
+    return jax.make_mesh((1,), (TOKENS,), axis_types=(AxisType.Explicit,), devices=jax.devices()[:1])
 
 
 def _exponents_of(scaling: _ShardedScaling | None):

@@ -17,7 +17,7 @@ from tests.flax_models import near_ties
 from tests.tolerance import assert_close, tolerance
 
 PLANTED = (2, 5, 9)
-SETTINGS = dict(epochs=8, batch_size=32, lr=1e-2)
+SETTINGS = dict(epochs=8, batch_size=32, learning_rate=1e-2)
 
 
 def planted(seed=0, tokens=600, neurons=12):
@@ -124,7 +124,7 @@ def test_zero_out_table_matches_numpy_and_planted_top_beats_bottom():
     assert np.all(np.abs(np.array(got) - expected) <= allowed), (got, expected, allowed)
     # statistical: the 3 planted neurons carry the classes (~0.95); 3 unplanted ones are near chance (1/3)
     assert table.counts.tolist() == [3, 6] and table.top[0] > 0.85 > table.bottom[0]
-    removed = jn.zero_out_ablation(probe, x, y, [0.25], ordering=ordering, keep=False)
+    removed = jn.zero_out_ablation(probe, x, y, [0.25], ordering=ordering, mode="remove")
     assert removed.top[0] < removed.bottom[0]
     assert set(table.to_dict()) == {"mode", "all", "percentages", "counts", "top", "bottom", "random"}
 

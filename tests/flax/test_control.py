@@ -183,3 +183,29 @@ def test_erased_output_has_no_component_in_the_subspace(mlp, data, rng):
         ctl.erase(mlp, {"layers/0": np.zeros((2, 10))})
     with pytest.raises(JNeuronError, match="directions have 5 neurons; the layer has 10"):
         ctl.erase(mlp, {"layers/0": np.ones((1, 5))})(jnp.asarray(x))
+
+
+def test_neuron_stats_resume_and_share_one_run_per_shape(mlp, data, tmp_path):
+    """Interrupted mid-pass and rerun equals an uninterrupted run (layers of different widths share the pass)."""
+    x, y = data
+    layers = ["layers/0", "layers/1"]
+    whole = ctl.neuron_stats(mlp, x, layers, labels=y, batch_size=5)  # 18 chunks; checkpoints every 8
+
+    class Killed(Exception):
+        pass
+
+    def stop(rows, seen=[]):  # noqa: B006 (the list counts this run's chunks)
+        seen.append(rows)
+        if len(seen) == 10:
+            raise Killed
+
+    with pytest.raises(Killed):
+        ctl.neuron_stats(mlp, x, layers, labels=y, batch_size=5, checkpoint=tmp_path, on_chunk=stop)
+    read = []
+    resumed = ctl.neuron_stats(mlp, x, layers, labels=y, batch_size=5, checkpoint=tmp_path, on_chunk=read.append)
+    assert 0 < sum(read) < 90
+    for layer in layers:
+        np.testing.assert_array_equal(resumed.mean[layer], whole.mean[layer])
+        np.testing.assert_array_equal(resumed.std[layer], whole.std[layer])
+        np.testing.assert_array_equal(resumed.class_mean[layer], whole.class_mean[layer])
+        assert resumed.count[layer] == 90 and resumed.shapes[layer] == whole.shapes[layer]

@@ -13,7 +13,7 @@ from jneuron.probing.probe import batch_rows
 from tests.tolerance import assert_close, tolerance
 
 PLANTED = (2, 5, 9)  # class c shifts neuron PLANTED[c]
-SETTINGS = dict(epochs=8, batch_size=32, lr=1e-2)
+SETTINGS = dict(epochs=8, batch_size=32, learning_rate=1e-2)
 
 
 def planted(seed=0, tokens=600, neurons=12, offset=0.0):
@@ -148,7 +148,7 @@ def test_one_full_batch_adam_step_matches_numpy(rng):
     g_w = (probs - onehot).T @ x / 16  # CE gradient; the Frobenius penalty has gradient 0 at 0, L1 sign(0)=0
     g_b = (probs - onehot).mean(0)
     lr = 0.01
-    probe = jn.train_probe(x, y, l1=0.1, l2=0.1, epochs=1, batch_size=16, lr=lr, shuffle=False)
+    probe = jn.train_probe(x, y, l1=0.1, l2=0.1, epochs=1, batch_size=16, learning_rate=lr, shuffle=False)
     # the step lr g / (|g| + eps) hardly depends on g's rounding (its derivative is lr eps / (|g| + eps)^2);
     # g rounds relative to |p - onehot| |x| / 16 over the 16 tokens and 5 neurons; then a few float32
     # roundings of the step itself, relative to lr
@@ -242,7 +242,7 @@ def test_grid_equals_separate_trainings_and_choice_is_explicit():
 def test_regression_probe_recovers_the_weights(rng):
     x = rng.normal(size=(600, 12)).astype(np.float32)
     target = 2.0 * x[:, 4] - 1.0 * x[:, 7] + 0.5
-    probe = jn.train_probe(x, target, task="regression", epochs=30, batch_size=32, lr=1e-2)
+    probe = jn.train_probe(x, target, task="regression", epochs=30, batch_size=32, learning_rate=1e-2)
     # optimizer convergence, not rounding: from 0, Adam's steps of at most lr = 1e-2 need ~200 of the 570 to
     # reach w = 2, then hover within a few lr of the optimum
     np.testing.assert_allclose(probe.weight[0, [4, 7]], [2.0, -1.0], atol=0.05)

@@ -71,7 +71,7 @@ def test_hand_case_from_the_issue():
 def test_probe_classes_name_the_sets(rng):
     x = rng.normal(size=(200, 4)).astype(np.float32)
     labels = np.where(x[:, 1] > 0, "pos", "neg")
-    probe = jn.train_probe(x, labels, epochs=2, lr=1e-2)
+    probe = jn.train_probe(x, labels, epochs=2, learning_rate=1e-2)
     assert set(jn.top_neurons(probe, 0.3).per_class) == {"neg", "pos"}
 
 

@@ -14,7 +14,9 @@ import jneuron as jn
 from jneuron.cli.main import main
 from jneuron.errors import JNeuronError, StaleCheckpointWarning
 from jneuron.kernels.moments import Tile
-from jneuron.streaming.passes import _checkpoint_file, _save_checkpoint, accumulate
+from jneuron.streaming.checkpoint import checkpoint_file as _checkpoint_file
+from jneuron.streaming.checkpoint import save_checkpoint as _save_checkpoint
+from jneuron.streaming.passes import accumulate
 
 TILES = (Tile(0, 4, 4, 7), Tile(4, 7, 4, 7))
 

@@ -65,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     neurons = NeuronIndex.from_layers(layer_spec(source))
     with device_scope(args):
         grid = train_probes(activations, labels, l1=args.l1, l2=args.l2, validation=args.validation,
-                            tolerance=args.tolerance, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.seed, neurons=neurons, **streaming_options(train_probes, args))
+                            tolerance=args.tolerance, epochs=args.epochs, batch_size=args.batch_size,
+                            learning_rate=args.lr, seed=args.seed, names=neurons,
+                            **streaming_options(train_probes, args))
     probe = grid.probe
     ordering = neuron_ordering(probe)
     selection = top_neurons(probe, args.percentage)

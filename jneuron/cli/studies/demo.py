@@ -187,7 +187,7 @@ def _section_probes(context: DemoContext) -> None:
     order = np.random.default_rng(0).permutation(len(labels))
     train, test = order[: len(order) * 3 // 4], order[len(order) * 3 // 4 :]
     neurons = NeuronIndex.from_layers([(name, [(l, context.activations[name][l].shape[1]) for l in layers])])
-    probe = train_probe(x[train], labels[train], l1=1e-3, l2=1e-3, epochs=10, neurons=neurons)
+    probe = train_probe(x[train], labels[train], l1=1e-3, l2=1e-3, epochs=10, names=neurons)
     ordering = neuron_ordering(probe)
     accuracy_all = probe.evaluate(x[test], labels[test])["accuracy"]
     print(f"\nprobe on {name}'s {x.shape[1]} neurons: test accuracy {accuracy_all:.3f}")

@@ -18,7 +18,7 @@ from jneuron.errors import DeadNeuronWarning, JNeuronError
 from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.compensated import Pair
-from jneuron.streaming.passes import fold_sharded
+from jneuron.streaming.passes import run_pass
 from tests.reference import (
     assert_mean_close,
     assert_partners_close,
@@ -151,7 +151,7 @@ def test_additive_reduction_combines_with_psum():
     reduction = ksharded.Reduction(lambda: empty, chunk)
     x = np.random.default_rng(6).uniform(0, bins, size=(203, 2)).astype(np.float32)
     shift = np.float32(-1.0)  # a parameter of the statistic, replicated on every device
-    combined = fold_sharded(jn.as_source([x]), reduction, 61, mesh, (shift,))  # 61 rows: padded, uneven
+    combined = run_pass(jn.as_source([x]), reduction, 61, mesh=mesh, args=(shift,)).state  # 61 rows: padded, uneven
     total = jax.tree.map(np.asarray, combined)
     assert total["count"].tolist() == [203, 203]  # one copy per neuron shard
     want = np.bincount(np.clip((x[:, 0] - 1).astype(int), 0, bins - 1), minlength=bins)
@@ -313,14 +313,14 @@ def test_sharded_checkpoint_resumes_to_the_same_result(tmp_path):
         accumulate(source, tiles, 100, mesh=mesh, checkpoint=tmp_path, observe=lambda chunk, rows: None)
 
 
-def adam_bound(tokens, *, epochs, lr, batch_size=32, **_):
+def adam_bound(tokens, *, epochs, learning_rate, batch_size=32, **_):
     """Two Adam trainings whose batch gradients are float32 sums of ``batch_size`` terms rounded differently
-    (tests/tolerance.py: relative error ``r = tolerance(batch_size)``). Adam's step ``lr m / sqrt(v)`` moves
-    by about ``2 r lr`` when its gradients do (``m`` and ``sqrt(v)`` by ``r`` each), and there are ``epochs``
+    (tests/tolerance.py: relative error ``r = tolerance(batch_size)``). Adam's step ``learning_rate m / sqrt(v)`` moves
+    by about ``2 r learning_rate`` when its gradients do (``m`` and ``sqrt(v)`` by ``r`` each), and there are ``epochs``
     passes of ``ceil(tokens / batch_size)`` steps; twice that for the two sides. (A coordinate whose gradient
     cancels to its rounding could be amplified more; these probes' gradients stay well above it.)"""
     steps = epochs * -(-tokens // batch_size)
-    return 2 * steps * 2 * lr * tolerance(batch_size)
+    return 2 * steps * 2 * learning_rate * tolerance(batch_size)
 
 
 @pytest.mark.parametrize("name", ["tokens3", "tokens4_neurons2"])
@@ -328,7 +328,7 @@ def test_probe_gradients_sharded_equal_unsharded(name):
     rng = np.random.default_rng(16)
     labels = rng.integers(0, 3, 803)  # 803 tokens: uneven over the shards, a short last batch
     x = (rng.normal(size=(803, 10)) + np.eye(3, 10, 2)[labels] * 1.5).astype(np.float32)
-    options = dict(l1=1e-3, l2=1e-3, epochs=3, batch_size=32, lr=1e-2)
+    options = dict(l1=1e-3, l2=1e-3, epochs=3, batch_size=32, learning_rate=1e-2)
     one = jn.train_probe(x, labels, **options)
     sharded = jn.train_probe(x, labels, mesh=MESHES[name](), **options)
     # Adam is scale-invariant, so a gradient summed once too often would show only through the penalty's share
@@ -338,9 +338,9 @@ def test_probe_gradients_sharded_equal_unsharded(name):
     assert_close(sharded.bias, one.bias, bound, what="bias")
     assert sharded.evaluate(x, labels)["accuracy"] == one.evaluate(x, labels)["accuracy"]  # counts of the same
     target = x[:, 4] * 2.0 + 1.0
-    reg_one = jn.train_probe(x, target, task="regression", epochs=2, lr=1e-2)
-    reg_sharded = jn.train_probe(x, target, task="regression", epochs=2, lr=1e-2, devices=8)
-    assert_close(reg_sharded.weight, reg_one.weight, adam_bound(803, epochs=2, lr=1e-2), what="regression weights")
+    reg_one = jn.train_probe(x, target, task="regression", epochs=2, learning_rate=1e-2)
+    reg_sharded = jn.train_probe(x, target, task="regression", epochs=2, learning_rate=1e-2, devices=8)
+    assert_close(reg_sharded.weight, reg_one.weight, adam_bound(803, epochs=2, learning_rate=1e-2), what="regression weights")
 
 
 def test_probe_grid_and_retraining_sharded():
@@ -354,7 +354,7 @@ def test_probe_grid_and_retraining_sharded():
     np.testing.assert_allclose(grid_sharded.accuracy, grid_one.accuracy, atol=1e-9)
     for row_one, row_sharded in zip(grid_one.probes, grid_sharded.probes):
         for probe_one, probe_sharded in zip(row_one, row_sharded):
-            assert_close(probe_sharded.weight, probe_one.weight, adam_bound(600, epochs=2, lr=1e-3), what="weights")
+            assert_close(probe_sharded.weight, probe_one.weight, adam_bound(600, epochs=2, learning_rate=1e-3), what="weights")
     ordering = jn.neuron_ordering(grid_one.probe)
     table_one = jn.retrain_ablation(x, labels, x, labels, ordering, [0.5], epochs=2)
     table_sharded = jn.retrain_ablation(x, labels, x, labels, ordering, [0.5], epochs=2, devices=4)
