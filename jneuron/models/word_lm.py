@@ -26,10 +26,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jneuron.config import HIGHEST
 from jneuron.errors import JNeuronError
 from jneuron.models.onlstm import ONLSTMCell
-
-HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class LSTMCell(nnx.Module):

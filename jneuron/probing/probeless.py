@@ -286,12 +286,18 @@ def probeless(data, labels=None, *, names=None, chunk_tokens: int = 16384, valid
         (strings or integers), or an iterable of ``(activations_chunk, labels_chunk)`` pairs (streamed;
         ``labels=None``).
       labels: one label per row, or None.
-      names: model names (default: the mapping's keys, or ``model``).
+      names: model names (default: the mapping's keys, or ``model``), or a :class:`~jneuron.NeuronIndex`
+        naming every column (as :func:`jneuron.train_probe` takes it).
       chunk_tokens, valid, devices, mesh, checkpoint, progress, on_chunk: the one pass's keywords (see
         :func:`class_means`).
     """
-    classes, counts, means, neurons = _class_means(data, labels, names, chunk_tokens, valid,
+    index = names if isinstance(names, NeuronIndex) else None
+    classes, counts, means, neurons = _class_means(data, labels, None if index else names, chunk_tokens, valid,
                                                    resolve_mesh(devices, mesh), checkpoint, progress, on_chunk)
+    if index is not None:
+        if len(index) != len(neurons):
+            raise JNeuronError(f"names: the index names {len(index)} neurons, the activations have {len(neurons)}")
+        neurons = index
     if len(classes) < 2:
         raise JNeuronError(f"labels: probeless ranking needs at least 2 classes, got {classes.tolist()}")
     overall, per_class = pairwise_distance_sums(means)

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import h5py  # noqa: F401  (the NeuroX writer below needs it)
 import numpy as np
@@ -89,16 +88,21 @@ def test_convert_counts_lines_from_1(data, capsys):
           message=r"line 2 \(sentence 2\) has 2 items")
 
 
-def test_out_is_checked_before_any_work(data, capsys):
+def test_out_is_checked_before_any_work(data, capsys, monkeypatch):
     (data / "file").write_text("")
-    start = time.perf_counter()
+    import jneuron.crossmodel.maxcorr as module
+
+    def never(*args, **kwargs):
+        raise AssertionError("the analysis ran before --out was checked")
+
+    monkeypatch.setattr(module, "maxcorr", never)
     fails(capsys, "maxcorr", data / "acts.npy", data / "b.npy", "--out", data / "file" / "res",
           message=r"--out .*file is a file, not a folder")
     if os.geteuid() != 0:  # root writes anywhere
         (data / "locked").mkdir(mode=0o555)
         fails(capsys, "maxcorr", data / "acts.npy", data / "b.npy", "--out", data / "locked" / "res",
               message="cannot write there")
-    assert time.perf_counter() - start < 5
+    monkeypatch.undo()
 
 
 def test_one_model_with_layers_names_layers_as_models(data, capsys):
@@ -146,11 +150,11 @@ def test_similarity_writes_one_file_per_metric(data, capsys):
                                                          "similarity_cka.png", "similarity_svcca.png"}
 
 
-def test_help_is_quick_plain_and_complete():
-    start = time.perf_counter()
+def test_help_is_plain_and_complete():
+    # its speed (no JAX import) is test_help_import_does_not_load_jax's; a timing would measure the machine's load
     result = subprocess.run([sys.executable, "-m", "jneuron.cli.main", "probe", "--help"], capture_output=True,
                             text=True, check=False, env={**os.environ, "PYTHONPATH": os.getcwd()})
-    assert result.returncode == 0 and time.perf_counter() - start < 1.0 + 1.5  # < 1 s, with start-up slack
+    assert result.returncode == 0
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     for name, sub in commands.items():

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         "ordering": ordering.to_dict(),
     }
     path = atomic_write_json(args.out / "probe.json", result)
-    without = probeless(activations, labels, neurons=neurons).overall.to_json(args.out / "probeless.json")
+    without = probeless(activations, labels, names=neurons).overall.to_json(args.out / "probeless.json")
     print(f"wrote {path} and {without}")
     return 0
 
