@@ -28,7 +28,7 @@ from flax import nnx
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, sweep
-from jneuron.flax.capturing import as_inputs, capture_batches
+from jneuron.flax.capturing import as_batch, call, capture_batches, output_shapes, sample_count, valid_rows
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -65,23 +65,26 @@ def _row_labels(labels: np.ndarray, positions: np.ndarray, layer: str) -> np.nda
 
 
 def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=None,
-                 batch_size: int | None = None) -> NeuronStats:
+                 batch_size: int | None = None, valid=None) -> NeuronStats:
     """Stream the layers' outputs once: per-neuron mean and std (Chan's merge in float64), and with
-    ``labels`` (per sample, or per position like ``(batch, time)``) the mean of each class."""
+    ``labels`` (per sample, or per position like ``(batch, time)``) the mean of each class. ``valid``
+    (see :func:`~jneuron.flax.capture`) keeps padding out of every statistic."""
     layers = paths.check_layers(model, layers)
     count = dict.fromkeys(layers, 0)
     mean = {layer: 0.0 for layer in layers}
     m2 = {layer: 0.0 for layer in layers}
-    shapes, sums, totals = {}, {}, {}
+    sums, totals = {}, {}
     if labels is not None:
         labels = np.asarray(labels)
         classes = np.unique(labels)
-        if np.shape(labels)[0] != np.shape(as_inputs(inputs)[0])[0]:
-            samples = np.shape(as_inputs(inputs)[0])[0]
-            raise JNeuronError(f"labels cover {np.shape(labels)[0]} samples, the inputs {samples}")
-    for acts, where in capture_batches(model, inputs, layers, batch_size=batch_size):
+        if np.shape(labels)[0] != sample_count(inputs):
+            raise JNeuronError(f"labels cover {np.shape(labels)[0]} samples, the inputs {sample_count(inputs)}")
+    shapes = output_shapes(model, inputs, layers)
+    for acts, where in capture_batches(model, inputs, layers, batch_size=batch_size, valid=valid):
         for layer in layers:
             rows = acts[layer].astype(np.float64)
+            if rows.shape[0] == 0:
+                continue
             n, batch_mean = rows.shape[0], rows.mean(axis=0)
             batch_m2 = ((rows - batch_mean) ** 2).sum(axis=0)
             total = count[layer] + n
@@ -89,12 +92,13 @@ def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=Non
             m2[layer] = m2[layer] + batch_m2 + delta**2 * count[layer] * n / total
             mean[layer] = mean[layer] + delta * n / total
             count[layer] = total
-            shapes[layer] = (*(int(where[layer][:, i].max()) + 1 for i in range(1, where[layer].shape[1])),
-                             rows.shape[1])
             if labels is not None:
                 own = np.searchsorted(classes, _row_labels(labels, where[layer], layer))
                 sums[layer] = sums.get(layer, 0.0) + np.eye(len(classes))[own].T @ rows
                 totals[layer] = totals.get(layer, 0) + np.bincount(own, minlength=len(classes))
+    empty = [layer for layer in layers if count[layer] == 0]
+    if empty:
+        raise JNeuronError(f"neuron_stats: no valid rows for layers {empty}")
     std = {layer: np.sqrt(m2[layer] / count[layer]) for layer in layers}
     class_mean = None
     if labels is not None:
@@ -133,10 +137,12 @@ def _control_mask(stats: NeuronStats, layer: str, neurons, positions) -> np.ndar
         return mask
     if len(shape) < 2:
         raise JNeuronError(f"layer '{layer}' has no position axis (output per sample {shape}); drop positions=")
-    mask = np.ones(shape, np.float32)
     where = np.atleast_1d(np.asarray(positions, dtype=np.int64))
-    if where.min() < 0 or where.max() >= shape[0]:
-        raise JNeuronError(f"layer '{layer}': positions must lie in 0..{shape[0] - 1}, got {where.tolist()}")
+    if where.min() < 0:
+        raise JNeuronError(f"layer '{layer}': positions must be non-negative, got {where.tolist()}")
+    # as long as the positions need: the mask is fitted to each input's length when it runs (positions
+    # past the end of a shorter input are simply absent), never tied to the reference data's length
+    mask = np.ones((int(where.max()) + 1, *shape[1:]), np.float32)
     mask[np.ix_(where, *(np.arange(s) for s in shape[1:-1]), chosen)] = 0
     return mask
 
@@ -177,32 +183,42 @@ class ControlSweep:
 
 
 def _outputs(model, inputs):
-    return model(*inputs)
+    return call(model, inputs)
 
 
 def control_sweep(model: nnx.Module, inputs, layer: str, neurons: Sequence[int], stats: NeuronStats,
                   vs: Sequence[float], *, positions: Sequence[int] | None = None,
-                  batch_size: int | None = None) -> ControlSweep:
+                  batch_size: int | None = None, valid=None) -> ControlSweep:
     """Set ``neurons`` of ``layer`` to ``mean + v * std`` for every ``v`` in ``vs`` (one compiled call) and
-    measure the change of the model's output against the intact model."""
+    measure the change of the model's output against the intact model; with ``valid`` (a boolean
+    ``(samples, positions)`` array or a function of the inputs, as for :func:`~jneuron.flax.capture`),
+    ``change`` and ``flipped`` average over valid positions only (outputs ``(batch, positions, classes)``)."""
     vs = np.asarray(vs, np.float64).reshape(-1)
     mask = _control_mask(stats, layer, neurons, positions)
     values = np.stack([control_values(stats, layer, v=v) for v in vs]).astype(np.float32)
     variant = ablate(model, {layer: mask}, "value", values={layer: values[0]})
-    inputs = tuple(jnp.asarray(x) for x in as_inputs(inputs))
+    inputs = jax.tree.map(jnp.asarray, as_batch(inputs))
     outputs = np.asarray(sweep(variant, _outputs, inputs, values={layer: values}, batch_size=batch_size))
     intact = np.asarray(_intact(nnx.graphdef(model), nnx.state(model), inputs))
-    change = np.sqrt(((outputs - intact[None]) ** 2).sum(axis=-1)).reshape(len(vs), -1).mean(axis=1)
-    flipped = (outputs.argmax(-1) != intact.argmax(-1)[None]).reshape(len(vs), -1).mean(axis=1)
+    count = sample_count(inputs)
+    mask = valid_rows(valid, inputs, count, 0, count)
+    keep = np.ones(intact.shape[:-1], bool)
+    if mask is not None:
+        if mask.shape != intact.shape[: mask.ndim] or mask.ndim >= intact.ndim:
+            raise JNeuronError(f"control_sweep: valid of shape {mask.shape} does not cover the leading axes of "
+                               f"the model's output {intact.shape}")
+        keep = np.broadcast_to(mask.reshape(mask.shape + (1,) * (intact.ndim - 1 - mask.ndim)), keep.shape)
+    change = np.sqrt(((outputs - intact[None]) ** 2).sum(axis=-1))[:, keep].mean(axis=1)
+    flipped = (outputs.argmax(-1) != intact.argmax(-1)[None])[:, keep].mean(axis=1)
     return ControlSweep(vs, outputs, change, flipped)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _intact(graphdef, state, inputs):
-    return nnx.merge(graphdef, state)(*inputs)
+    return call(nnx.merge(graphdef, state), inputs)
 
 
-class Erased(nnx.Module):
+class Erased(paths.Wrapper):
     """Wraps a submodule: removes the output's component in a subspace, ``y - ((y - c) Q) Q^T``."""
 
     def __init__(self, inner: nnx.Module, layer: str, basis: np.ndarray, center: np.ndarray):
@@ -246,6 +262,6 @@ def erase(model: nnx.Module, directions: Mapping[str, object], *,
         offset = np.zeros(basis.shape[0]) if center is None or layer not in center else np.asarray(center[layer])
         if offset.shape != (basis.shape[0],):
             raise JNeuronError(f"layer '{layer}': center must have shape ({basis.shape[0]},), got {offset.shape}")
-        inner = paths.find(variant, layer)
-        paths.replace(variant, layer, Erased(inner, layer, basis.astype(np.float32), offset.astype(np.float32)))
+        paths.replace(variant, layer, Erased(paths.find(variant, layer), layer, basis.astype(np.float32),
+                                             offset.astype(np.float32)))
     return variant
