@@ -270,24 +270,29 @@ def load(folder: str | Path, *, dtype=np.float32):
     return load_model(folder, dtype=dtype), load_tokenizer(folder)
 
 
-def encode(tokenizer, sentences: Sequence[str], *, length: int | None = None,
-           max_length: int = 512) -> dict[str, np.ndarray]:
+def encode(tokenizer, sentences: Sequence[str] | Sequence[Sequence[str]], *, length: int | None = None,
+           max_length: int = 512, first: int = 1) -> dict[str, np.ndarray]:
     """Sentences -> a right-padded batch: ``input_ids``, ``attention_mask``, ``token_type_ids`` (int32,
     ``(sentences, length)``) and ``word_ids`` (each position's word index in its sentence, -1 for special
     tokens and padding).
 
     Args:
       tokenizer: a ``tokenizers.Tokenizer`` (from :func:`load_tokenizer`).
-      sentences: the texts.
+      sentences: texts, or sentences already split into words (lists of strings; then ``word_ids`` count
+        those words, as NeuroX's word-level activations do).
       length: positions per row (default: the longest encoded sentence); a longer sentence is an error.
       max_length: the model's position limit; a sentence longer than this is an error (never cut silently).
+      first: the number of the first sentence, for error messages (lines of a file counted from 1).
     """
     if isinstance(sentences, str):
         raise JNeuronError("encode: give a list of sentences, not one string")
-    encodings = tokenizer.encode_batch(list(sentences))
+    sentences = list(sentences)
+    split = bool(sentences) and not isinstance(sentences[0], str)
+    encodings = tokenizer.encode_batch([list(s) for s in sentences] if split else sentences,
+                                       is_pretokenized=split)
     longest = max((len(e.ids) for e in encodings), default=0)
     length = longest if length is None else int(length)
-    for row, e in enumerate(encodings, start=1):
+    for row, e in enumerate(encodings, start=first):
         if len(e.ids) > min(length, max_length):
             raise JNeuronError(f"sentence {row} has {len(e.ids)} tokens, more than the "
                                f"{min(length, max_length)} positions allowed")
@@ -301,3 +306,44 @@ def encode(tokenizer, sentences: Sequence[str], *, length: int | None = None,
         batch["token_type_ids"][row, :n] = e.type_ids
         batch["word_ids"][row, :n] = [-1 if w is None else w for w in e.word_ids]
     return batch
+
+
+SUBWORDS = ("first", "last", "mean")
+
+
+def pool_words(activations, word_ids, how: str = "first") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sub-word rows -> one row per word (NeuroX's word-level activations), padding and special tokens dropped.
+
+    Args:
+      activations: ``(sentences, positions, d)``.
+      word_ids: ``(sentences, positions)`` word index of each position, -1 for special tokens and padding
+        (from :func:`encode`).
+      how: ``"first"``, ``"last"`` or ``"mean"`` sub-word of each word.
+
+    Returns:
+      ``(rows, sentence, word)``: ``(words, d)`` activations in sentence then word order, and each row's
+      sentence (0-based within the batch) and word index.
+
+    >>> acts = np.arange(12.0).reshape(1, 4, 3)
+    >>> rows, sentence, word = pool_words(acts, np.array([[-1, 0, 0, 1]]), "mean")
+    >>> rows.tolist(), word.tolist()
+    ([[4.5, 5.5, 6.5], [9.0, 10.0, 11.0]], [0, 1])
+    """
+    if how not in SUBWORDS:
+        raise JNeuronError(f"sub-word choice must be one of {SUBWORDS}, got '{how}'")
+    activations, word_ids = np.asarray(activations), np.asarray(word_ids)
+    if word_ids.shape != activations.shape[:2]:
+        raise JNeuronError(f"word_ids {word_ids.shape} do not match the activations {activations.shape}")
+    sentence, position = np.nonzero(word_ids >= 0)
+    word = word_ids[sentence, position]
+    # one group per (sentence, word), in order; positions of a word are contiguous in BERT tokenizations
+    starts = np.flatnonzero(np.r_[True, (np.diff(sentence) != 0) | (np.diff(word) != 0)])
+    rows = activations[sentence, position]
+    if how == "first":
+        pooled = rows[starts]
+    elif how == "last":
+        pooled = rows[np.r_[starts[1:], len(rows)] - 1]
+    else:
+        sums = np.add.reduceat(rows.astype(np.float64), starts, axis=0) if len(rows) else rows.astype(np.float64)
+        pooled = (sums / np.diff(np.r_[starts, len(rows)])[:, None]).astype(rows.dtype)
+    return pooled, sentence[starts], word[starts]
