@@ -224,3 +224,31 @@ def test_ablation_curve_takes_dict_batches_and_a_metric_that_sees_the_batch(mode
     out = np.asarray(model(ids, mask))
     expected = ((out.argmax(-1) == labels) & (mask > 0)).sum() / (mask > 0).sum()
     assert curve.values[0] == pytest.approx(expected, abs=1e-6) and curve.baseline == pytest.approx(expected, abs=1e-6)
+
+
+def test_conductance_from_token_ids_in_embedding_space(model):
+    ids, mask = padded(sentences()[:3], length=7)
+    first_class = lambda out: out[:, 0, 0]
+    common = dict(target=first_class, embed="embed", method="gausslegendre", steps=24)
+    inner = jnf.conductance(model, (ids, mask), "blocks/0/mlp/post", valid=lambda b: b[1] > 0, **common)
+    whole = jnf.conductance(model, (ids, mask), "blocks/1", **common)
+    # F(x) - F(baseline) by hand: the model with the embedding output replaced by the zero baseline
+    zero_embed = jnf.ablate(model, {"embed": np.zeros(D)})
+    delta = np.asarray(model(ids, mask))[:, 0, 0] - np.asarray(zero_embed(ids, mask))[:, 0, 0]
+    scale = np.abs(delta) + 1
+    assert_close(inner.delta, delta, BOUND, scale, "delta")
+    # every path runs through block 1's output: no bypass; the path integral converged (24 nodes, smooth)
+    assert_close(whole.bypass, np.zeros(3), 10 * BOUND, scale, "bypass of the last block")
+    assert_close(whole.quadrature_gap, np.zeros(3), 10 * BOUND, scale, "quadrature gap")
+    # the MLP neurons sit inside a residual block: a large part flows around them, and it is reported so
+    assert np.all(np.abs(inner.bypass) > 1e3 * BOUND * scale)
+    assert_close(inner.quadrature_gap, np.zeros(3), 10 * BOUND, scale, "quadrature gap (inner)")
+    # per-neuron totals over valid positions, by hand
+    values = inner.values.reshape(3, 7, HIDDEN)
+    by_hand = np.stack([values[n][mask[n] > 0].sum(0) for n in range(3)])
+    np.testing.assert_allclose(inner.totals(), by_hand, rtol=1e-12, atol=0)
+    ranking = inner.ranking()
+    assert len(ranking.scores) == HIDDEN
+    np.testing.assert_allclose(ranking.scores, np.abs(by_hand).mean(0), rtol=1e-12, atol=0)
+    with pytest.raises(JNeuronError, match="embed="):
+        jnf.conductance(model, (ids, mask), "blocks/0/mlp/post", target=first_class)
