@@ -17,6 +17,12 @@ one compiled program per batch shape. Sequence outputs ``(batch, time, d)`` and 
 from __future__ import annotations
 
 import functools
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -295,13 +301,72 @@ def capture(model: nnx.Module, inputs, layers: Sequence[str], *, batch_size: int
                    parts[0][1])
 
 
+CACHE_MODES = ("auto", "memory", "disk", None)
+MEMORY_CACHE_BYTES = 2 << 30  # "auto" keeps up to 2 GiB of captured chunks in memory, then spills to disk
+
+
+class _Replay:
+    """Chunks of a model run, recorded on the first complete pass and replayed on later ones (in memory, or
+    in a temporary folder once they outgrow ``memory_bytes``); ``cache=None`` runs the model every pass and
+    warns from the second on."""
+
+    def __init__(self, run, mode: str | None, memory_bytes: int):
+        self.run, self.mode, self.memory_bytes = run, mode, memory_bytes
+        self.chunks: list | None = None  # the recorded pass: tuples of arrays, or .npz paths on disk
+        self.folder = None
+        self.passes = 0
+
+    def __call__(self):
+        if self.chunks is not None:
+            return self._replay()
+        return self._record()
+
+    def _replay(self):
+        for chunk in self.chunks:
+            if isinstance(chunk, str):
+                with np.load(chunk) as saved:
+                    yield tuple(saved[f"a{k}"] for k in range(len(saved.files)))
+            else:
+                yield chunk
+
+    def _record(self):
+        self.passes += 1
+        if self.mode is None:
+            if self.passes > 2:  # the first pass is the source's peek at its first chunk
+                warnings.warn(f"capture_source: pass {self.passes - 1} runs the model again (cache=None)",
+                              stacklevel=3)
+            yield from self.run()
+            return
+        recorded, size, spill = [], 0, self.mode == "disk"
+        for chunk in self.run():
+            size += sum(a.nbytes for a in chunk)
+            if not spill and self.mode == "auto" and size > self.memory_bytes:
+                spill = True
+                recorded = [self._save(c) for c in recorded]
+            recorded.append(self._save(chunk) if spill else chunk)
+            yield chunk
+        self.chunks = recorded
+
+    def _save(self, chunk) -> str:
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="jneuron-capture-")
+            weakref.finalize(self, shutil.rmtree, self.folder, True)  # removed with the source
+        path = os.path.join(self.folder, f"{uuid.uuid4().hex}.npz")
+        np.savez(path, **{f"a{k}": a for k, a in enumerate(chunk)})
+        return path
+
+
 def capture_source(model: nnx.Module, inputs, layers: Sequence[str], *, batch_size: int = 256,
-                   valid=None) -> IteratorSource:
+                   valid=None, cache: str | None = "auto", memory_bytes: int = MEMORY_CACHE_BYTES) -> IteratorSource:
     """A re-iterable chunk source over the captured layers (one "model" per layer), for streaming analyses.
 
     ``jn.comoments(src.chunks(n))`` or ``jn.maxcorr(src)`` then run batch by batch, never holding all
-    activations. Layers must give the same number of rows per sample (e.g. all per-token outputs).
-    ``valid`` (see :func:`capture`) drops padding before any statistic sees it.
+    activations at once on the device. Layers must give the same number of rows per sample (e.g. all
+    per-token outputs). ``valid`` (see :func:`capture`) drops padding before any statistic sees it.
+
+    Analyses that pass over the data several times (MaxCorr's tiles) run the model once: ``cache="auto"``
+    (default) records the first complete pass in memory up to ``memory_bytes`` and in a temporary folder
+    beyond; ``"memory"`` or ``"disk"`` choose; ``None`` runs the model on every pass, with a warning.
 
     >>> import numpy as np, jneuron as jn
     >>> from flax import nnx
@@ -312,9 +377,11 @@ def capture_source(model: nnx.Module, inputs, layers: Sequence[str], *, batch_si
     100
     """
     layers = paths.check_layers(model, layers)
+    if cache not in CACHE_MODES:
+        raise JNeuronError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
 
     def chunks():
         for acts, _ in capture_batches(model, inputs, layers, batch_size=batch_size, valid=valid):
             yield tuple(acts[layer] for layer in layers)
 
-    return as_source(chunks, names=layers)
+    return as_source(_Replay(chunks, cache, int(memory_bytes)), names=layers)

@@ -252,3 +252,35 @@ def test_conductance_from_token_ids_in_embedding_space(model):
     np.testing.assert_allclose(ranking.scores, np.abs(by_hand).mean(0), rtol=1e-12, atol=0)
     with pytest.raises(JNeuronError, match="embed="):
         jnf.conductance(model, (ids, mask), "blocks/0/mlp/post", target=first_class)
+
+
+def test_a_model_source_runs_the_model_once_for_every_pass(model, monkeypatch):
+    import jneuron as jn
+    from jneuron.flax import capturing
+
+    rng = np.random.default_rng(5)
+    rows = [rng.integers(1, VOCAB, size=n) for n in rng.integers(2, 8, size=40)]
+    ids, mask = padded(rows)
+    layers = ["blocks/0/mlp/post", "blocks/1/mlp/post", "blocks/0", "blocks/1"]
+    calls = []
+    forward = capturing._forward
+    monkeypatch.setattr(capturing, "_forward", lambda *a: calls.append(1) or forward(*a))
+    source = jnf.capture_source(model, (ids, mask), layers, batch_size=8, valid=mask > 0)
+    ranking = jn.maxcorr(source, chunk_tokens=16, memory_budget=2048)  # several tiles: several passes
+    batches = -(-len(rows) // 8)
+    assert len(calls) <= 1 + batches  # the peek at the first chunk, then one complete pass
+    captured = jnf.capture(model, (ids, mask), layers, valid=mask > 0)
+    expected = jn.maxcorr({layer: captured[layer] for layer in layers}, chunk_tokens=16)
+    np.testing.assert_allclose(ranking.scores, expected.scores, rtol=0, atol=1e-6)
+    calls.clear()
+    matrix = jn.similarity_matrix(jnf.capture_source(model, (ids, mask), layers, batch_size=8, valid=mask > 0),
+                                  metric="cka")
+    assert len(calls) <= 1 + batches
+    direct = jn.similarity_matrix({layer: captured[layer] for layer in layers}, metric="cka")
+    assert matrix.tokens == direct.tokens == int(mask.sum())
+    np.testing.assert_allclose(matrix.values, direct.values, rtol=0, atol=1e-6)
+    spilled = jnf.capture_source(model, (ids, mask), layers, batch_size=8, valid=mask > 0, cache="disk")
+    np.testing.assert_allclose(jn.maxcorr(spilled, chunk_tokens=16, memory_budget=2048).scores, expected.scores, rtol=0, atol=1e-6)
+    rerun = jnf.capture_source(model, (ids, mask), layers, batch_size=8, cache=None)
+    with pytest.warns(UserWarning, match="runs the model again"):
+        jn.maxcorr(rerun, chunk_tokens=16, memory_budget=2048)
