@@ -52,11 +52,7 @@ class Recorder(paths.Wrapper):
         return output
 
 
-def wrap(model: nnx.Module, layers: Sequence[str], make) -> None:
-    """Put ``make(module, layer)`` around each layer of ``model`` in place, deepest first (so a block and a
-    submodule inside it can both be wrapped, in any order)."""
-    for layer in sorted(layers, key=paths.depth, reverse=True):
-        paths.replace(model, layer, make(paths.find(model, layer), layer))
+wrap = paths.wrap_all
 
 
 def tapped(model: nnx.Module, layers: Sequence[str]) -> nnx.Module:

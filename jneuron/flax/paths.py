@@ -46,24 +46,54 @@ def depth(layer: str) -> int:
 
 
 def _logical(model: nnx.Module) -> dict[str, tuple[tuple, nnx.Module]]:
-    """Logical path -> (raw path, module); a wrapper and what it wraps share a path, the outermost wins."""
-    modules = dict(nnx.iter_modules(model))
+    """Logical path -> (raw path, module), in graph order; a wrapper and what it wraps share a path, the
+    outermost wins. One walk over the graph."""
+    items = list(nnx.iter_modules(model))
+    modules = dict(items)
+    order = {raw: k for k, (raw, _) in enumerate(items)}
     found: dict[str, tuple[tuple, nnx.Module]] = {}
-    for raw, module in sorted(modules.items(), key=lambda item: len(item[0])):
+    for raw, module in sorted(items, key=lambda item: len(item[0])):
         if not raw:
             continue
         parts = [part for k, part in enumerate(raw)
                  if not (part == "inner" and isinstance(modules.get(raw[:k]), Wrapper))]
         found.setdefault(path_text(parts), (raw, module))
-    return found
+    return dict(sorted(found.items(), key=lambda item: order[item[1][0]]))
 
 
 def module_paths(model: nnx.Module) -> dict[str, nnx.Module]:
     """Every submodule of ``model`` (not the model itself) by its ``/``-joined path, in graph order
     (through wrappers: a wrapped submodule appears once, as its outermost wrapper)."""
+    return {path: module for path, (_, module) in _logical(model).items()}
+
+
+def _child(parent, key):
+    return parent[key] if isinstance(parent, (nnx.List, list, nnx.Dict, dict)) else getattr(parent, key)
+
+
+def _set_child(parent, key, new) -> None:
+    if isinstance(parent, (nnx.List, list)):
+        parent[int(key)] = new
+    elif isinstance(parent, (nnx.Dict, dict)):
+        parent[key] = new
+    else:
+        setattr(parent, key, new)
+
+
+def wrap_all(model: nnx.Module, layers: Sequence[str], make) -> None:
+    """Put ``make(module, layer)`` around each layer of ``model`` in place, deepest first, so a block and a
+    submodule inside it (or a submodule's input and output) can all be wrapped, in any order. The graph is
+    walked once: wrapping a deeper module never moves a shallower one."""
     logical = _logical(model)
-    order = {raw: k for k, (raw, _) in enumerate(nnx.iter_modules(model))}
-    return {path: module for path, (raw, module) in sorted(logical.items(), key=lambda item: order[item[1][0]])}
+    for layer in sorted(layers, key=depth, reverse=True):
+        path = split_site(path_text(layer))[0]
+        if path not in logical:
+            raise _unknown(path, list(module_paths(model)))
+        *parents, last = logical[path][0]
+        parent = model
+        for part in parents:
+            parent = _child(parent, part)
+        _set_child(parent, last, make(_child(parent, last), layer))
 
 
 def _unknown(path: str, known: Sequence[str]) -> JNeuronError:
@@ -105,10 +135,5 @@ def replace(model: nnx.Module, path: str | Sequence[str | int], new: nnx.Module)
     *parents, last = logical[path][0]
     parent = model
     for part in parents:
-        parent = parent[part] if isinstance(parent, (nnx.List, list, nnx.Dict, dict)) else getattr(parent, part)
-    if isinstance(parent, (nnx.List, list)):
-        parent[int(last)] = new
-    elif isinstance(parent, (nnx.Dict, dict)):
-        parent[last] = new
-    else:
-        setattr(parent, last, new)
+        parent = _child(parent, part)
+    _set_child(parent, last, new)
