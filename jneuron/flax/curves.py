@@ -39,7 +39,7 @@ from jneuron.data.atomic import atomic_write_bytes, atomic_write_json
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, layer_means, sweep
-from jneuron.flax.capturing import as_batch, call, output_shapes
+from jneuron.flax.capturing import as_batch, call, output_shapes, sample_count, valid_rows
 from jneuron.results import Ranking, _plain
 
 METRICS = ("accuracy", "loss")
@@ -52,6 +52,19 @@ def _accuracy(outputs, labels):
 
 def _loss(outputs, labels):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, labels))
+
+
+def _valid_accuracy(outputs, labels):
+    """Accuracy over valid positions: ``labels`` is ``(labels, valid weights)``."""
+    labels, weights = labels
+    hits = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(hits * weights) / jnp.sum(weights)
+
+
+def _valid_loss(outputs, labels):
+    """Cross-entropy over valid positions: ``labels`` is ``(labels, valid weights)``."""
+    labels, weights = labels
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(outputs, labels) * weights) / jnp.sum(weights)
 
 
 def metric_function(metric: str | Callable) -> Callable:
@@ -206,8 +219,10 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
         removing that layer's first k neurons in the order; k is capped at the layer's count).
       means: precomputed per-layer means for ``mode="mean"`` (default: computed on ``reference``).
       reference: inputs for the means (default: ``inputs``).
-      valid: which rows of the reference inputs the means count (NNX models; see
-        :func:`~jneuron.flax.capture`).
+      valid: which positions count (NNX models; a boolean ``(samples, positions)`` array or a function of
+        the inputs, see :func:`~jneuron.flax.capture`): in the means, and in the built-in metrics, which
+        then average over valid positions only (labels ``(samples, positions)``). A metric function given
+        by the caller sees the batch instead (``f(outputs, labels, batch)``).
       batch_size: masks per ``lax.map`` step (bounds memory); ``None``: all in one ``jax.vmap``;
         ``"auto"`` (default): one vmap on GPU/TPU, small steps on CPU (see :func:`jneuron.flax.sweep`).
     """
@@ -216,6 +231,8 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
     if mode not in ("zero", "mean"):
         raise JNeuronError(f"ablation curves use mode 'zero' or 'mean', got '{mode}'")
     engine = _engine(model)
+    if valid is not None and not isinstance(engine, _NNXEngine):
+        raise JNeuronError("ablation_curve: valid= is implemented for Flax NNX models, not Linen ones")
     layers = engine.check_layers(layers, inputs)
     widths = engine.widths(inputs, layers)
     flat = flat_order(order, layers, widths)
@@ -237,8 +254,16 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
         values = {layer: np.asarray(means[layer]) for layer in layers}
     splits = np.split(masks, np.cumsum(widths)[:-1], axis=1)
     per_layer = dict(zip(layers, splits))
-    results = np.asarray(engine.evaluate(per_layer, values, metric_function(metric), inputs, labels, batch_size),
-                         dtype=np.float64)
+    scorer = metric_function(metric)
+    if valid is not None and isinstance(metric, str):
+        count = sample_count(inputs)
+        weights = valid_rows(valid, as_batch(inputs), count, 0, count)
+        if weights.shape != np.shape(labels):
+            raise JNeuronError(f"ablation_curve: valid {weights.shape} must match the labels {np.shape(labels)} "
+                               "for the built-in metrics")
+        scorer = {"accuracy": _valid_accuracy, "loss": _valid_loss}[metric]
+        labels = (jnp.asarray(labels), jnp.asarray(weights, jnp.float32))
+    results = np.asarray(engine.evaluate(per_layer, values, scorer, inputs, labels, batch_size), dtype=np.float64)
     curve = results[:-1] if scope == "network" else results[:-1].reshape(len(layers), len(ks))
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
     return AblationCurve(ks, curve, float(results[-1]), name, mode, scope, layers, tuple(widths), flat)
@@ -297,4 +322,5 @@ class _NNXEngine:
         else:
             variant = ablate(self.model, ones, "value", values=values)
         inputs = jax.tree.map(jnp.asarray, as_batch(inputs))
-        return sweep(variant, _scored(metric), inputs, jnp.asarray(labels), masks=masks, batch_size=batch_size)
+        labels = jax.tree.map(jnp.asarray, labels)
+        return sweep(variant, _scored(metric), inputs, labels, masks=masks, batch_size=batch_size)

@@ -224,6 +224,13 @@ def test_ablation_curve_takes_dict_batches_and_a_metric_that_sees_the_batch(mode
     out = np.asarray(model(ids, mask))
     expected = ((out.argmax(-1) == labels) & (mask > 0)).sum() / (mask > 0).sum()
     assert curve.values[0] == pytest.approx(expected, abs=1e-6) and curve.baseline == pytest.approx(expected, abs=1e-6)
+    # the built-in metric with valid=: accuracy over valid positions only, for every k
+    builtin = jnf.ablation_curve(model, {"ids": ids, "mask": mask}, labels, np.arange(HIDDEN),
+                                 ["blocks/0/mlp/post"], [0, HIDDEN], metric="accuracy", valid=mask > 0)
+    removed = jnf.ablate(model, {"blocks/0/mlp/post": np.zeros(HIDDEN)})
+    out = np.asarray(removed(ids, mask))
+    without = ((out.argmax(-1) == labels) & (mask > 0)).sum() / (mask > 0).sum()
+    np.testing.assert_allclose(builtin.values, [expected, without], rtol=0, atol=1e-6)
 
 
 def test_conductance_from_token_ids_in_embedding_space(model):

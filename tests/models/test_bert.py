@@ -175,3 +175,21 @@ def test_minilm_matches_transformers_hidden_states():
     assert_close(post[valid], ref["mlp_post_layer5"][valid], 1e-5, what="post-GELU layer 5")
     probs = cap["layers/0/attention/probs"].reshape(ref["attention_layer0"].shape)
     assert_close(probs, ref["attention_layer0"], 1e-5, what="attention probabilities layer 0")
+
+
+def test_head_mean_ablation_uses_per_head_means_over_valid_positions(checkpoint):
+    model = bert.load_model(checkpoint[0])
+    ids, mask, types = padded_batch()
+    layer = "layers/0/attention/heads"
+    valid = mask > 0
+    means = jnf.layer_means(model, (ids, mask, types), [layer], valid=valid, axes=2)[layer]
+    heads = jnf.capture(model, (ids, mask, types), [layer])[layer].reshape(3, 6, 3, 4).astype(np.float64)
+    by_hand = heads[valid].mean(axis=0)  # (heads, head_size) over the valid positions only
+    assert means.shape == (3, 4)
+    assert_close(means, by_hand, tolerance(valid.sum()), np.abs(heads[valid]).mean(0), "per-head means")
+    keep = np.ones((3, 1), np.float32)
+    keep[2] = 0
+    variant = jnf.ablate(model, {layer: keep}, "mean", values={layer: means})
+    got = jnf.capture(variant, (ids, mask, types), [layer])[layer].reshape(3, 6, 3, 4)
+    np.testing.assert_array_equal(got[:, :, 2], np.broadcast_to(means[2], (3, 6, 4)))
+    np.testing.assert_array_equal(got[:, :, :2], heads[:, :, :2].astype(np.float32))
