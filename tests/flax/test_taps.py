@@ -291,3 +291,20 @@ def test_a_model_source_runs_the_model_once_for_every_pass(model, monkeypatch):
     rerun = jnf.capture_source(model, (ids, mask), layers, batch_size=8, cache=None)
     with pytest.warns(UserWarning, match="runs the model again"):
         jn.maxcorr(rerun, chunk_tokens=16, memory_budget=2048)
+
+
+def test_control_sweep_averages_over_valid_positions(model):
+    ids, mask = padded(sentences())
+    layer = "blocks/0/mlp/post"
+    stats = controls.neuron_stats(model, (ids, mask), [layer], valid=mask > 0)
+    vs = [-2.0, 3.0]
+    sweep = controls.control_sweep(model, (ids, mask), layer, [0, 5], stats, vs, valid=lambda b: b[1] > 0,
+                                   batch_size=None)
+    intact = np.asarray(model(ids, mask))
+    valid = mask > 0
+    for k, v in enumerate(vs):
+        out = np.asarray(controls.control(model, {layer: [0, 5]}, stats, v=v)(ids, mask))
+        change = np.sqrt(((out - intact) ** 2).sum(-1))[valid].mean()
+        flipped = (out.argmax(-1) != intact.argmax(-1))[valid].mean()
+        assert_close(sweep.change[k], change, BOUND, np.abs(out).max() + 1, f"change at v={v}")
+        assert sweep.flipped[k] == pytest.approx(flipped, abs=1e-12)
