@@ -77,9 +77,10 @@ class Masked(paths.Wrapper):
         self.mask = AblationMask(jnp.asarray(mask))
         self.value = AblationValue(jnp.asarray(value))
         self.shift = AblationShift(jnp.asarray(shift, jnp.float32))
+        self.fit = False  # True (set by control): a per-position mask is fitted to each input's length
 
     def __call__(self, *args, **kwargs):
-        edit = lambda x: mask_output(self.layer, x, self.mask[...], self.value[...], self.shift[...])
+        edit = lambda x: mask_output(self.layer, x, self.mask[...], self.value[...], self.shift[...], fit=self.fit)
         if paths.split_site(self.layer)[1]:
             if not args:
                 raise JNeuronError(f"layer '{self.layer}': the submodule was called without a positional input")
@@ -87,11 +88,13 @@ class Masked(paths.Wrapper):
         return edit(self.inner(*args, **kwargs))
 
 
-def mask_output(layer: str, output, mask: jax.Array, value: jax.Array, shift: jax.Array | None = None) -> jax.Array:
+def mask_output(layer: str, output, mask: jax.Array, value: jax.Array, shift: jax.Array | None = None, *,
+                fit: bool = False) -> jax.Array:
     """``output * mask + value * (1 - mask) + shift``, each checked against the output's shape."""
     if not isinstance(output, jax.Array) or output.ndim < 1:
         raise JNeuronError(f"layer '{layer}': can only mask an array output, got {type(output).__name__}")
-    mask = fit_positions(mask, output.shape)
+    if fit:
+        mask = fit_positions(mask, output.shape)
     arrays = (("mask", mask), ("value", value)) + (() if shift is None else (("shift", shift),))
     for name, array in arrays:
         _check_fits(layer, name, array.shape, output.shape)

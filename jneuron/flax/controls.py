@@ -27,7 +27,7 @@ from flax import nnx
 
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
-from jneuron.flax.ablation import ablate, sweep
+from jneuron.flax.ablation import ablate, masked_layers, sweep
 from jneuron.flax.capturing import as_batch, call, capture_batches, output_shapes, sample_count, valid_rows
 
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -162,7 +162,14 @@ def control(model: nnx.Module, neurons: Mapping[str, Sequence[int]], stats: Neur
     masks = {layer: _control_mask(stats, layer, units, positions) for layer, units in neurons.items()}
     values = {layer: control_values(stats, layer, v=v, target=target, alpha=alpha).astype(np.float32)
               for layer in neurons}
-    return ablate(model, masks, "value", values=values)
+    return _fitted(ablate(model, masks, "value", values=values))
+
+
+def _fitted(variant: nnx.Module) -> nnx.Module:
+    """Control masks name positions, not a length: fit them to each input's length when they run."""
+    for wrapper in masked_layers(variant).values():
+        wrapper.fit = True
+    return variant
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,7 @@ def control_sweep(model: nnx.Module, inputs, layer: str, neurons: Sequence[int],
     vs = np.asarray(vs, np.float64).reshape(-1)
     mask = _control_mask(stats, layer, neurons, positions)
     values = np.stack([control_values(stats, layer, v=v) for v in vs]).astype(np.float32)
-    variant = ablate(model, {layer: mask}, "value", values={layer: values[0]})
+    variant = _fitted(ablate(model, {layer: mask}, "value", values={layer: values[0]}))
     inputs = jax.tree.map(jnp.asarray, as_batch(inputs))
     outputs = np.asarray(sweep(variant, _outputs, inputs, values={layer: values}, batch_size=batch_size))
     intact = np.asarray(_intact(nnx.graphdef(model), nnx.state(model), inputs))

@@ -308,3 +308,10 @@ def test_control_sweep_averages_over_valid_positions(model):
         flipped = (out.argmax(-1) != intact.argmax(-1))[valid].mean()
         assert_close(sweep.change[k], change, BOUND, np.abs(out).max() + 1, f"change at v={v}")
         assert sweep.flipped[k] == pytest.approx(flipped, abs=1e-12)
+
+
+def test_a_position_mask_of_another_length_is_refused_outside_control(model):
+    ids, mask = padded(sentences())
+    variant = jnf.ablate(model, {"blocks/0/mlp/post": np.ones((5, HIDDEN), np.float32)})  # inputs have 8
+    with pytest.raises(JNeuronError, match="does not fit the layer's output"):
+        variant(ids, mask)
