@@ -3,7 +3,8 @@
 Works on Flax NNX models without editing their code (surgery on a copy: wrappers at named submodule
 paths), and on Linen models through :class:`jneuron.flax.linen.Linen` (module + variables).
 
-Modules: ``paths`` (submodules by path), ``capturing``, ``ablation`` (masking, sweeps), ``curves``
+Modules: ``paths`` (submodules by path), ``taps`` (:class:`Tap`: name any intermediate value),
+``capturing`` (capture, ``run_with_cache``), ``ablation`` (masking, patching, steering, sweeps), ``curves``
 (ablation curves), ``controls`` (control and subspace erasure), ``linen`` (Linen versions), and the
 model-side methods ``conductance``, ``rejuvenation`` (Neural Rejuvenation) and ``onlstm`` (ordered neurons).
 
@@ -18,17 +19,21 @@ model-side methods ``conductance``, ``rejuvenation`` (Neural Rejuvenation) and `
 
 from jneuron.flax import linen as linen
 from jneuron.flax.ablation import AblationMask as AblationMask
+from jneuron.flax.ablation import AblationShift as AblationShift
 from jneuron.flax.ablation import AblationValue as AblationValue
 from jneuron.flax.ablation import Masked as Masked
 from jneuron.flax.ablation import ablate as ablate
 from jneuron.flax.ablation import balance_bias as balance_bias
 from jneuron.flax.ablation import layer_means as layer_means
+from jneuron.flax.ablation import patch as patch
+from jneuron.flax.ablation import steer as steer
 from jneuron.flax.ablation import sweep as sweep
 from jneuron.flax.capturing import Capture as Capture
 from jneuron.flax.capturing import capture as capture
 from jneuron.flax.capturing import capture_batches as capture_batches
 from jneuron.flax.capturing import capture_source as capture_source
 from jneuron.flax.capturing import output_shapes as output_shapes
+from jneuron.flax.capturing import run_with_cache as run_with_cache
 from jneuron.flax.conductance import Conductance as Conductance
 from jneuron.flax.conductance import conductance as conductance
 from jneuron.flax.controls import ControlSweep as ControlSweep
@@ -47,6 +52,7 @@ from jneuron.flax.rejuvenation import bn_scale_l1 as bn_scale_l1
 from jneuron.flax.rejuvenation import dead_neurons as dead_neurons
 from jneuron.flax.rejuvenation import rejuvenate as rejuvenate
 from jneuron.flax.rejuvenation import utilization as utilization
+from jneuron.flax.taps import Tap as Tap
 from jneuron.models.onlstm import ONLSTM as ONLSTM
 from jneuron.models.onlstm import ONLSTMCell as ONLSTMCell
 from jneuron.models.onlstm import build_tree as build_tree

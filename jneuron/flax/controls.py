@@ -30,8 +30,8 @@ from jneuron.config import HIGHEST
 from jneuron.data.source import as_source
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
-from jneuron.flax.ablation import ablate, sweep
-from jneuron.flax.capturing import as_inputs, capture_batches, output_shapes
+from jneuron.flax.ablation import ablate, masked_layers, sweep
+from jneuron.flax.capturing import as_batch, call, capture_batches, output_shapes, sample_count, valid_rows
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
@@ -92,20 +92,22 @@ def _row_labels(labels: np.ndarray, positions: np.ndarray, layer: str) -> np.nda
 
 
 def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=None, batch_size: int | None = None,
-                 chunk_tokens: int | None = None, devices=None, mesh=None, checkpoint=None, progress: bool = False,
-                 on_chunk=None) -> NeuronStats:
+                 chunk_tokens: int | None = None, valid=None, devices=None, mesh=None, checkpoint=None,
+                 progress: bool = False, on_chunk=None) -> NeuronStats:
     """Stream the layers' outputs once through the one pass: per-neuron mean and std (Chan's merge, in
     float64), and with ``labels`` (per sample, or per position like ``(batch, time)``) the mean of each class.
+    ``valid`` (see :func:`~jneuron.flax.capture`) keeps padding out of every statistic.
 
     Layers whose outputs have the same positions per sample share one pass (one run of the model); each
     other shape of layer takes a run of its own.
 
     Args:
       model: a Flax NNX module (left unchanged).
-      inputs: the model's input array (batch first), or a tuple of arrays passed as positional arguments.
+      inputs: the model's inputs (batch first): an array, a tuple of positional arguments or a dict.
       layers: submodule paths, e.g. ``"layers/0"``.
       labels: class labels per sample or per position, or None.
       batch_size: samples per compiled forward pass (default: all at once).
+      valid: boolean ``(batch, positions)`` mask of the rows that count, or a function of the batch.
       chunk_tokens, devices, mesh, checkpoint, progress, on_chunk: the one pass's keywords (see
         :func:`jneuron.streaming.passes.run_pass`): rows per statistics update, sharding of the rows,
         a checkpoint folder to resume from, a progress line, a callback with each chunk's rows.
@@ -115,13 +117,14 @@ def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=Non
     if labels is not None:
         labels = np.asarray(labels)
         classes = np.unique(labels)
-        samples = np.shape(as_inputs(inputs)[0])[0]
+        samples = sample_count(inputs)
         if np.shape(labels)[0] != samples:
             raise JNeuronError(f"labels cover {np.shape(labels)[0]} samples, the inputs {samples}")
     mesh = resolve_mesh(devices, mesh)
-    count, mean, std, shapes, class_mean = {}, {}, {}, {}, {}
-    for group in _groups_by_positions(model, inputs, layers, batch_size):
-        source, seen = _layer_source(model, inputs, group, labels, classes, batch_size)
+    count, mean, std, class_mean = {}, {}, {}, {}
+    shapes = output_shapes(model, inputs, layers)
+    for group in _groups_by_positions(shapes, layers):
+        source = _layer_source(model, inputs, group, labels, classes, batch_size, valid)
         width = sum(source.widths) - (classes is not None)
         first = len(source.first[0])  # rows of one batch: chunks as long as a batch (never padded far past it)
         rows = chunk_tokens or min(default_chunk_tokens(sum(source.widths)), first)
@@ -136,11 +139,12 @@ def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=Non
         raise_on_bad_value(int(total.bad_row), int(total.bad_col), source, done.position)
         edges = np.cumsum([0] + [source.widths[i] for i in range(len(group))])
         n = int(total.count)
+        if n == 0:
+            raise JNeuronError(f"neuron_stats: no valid rows for layers {group}")
         for i, layer in enumerate(group):
             cut = slice(int(edges[i]), int(edges[i + 1]))
             count[layer], mean[layer] = n, np.asarray(total.mean[cut], np.float64)
             std[layer] = np.sqrt(np.asarray(total.m2[cut], np.float64) / max(n, 1))
-            shapes[layer] = seen[layer]
             if classes is not None:
                 class_mean[layer] = total.sums[:, cut] / np.maximum(total.totals, 1)[:, None]
     return NeuronStats(layers, count, mean, std, shapes, classes, None if classes is None else class_mean)
@@ -195,25 +199,22 @@ def _moments_reduction(width: int, classes: int, dtype) -> ksharded.Reduction:
     return ksharded.Reduction(init, chunk, merge)
 
 
-def _groups_by_positions(model, inputs, layers, batch_size) -> list[list[str]]:
+def _groups_by_positions(shapes, layers) -> list[list[str]]:
     """The layers in groups sharing their positions per sample (one pass, one model run, per group)."""
-    shapes = output_shapes(model, tuple(np.asarray(a)[:1] for a in as_inputs(inputs)), layers)
     groups: dict = {}
     for layer in layers:
-        groups.setdefault(tuple(shapes[layer][1:-1]), []).append(layer)
+        groups.setdefault(tuple(shapes[layer][:-1]), []).append(layer)
     return list(groups.values())
 
 
-def _layer_source(model, inputs, group, labels, classes, batch_size):
-    """A re-iterable source over the group's rows (float64), with class ids as a last column when labelled;
-    and the per-layer output shapes it sees (filled as it runs)."""
-    seen: dict = {}
+def _layer_source(model, inputs, group, labels, classes, batch_size, valid):
+    """A re-iterable source over the group's valid rows (float64), with class ids as a last column when
+    labelled (batches without a valid row are left out)."""
 
     def batches():
-        for acts, where in capture_batches(model, inputs, group, batch_size=batch_size):
-            for layer in group:
-                shape = tuple(int(where[layer][:, i].max()) + 1 for i in range(1, where[layer].shape[1]))
-                seen[layer] = (*shape, acts[layer].shape[1])
+        for acts, where in capture_batches(model, inputs, group, batch_size=batch_size, valid=valid):
+            if not len(acts[group[0]]):
+                continue
             parts = tuple(np.asarray(acts[layer], np.float64) for layer in group)
             if classes is not None:
                 own = np.searchsorted(classes, _row_labels(labels, where[group[0]], group[0]))
@@ -221,7 +222,7 @@ def _layer_source(model, inputs, group, labels, classes, batch_size):
             yield parts
 
     names = tuple(group) + (("labels",) if classes is not None else ())
-    return as_source(batches, names=names), seen
+    return as_source(batches, names=names)
 
 
 def _neuron_list(neurons, width: int, layer: str) -> np.ndarray:
@@ -255,10 +256,12 @@ def _control_mask(stats: NeuronStats, layer: str, neurons, positions) -> np.ndar
         return mask
     if len(shape) < 2:
         raise JNeuronError(f"layer '{layer}' has no position axis (output per sample {shape}); drop positions=")
-    mask = np.ones(shape, np.float32)
     where = np.atleast_1d(np.asarray(positions, dtype=np.int64))
-    if where.min() < 0 or where.max() >= shape[0]:
-        raise JNeuronError(f"layer '{layer}': positions must lie in 0..{shape[0] - 1}, got {where.tolist()}")
+    if where.min() < 0:
+        raise JNeuronError(f"layer '{layer}': positions must be non-negative, got {where.tolist()}")
+    # as long as the positions need: the mask is fitted to each input's length when it runs (positions
+    # past the end of a shorter input are simply absent), never tied to the reference data's length
+    mask = np.ones((int(where.max()) + 1, *shape[1:]), np.float32)
     mask[np.ix_(where, *(np.arange(s) for s in shape[1:-1]), chosen)] = 0
     return mask
 
@@ -278,7 +281,14 @@ def control(model: nnx.Module, neurons: Mapping[str, Sequence[int]], stats: Neur
     masks = {layer: _control_mask(stats, layer, units, positions) for layer, units in neurons.items()}
     values = {layer: control_values(stats, layer, v=v, target=target, alpha=alpha).astype(np.float32)
               for layer in neurons}
-    return ablate(model, masks, "value", values=values)
+    return _fitted(ablate(model, masks, "value", values=values))
+
+
+def _fitted(variant: nnx.Module) -> nnx.Module:
+    """Control masks name positions, not a length: fit them to each input's length when they run."""
+    for wrapper in masked_layers(variant).values():
+        wrapper.fit = True
+    return variant
 
 
 @dataclass(frozen=True)
@@ -304,32 +314,42 @@ class ControlSweep(Result):
 
 
 def _outputs(model, inputs):
-    return model(*inputs)
+    return call(model, inputs)
 
 
 def control_sweep(model: nnx.Module, inputs, layer: str, neurons: Sequence[int], stats: NeuronStats,
                   vs: Sequence[float], *, positions: Sequence[int] | None = None,
-                  batch_size: int | None = None) -> ControlSweep:
+                  batch_size: int | None = None, valid=None) -> ControlSweep:
     """Set ``neurons`` of ``layer`` to ``mean + v * std`` for every ``v`` in ``vs`` (one compiled call) and
-    measure the change of the model's output against the intact model."""
+    measure the change of the model's output against the intact model; with ``valid`` (a boolean
+    ``(samples, positions)`` array or a function of the inputs, as for :func:`~jneuron.flax.capture`),
+    ``change`` and ``flipped`` average over valid positions only (outputs ``(batch, positions, classes)``)."""
     vs = np.asarray(vs, np.float64).reshape(-1)
     mask = _control_mask(stats, layer, neurons, positions)
     values = np.stack([control_values(stats, layer, v=v) for v in vs]).astype(np.float32)
-    variant = ablate(model, {layer: mask}, "value", values={layer: values[0]})
-    inputs = tuple(jnp.asarray(x) for x in as_inputs(inputs))
+    variant = _fitted(ablate(model, {layer: mask}, "value", values={layer: values[0]}))
+    inputs = jax.tree.map(jnp.asarray, as_batch(inputs))
     outputs = np.asarray(sweep(variant, _outputs, inputs, values={layer: values}, batch_size=batch_size))
     intact = np.asarray(_intact(nnx.graphdef(model), nnx.state(model), inputs))
-    change = np.sqrt(((outputs - intact[None]) ** 2).sum(axis=-1)).reshape(len(vs), -1).mean(axis=1)
-    flipped = (outputs.argmax(-1) != intact.argmax(-1)[None]).reshape(len(vs), -1).mean(axis=1)
+    count = sample_count(inputs)
+    mask = valid_rows(valid, inputs, count, 0, count)
+    keep = np.ones(intact.shape[:-1], bool)
+    if mask is not None:
+        if mask.shape != intact.shape[: mask.ndim] or mask.ndim >= intact.ndim:
+            raise JNeuronError(f"control_sweep: valid of shape {mask.shape} does not cover the leading axes of "
+                               f"the model's output {intact.shape}")
+        keep = np.broadcast_to(mask.reshape(mask.shape + (1,) * (intact.ndim - 1 - mask.ndim)), keep.shape)
+    change = np.sqrt(((outputs - intact[None]) ** 2).sum(axis=-1))[:, keep].mean(axis=1)
+    flipped = (outputs.argmax(-1) != intact.argmax(-1)[None])[:, keep].mean(axis=1)
     return ControlSweep(vs, outputs, change, flipped)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _intact(graphdef, state, inputs):
-    return nnx.merge(graphdef, state)(*inputs)
+    return call(nnx.merge(graphdef, state), inputs)
 
 
-class Erased(nnx.Module):
+class Erased(paths.Wrapper):
     """Wraps a submodule: removes the output's component in a subspace, ``y - ((y - c) Q) Q^T``."""
 
     def __init__(self, inner: nnx.Module, layer: str, basis: np.ndarray, center: np.ndarray):
@@ -373,6 +393,6 @@ def erase(model: nnx.Module, directions: Mapping[str, object], *,
         offset = np.zeros(basis.shape[0]) if center is None or layer not in center else np.asarray(center[layer])
         if offset.shape != (basis.shape[0],):
             raise JNeuronError(f"layer '{layer}': center must have shape ({basis.shape[0]},), got {offset.shape}")
-        inner = paths.find(variant, layer)
-        paths.replace(variant, layer, Erased(inner, layer, basis.astype(np.float32), offset.astype(np.float32)))
+        paths.replace(variant, layer, Erased(paths.find(variant, layer), layer, basis.astype(np.float32),
+                                             offset.astype(np.float32)))
     return variant

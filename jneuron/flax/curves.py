@@ -23,9 +23,11 @@ intact baseline) run as one ``jax.vmap`` over one compiled program.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -34,7 +36,7 @@ from flax import nnx
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.flax.ablation import ablate, layer_means, sweep
-from jneuron.flax.capturing import as_inputs, output_shapes
+from jneuron.flax.capturing import as_batch, call, output_shapes, sample_count, valid_rows
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 
 METRICS = ("accuracy", "loss")
@@ -47,6 +49,19 @@ def _accuracy(outputs, labels):
 
 def _loss(outputs, labels):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(outputs, labels))
+
+
+def _valid_accuracy(outputs, labels):
+    """Accuracy over valid positions: ``labels`` is ``(labels, valid weights)``."""
+    labels, weights = labels
+    hits = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(hits * weights) / jnp.sum(weights)
+
+
+def _valid_loss(outputs, labels):
+    """Cross-entropy over valid positions: ``labels`` is ``(labels, valid weights)``."""
+    labels, weights = labels
+    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(outputs, labels) * weights) / jnp.sum(weights)
 
 
 def metric_function(metric: str | Callable) -> Callable:
@@ -158,12 +173,13 @@ def curve_masks(order: np.ndarray, ks: np.ndarray, widths: Sequence[int], scope:
 def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequence[int], *,
                    mode: str = "zero", metric: str | Callable = "accuracy", scope: str = "network",
                    means: Mapping[str, np.ndarray] | None = None, reference=None,
-                   batch_size: int | str | None = "auto") -> AblationCurve:
+                   batch_size: int | str | None = "auto", valid=None) -> AblationCurve:
     """The model's metric as the first ``k`` neurons of ``order`` are removed, for every ``k`` in ``ks``.
 
     Args:
       model: a Flax NNX module, or a Linen model bound by :func:`jneuron.flax.linen.Linen`.
-      inputs: the model's input array (batch first), or a tuple of arrays.
+      inputs: the model's input array (batch first), a tuple of arrays (positional arguments) or a dict
+        (keyword arguments).
       labels: the labels the metric compares outputs with (e.g. ``(batch,)`` integer classes).
       order: removal order over the layers' neurons, concatenated layer-major: a
         :class:`~jneuron.results.Ranking` (its ``.order``; reverse it, ``r.order[::-1]``, to remove the
@@ -171,12 +187,17 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
       layers: the layer paths the flat indices run over, in column order.
       ks: numbers of neurons to remove (0 gives the intact model).
       mode: ``"zero"`` or ``"mean"`` (each removed neuron set to its mean output, i.e. bias balancing).
-      metric: ``"accuracy"``, ``"loss"`` (cross-entropy) or a jit-able ``f(outputs, labels) -> scalar``
-        (pass the same function object across calls to reuse the compiled program).
+      metric: ``"accuracy"``, ``"loss"`` (cross-entropy) or a jit-able ``f(outputs, labels) -> scalar``,
+        or ``f(outputs, labels, batch)`` to see the inputs too (e.g. a token loss over the attention mask);
+        pass the same function object across calls to reuse the compiled program.
       scope: ``"network"`` (remove the first k of the whole order) or ``"layer"`` (one curve per layer,
         removing that layer's first k neurons in the order; k is capped at the layer's count).
       means: precomputed per-layer means for ``mode="mean"`` (default: computed on ``reference``).
       reference: inputs for the means (default: ``inputs``).
+      valid: which positions count (NNX models; a boolean ``(samples, positions)`` array or a function of
+        the inputs, see :func:`~jneuron.flax.capture`): in the means, and in the built-in metrics, which
+        then average over valid positions only (labels ``(samples, positions)``). A metric function given
+        by the caller sees the batch instead (``f(outputs, labels, batch)``).
       batch_size: masks per ``lax.map`` step (bounds memory); ``None``: all in one ``jax.vmap``;
         ``"auto"`` (default): one vmap on GPU/TPU, small steps on CPU (see :func:`jneuron.flax.sweep`).
     """
@@ -185,6 +206,8 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
     if mode not in ("zero", "mean"):
         raise JNeuronError(f"ablation curves use mode 'zero' or 'mean', got '{mode}'")
     engine = ablation_engine(model)
+    if valid is not None and not isinstance(engine, _NNXEngine):
+        raise JNeuronError("ablation_curve: valid= is implemented for Flax NNX models, not Linen ones")
     layers = engine.check_layers(layers, inputs)
     widths = engine.widths(inputs, layers)
     flat = flat_order(order, layers, widths)
@@ -196,7 +219,8 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
     ks = _check_ks(ks, limit, scope)
     masks = np.concatenate([curve_masks(flat, ks, widths, scope), np.ones((1, sum(widths)), np.float32)])
     if mode == "mean" and means is None:
-        means = engine.means(inputs if reference is None else reference, layers)
+        reference = inputs if reference is None else reference
+        means = engine.means(reference, layers) if valid is None else engine.means(reference, layers, valid=valid)
     values = None
     if mode == "mean":
         missing = [layer for layer in layers if layer not in means]
@@ -205,8 +229,16 @@ def ablation_curve(model, inputs, labels, order, layers: Sequence[str], ks: Sequ
         values = {layer: np.asarray(means[layer]) for layer in layers}
     splits = np.split(masks, np.cumsum(widths)[:-1], axis=1)
     per_layer = dict(zip(layers, splits))
-    results = np.asarray(engine.evaluate(per_layer, values, metric_function(metric), inputs, labels, batch_size),
-                         dtype=np.float64)
+    scorer = metric_function(metric)
+    if valid is not None and isinstance(metric, str):
+        count = sample_count(inputs)
+        weights = valid_rows(valid, as_batch(inputs), count, 0, count)
+        if weights.shape != np.shape(labels):
+            raise JNeuronError(f"ablation_curve: valid {weights.shape} must match the labels {np.shape(labels)} "
+                               "for the built-in metrics")
+        scorer = {"accuracy": _valid_accuracy, "loss": _valid_loss}[metric]
+        labels = (jnp.asarray(labels), jnp.asarray(weights, jnp.float32))
+    results = np.asarray(engine.evaluate(per_layer, values, scorer, inputs, labels, batch_size), dtype=np.float64)
     curve = results[:-1] if scope == "network" else results[:-1].reshape(len(layers), len(ks))
     name = metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
     return AblationCurve(ks, curve, float(results[-1]), name, mode, scope, layers, tuple(widths), flat)
@@ -225,12 +257,24 @@ def ablation_engine(model):
     return adapter()
 
 
+def takes_batch(metric: Callable) -> bool:
+    """Whether ``metric`` takes a third positional argument (the batch of inputs)."""
+    try:
+        parameters = inspect.signature(metric).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 3 or any(p.kind == p.VAR_POSITIONAL for p in parameters)
+
+
 @functools.lru_cache(maxsize=64)
 def _scored(metric: Callable) -> Callable:
-    """``(model, inputs, labels) -> metric(model(*inputs), labels)``, one object per metric (compiles once)."""
+    """``(model, inputs, labels) -> metric(outputs, labels[, inputs])``, one object per metric (compiles once)."""
+    with_batch = takes_batch(metric)
 
     def score(model, inputs, labels):
-        return metric(model(*inputs), labels)
+        outputs = call(model, inputs)
+        return metric(outputs, labels, inputs) if with_batch else metric(outputs, labels)
 
     return score
 
@@ -245,8 +289,8 @@ class _NNXEngine:
     def widths(self, inputs, layers):
         return tuple(shape[-1] for shape in output_shapes(self.model, inputs, layers).values())
 
-    def means(self, inputs, layers):
-        return layer_means(self.model, inputs, layers)
+    def means(self, inputs, layers, valid=None):
+        return layer_means(self.model, inputs, layers, valid=valid)
 
     def evaluate(self, masks, values, metric, inputs, labels, batch_size):
         ones = {layer: np.ones(m.shape[1], np.float32) for layer, m in masks.items()}
@@ -254,5 +298,6 @@ class _NNXEngine:
             variant = ablate(self.model, ones, "zero")
         else:
             variant = ablate(self.model, ones, "value", values=values)
-        inputs = tuple(jnp.asarray(x) for x in as_inputs(inputs))
-        return sweep(variant, _scored(metric), inputs, jnp.asarray(labels), masks=masks, batch_size=batch_size)
+        inputs = jax.tree.map(jnp.asarray, as_batch(inputs))
+        labels = jax.tree.map(jnp.asarray, labels)
+        return sweep(variant, _scored(metric), inputs, labels, masks=masks, batch_size=batch_size)

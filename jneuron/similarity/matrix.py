@@ -83,7 +83,8 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
 
     Args:
       layers_a: a mapping of name to layer, or a sequence of layers; each layer a ``(tokens, neurons)``
-        array (memory-mapped is fine), or every layer an iterable of chunks (zipped token by token).
+        array (memory-mapped is fine), or every layer an iterable of chunks (zipped token by token); or a
+        chunk source whose models are the layers (e.g. ``jnf.capture_source``: one model pass).
       layers_b: the layers to compare with (e.g. another checkpoint's); ``None`` compares ``layers_a``
         with itself (symmetric metrics then compute each pair once).
       metric: ``"svcca"``, ``"cca"``, ``"pwcca"``, ``"cka"`` or ``"cka_debiased"``.
@@ -140,7 +141,26 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
                             kept[cols])
 
 
+def _source_layers(source) -> tuple[tuple[str, ...], list]:
+    """A chunk source's models as one chunk iterable each, all fed by one pass over the source (a model
+    source, e.g. ``jnf.capture_source``, runs the model once)."""
+    import itertools
+
+    names, widths = tuple(source.names), tuple(source.widths)
+    splits = np.cumsum(widths)[:-1]
+    parts = (np.split(chunk, splits, axis=1) for chunk in source.chunks(8192))
+
+    def model(k, copy):
+        for part in copy:
+            yield part[k]
+
+    return names, [model(k, copy) for k, copy in enumerate(itertools.tee(parts, len(names)))]
+
+
 def _layers(layers, what: str) -> tuple[tuple[str, ...], list]:
-    """Names and data of the layers (a mapping of name to layer, or a sequence: ``layer0, layer1, ...``)."""
+    """Names and data of the layers (a mapping of name to layer, a sequence: ``layer0, layer1, ...``, or a
+    chunk source whose models are the layers)."""
+    if all(hasattr(layers, a) for a in ("names", "widths", "chunks")):
+        return _source_layers(layers)
     parsed = parse_layers(layers, prefix="layer", what=what)
     return parsed.labels, list(parsed.data)

@@ -122,8 +122,19 @@ def test_control_at_chosen_positions():
                  np.abs(stats.mean[layer][3]) + 2.0 * stats.std[layer][3], "control at position 2")
     np.testing.assert_array_equal(got[layer][~at], intact[~at])
     np.testing.assert_array_equal(np.delete(got[layer][at], 3, axis=1), np.delete(intact[at], 3, axis=1))
-    with pytest.raises(JNeuronError, match=r"positions must lie in 0..3"):
-        ctl.control(model, {layer: [3]}, stats, positions=[4])
+    # positions are independent of the reference data's length (4): position 4 of longer inputs is
+    # controlled, and inputs shorter than the positions run unchanged
+    longer = np.random.default_rng(1).integers(0, 9, size=(3, 6))
+    late = jnf.capture(ctl.control(model, {layer: [3]}, stats, v=-2.0, positions=[4]), longer, [layer])
+    plain = jnf.capture(model, longer, [layer])[layer]
+    at = late.positions[layer][:, 1] == 4
+    assert_close(late[layer][at, 3], np.full(at.sum(), target), tolerance(1),
+                 np.abs(stats.mean[layer][3]) + 2.0 * stats.std[layer][3], "control at position 4")
+    np.testing.assert_array_equal(late[layer][~at], plain[~at])
+    short = jnf.capture(ctl.control(model, {layer: [3]}, stats, positions=[4]), tokens[:, :3], [layer])[layer]
+    np.testing.assert_array_equal(short, jnf.capture(model, tokens[:, :3], [layer])[layer])
+    with pytest.raises(JNeuronError, match=r"positions must be non-negative"):
+        ctl.control(model, {layer: [3]}, stats, positions=[-1])
 
 
 def test_control_sweep_equals_separate_controls(mlp, data):

@@ -8,6 +8,7 @@ from jneuron.cli import studies
 from jneuron.cli.commands import (
                                   ablate,
                                   convert,
+                                  extract,
                                   information,
                                   linreg,
                                   match,
@@ -19,4 +20,4 @@ from jneuron.cli.commands import (
 )
 
 COMMANDS = (studies.demo, maxcorr, mincorr, linreg, similarity, match, probe, ablate, information,
-            studies.information, studies.rejuvenation, studies.crosslm, convert, report)
+            studies.information, studies.rejuvenation, studies.crosslm, convert, extract, report)
