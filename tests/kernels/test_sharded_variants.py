@@ -1,7 +1,8 @@
 """jneuron.kernels.sharded on the two CPU devices of every test process (tests/conftest.py), jitted and not
-(the factories return jitted functions; the ``without_jit`` variant runs the function each update, finalize
-and tile reduction wraps, its ``shard_map`` executed eagerly), against float64 numpy and against the
-one-device kernels. The empty state always comes from the jitted ``init``: its output shardings lay it out."""
+(the factories return jitted functions; the ``without_jit`` variant runs the function that ``finalize`` and
+the tile reduction wrap, their ``shard_map`` executed eagerly), against float64 numpy and against the
+one-device kernels. ``init`` and the per-chunk ``update`` are the factories' jitted functions in both
+variants: ``init``'s output shardings lay the state out, and an eager ``shard_map`` per chunk costs minutes."""
 
 import chex
 import jax
@@ -44,8 +45,8 @@ class ShardedTest(KernelTest):
     def stream(self, mesh, reduction, x, variant):
         """Every chunk cut into one shard per token device; the last chunk's shards are uneven."""
         shards = ksharded.axis_size(mesh, ksharded.TOKENS)
-        init = ksharded.make_init(reduction, mesh)  # jitted always: its out_shardings lay the state out
-        update = variant_of(variant, ksharded.make_update(reduction, mesh))
+        init = ksharded.make_init(reduction, mesh)
+        update = ksharded.make_update(reduction, mesh)
         finalize = variant_of(variant, ksharded.make_finalize(reduction, mesh))
         state = init()
         size = shards * SHARD
