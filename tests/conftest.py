@@ -3,11 +3,15 @@
 import os
 import re
 
-# One CPU device per test process (pytest-xdist workers included), kept beside whatever XLA_FLAGS the caller
-# sets (`make test-numerics` adds --xla_cpu_max_isa=AVX); a device count already given wins.
+# Two CPU devices in every test process (pytest-xdist workers included), as equinox and chex test: the
+# sharded paths (devices=2, a mesh) run in-process in every test run, not only in the subprocess scripts of
+# tests/streaming/multidevice. Entry points stay on one device unless asked (devices=None is unsharded).
+# Kept beside whatever XLA_FLAGS the caller sets (`make test-numerics` adds --xla_cpu_max_isa=AVX); a
+# device count already given wins.
+DEVICES = 2
 _flags = os.environ.get("XLA_FLAGS", "")
 if "--xla_force_host_platform_device_count" not in _flags:
-    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=1".strip()
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count={DEVICES}".strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -212,6 +212,22 @@ def kept_components(x, keep):
 
 
 # ---------------------------------------------------------------- the LASSO from co-moments
+def ref_lasso(x, y, penalty, sweeps=300):
+    """Coordinate descent on the standardised data itself: (1/2(n-1)) |y - X b|^2 + penalty |b|_1."""
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    xs = (x - x.mean(0)) / x.std(0, ddof=1)
+    ys = (y - y.mean(0)) / y.std(0, ddof=1)
+    n = len(x) - 1
+    coef = np.zeros((x.shape[1], y.shape[1]))
+    for _ in range(sweeps):
+        for j in range(x.shape[1]):
+            residual = ys - xs @ coef + np.outer(xs[:, j], coef[j])
+            rho = xs[:, j] @ residual / n
+            coef[j] = np.sign(rho) * np.maximum(np.abs(rho) - penalty, 0) / (xs[:, j] @ xs[:, j] / n)
+    return coef
+
+
 def lasso_kkt(x, y, coef, penalty):
     """The largest violation of the LASSO's optimality conditions for ``coef`` (float64, as the library's)."""
     xs, ys = (np.asarray(a, np.float64) for a in (x, y))

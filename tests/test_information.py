@@ -122,9 +122,10 @@ def check_against_reference(info, codes, labels, classes, bins):
         assert_close(getattr(info, name), ref[name], measure_slack(bins, classes), what=name)
 
 
-def test_threshold_matches_reference_on_random_and_planted(rng):
+@pytest.mark.parametrize("devices", [None, 2])  # None: unsharded; 2: tokens over the 2 devices of every test process
+def test_threshold_matches_reference_on_random_and_planted(rng, devices):
     x, labels = planted(rng)
-    info = jn.neuron_information(x, labels)
+    info = jn.neuron_information(x, labels, devices=devices)
     check_against_reference(info, (x > 0.5).astype(int), labels, 4, 2)
     means = class_means(x, labels, 4)
     assert_close(info.selectivity, reference_selectivity(x, labels), 1.0,

@@ -23,17 +23,18 @@ def make_models(rng, widths, tokens=3000, offsets=(0.0,)):
     return models
 
 
+@pytest.mark.parametrize("devices", [None, 2])  # None: unsharded; 2: tokens over the 2 devices of every test process
 @pytest.mark.parametrize("offsets", [(0.0,), (1e3, -1e3, 250.0)])
-def test_matches_float64_reference(rng, offsets):
+def test_matches_float64_reference(rng, offsets, devices):
     models = make_models(rng, (12, 7, 20), offsets=offsets)
     best, rho, unit = cross_model_reference(models)
-    r = jn.maxcorr(models)
+    r = jn.maxcorr(models, devices=devices)
     bound = tolerance(3000)  # correlations over 3,000 float32 tokens; centring is exact, so offsets cost nothing
     assert_close(r.score_matrix, best, bound, what="best |rho|")
     assert_close(r.partner_rho, rho, bound, what="partner rho")
     assert_partners_close(r.partner_unit, models, bound)
     assert_close(r.scores, np.nanmax(best, axis=1), bound, what="maxcorr scores")
-    assert_close(jn.mincorr(models).scores, np.nanmin(best, axis=1), bound, what="mincorr scores")
+    assert_close(jn.mincorr(models, devices=devices).scores, np.nanmin(best, axis=1), bound, what="mincorr scores")
 
 
 def test_order_is_descending_by_score(rng):

@@ -171,9 +171,10 @@ def test_batches_cover_every_token_once_per_epoch():
     assert np.asarray(fixed).reshape(2, -1)[1, :10].tolist() == list(range(10))
 
 
-def test_planted_neurons_rank_first_and_probe_is_accurate():
+@pytest.mark.parametrize("devices", [None, 2])  # None: unsharded; 2: tokens over the 2 devices of every test process
+def test_planted_neurons_rank_first_and_probe_is_accurate(devices):
     x, y = planted()
-    probe = jn.train_probe(x, y, l1=1e-3, l2=1e-3, **SETTINGS)
+    probe = jn.train_probe(x, y, l1=1e-3, l2=1e-3, devices=devices, **SETTINGS)
     report = probe.evaluate(x, y)
     # statistical, not rounding: a 2.5 sd shift of one neuron per class leaves ~ Phi(-1.25) of the rows on the
     # wrong side of each pair's midpoint; 0.9 allows for 8 epochs short of convergence

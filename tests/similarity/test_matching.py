@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import jneuron as jn
 from jneuron.kernels import lasso as klasso
-from tests.reference import lasso_bound, lasso_kkt
+from tests.reference import lasso_bound, lasso_kkt, ref_lasso
 from tests.tolerance import assert_close, tolerance
 
 TOKENS = 600
@@ -33,22 +33,6 @@ def brute_force_matching(corr):
     best = max(itertools.permutations(range(dx), dy), key=lambda p: sum(corr[i, j] for j, i in enumerate(p)))
     order = np.argsort(best)
     return np.array(best)[order], np.arange(dy)[order]
-
-
-def ref_lasso(x, y, penalty, sweeps=300):
-    """Coordinate descent on the standardised data itself: (1/2(n-1)) |y - X b|^2 + penalty |b|_1."""
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    xs = (x - x.mean(0)) / x.std(0, ddof=1)
-    ys = (y - y.mean(0)) / y.std(0, ddof=1)
-    n = len(x) - 1
-    coef = np.zeros((x.shape[1], y.shape[1]))
-    for _ in range(sweeps):
-        for j in range(x.shape[1]):
-            residual = ys - xs @ coef + np.outer(xs[:, j], coef[j])
-            rho = xs[:, j] @ residual / n
-            coef[j] = np.sign(rho) * np.maximum(np.abs(rho) - penalty, 0) / (xs[:, j] @ xs[:, j] / n)
-    return coef
 
 
 def _nets(rng, dx=5, dy=5):

@@ -110,10 +110,11 @@ def _pair(rng, tokens=TOKENS, dx=DX, dy=DY, offset=0.0, dtype=np.float32):
 
 
 # ---------------------------------------------------------------- accuracy on random data
+@pytest.mark.parametrize("devices", [None, 2])  # None: unsharded; 2: tokens over the 2 devices of every test process
 @pytest.mark.parametrize("offset", [0.0, 1e3])
-def test_measures_match_references(rng, offset):
+def test_measures_match_references(rng, offset, devices):
     x, y = _pair(rng, offset=offset)
-    r = jn.cca(x, y, chunk_tokens=C)
+    r = jn.cca(x, y, chunk_tokens=C, devices=devices)
     ref, bound = ref_cca(x, y), cca_bound(x, y)
     assert_rho_close(r.rho, ref, bound)
     assert r.kept_x == DX and r.kept_y == DY and r.tokens == TOKENS
@@ -121,12 +122,14 @@ def test_measures_match_references(rng, offset):
     assert_close(r.mean, ref.mean(), worst, what="mean rho")
     assert_close(r.r2, np.mean(ref**2), 2 * worst, what="mean rho^2")  # |d rho^2| = 2 rho |d rho|
     for keep in (0.9, 3):
-        s = jn.svcca(x, y, keep=keep, chunk_tokens=C)
+        s = jn.svcca(x, y, keep=keep, chunk_tokens=C, devices=devices)
         assert_rho_close(s.rho, ref_svcca(x, y, keep), svcca_bound(x, y, s.kept_x, s.kept_y), f"svcca keep={keep}")
-    assert_close(jn.pwcca(x, y, chunk_tokens=C).value, ref_pwcca(x, y), pwcca_bound(x, y), what="pwcca")
-    assert_close(jn.pwcca(x, y, side="y", chunk_tokens=C).value, ref_pwcca(y, x), pwcca_bound(x, y), what="pwcca y")
-    assert_close(jn.cka(x, y, chunk_tokens=C).value, ref_cka(x, y), cka_bound(x, y), what="cka")
-    debiased = jn.cka(x, y, debiased=True, chunk_tokens=C).value
+    pwcca = jn.pwcca(x, y, chunk_tokens=C, devices=devices).value
+    assert_close(pwcca, ref_pwcca(x, y), pwcca_bound(x, y), what="pwcca")
+    pwcca_y = jn.pwcca(x, y, side="y", chunk_tokens=C, devices=devices).value
+    assert_close(pwcca_y, ref_pwcca(y, x), pwcca_bound(x, y), what="pwcca y")
+    assert_close(jn.cka(x, y, chunk_tokens=C, devices=devices).value, ref_cka(x, y), cka_bound(x, y), what="cka")
+    debiased = jn.cka(x, y, debiased=True, chunk_tokens=C, devices=devices).value
     assert_close(debiased, ref_cka(x, y, debiased=True), cka_bound(x, y, True), what="debiased cka")
 
 
