@@ -20,4 +20,4 @@ from jneuron.cli.commands import (
 )
 
 COMMANDS = (studies.demo, maxcorr, mincorr, linreg, similarity, match, probe, ablate, information,
-            studies.information, studies.rejuvenation, convert, extract, report)
+            studies.information, studies.rejuvenation, studies.probing, convert, extract, report)

@@ -1,5 +1,5 @@
 """Studies: whole experiments end to end (train, analyse, write results and a report), one command each."""
 
-from jneuron.cli.studies import demo, information, rejuvenation
+from jneuron.cli.studies import demo, information, probing, rejuvenation
 
-__all__ = ["demo", "information", "rejuvenation"]
+__all__ = ["demo", "information", "probing", "rejuvenation"]
