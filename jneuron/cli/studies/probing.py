@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random", type=int, default=None, help="random neuron sets (default 5; --full: 10)")
     parser.add_argument("--l1", type=float, default=1e-5, help="probe L1 penalty (default 1e-5)")
     parser.add_argument("--l2", type=float, default=1e-5, help="probe L2 penalty (default 1e-5)")
+    parser.add_argument("--raw", action="store_true",
+                        help="probe the raw activations (default: each neuron standardized on the training words, "
+                             "so that weight magnitudes compare neurons of different scales)")
     parser.add_argument("--epochs", type=int, default=10, help="probe epochs (default 10, NeuroX's)")
     parser.add_argument("--batch-size", type=int, default=16, help="sentences per forward pass (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sentence choice, split, probes, control "
@@ -96,6 +99,21 @@ def word_activations(model, tokenizer, sentences, layers, *, batch_size: int) ->
         pooled = [bert.pool_words(np.asarray(cache[layer]), batch["word_ids"], "last")[0] for layer in layers]
         parts.append(np.concatenate(pooled, axis=1))
     return np.concatenate(parts)
+
+
+def standardize(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Each column minus its mean over the ``train`` rows, divided by their standard deviation, float32.
+
+    The deviation is at least a tenth of the median neuron's, so that neurons nearly constant on words
+    (e.g. those whose large values sit on the special tokens only) are not blown up into noise.
+
+    >>> x = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 1.0]])
+    >>> standardize(x, np.array([True, True, True])).tolist()
+    [[-1.224744..., 0.0], [0.0, 0.0], [1.224744..., 0.0]]
+    """
+    rows = x[train].astype(np.float64)
+    spread = rows.std(0)
+    return ((x - rows.mean(0)) / np.maximum(spread, 0.1 * np.median(spread))).astype(np.float32)
 
 
 def sentence_embedding(model, batch) -> jax.Array:
@@ -157,6 +175,10 @@ def run(args: argparse.Namespace) -> int:
     from jneuron.results import NeuronIndex
 
     wall, cpu = time.perf_counter(), time.process_time()
+    phases = {}
+
+    def phase(name: str) -> None:  # CPU seconds (all threads of this process) since the last phase ended
+        phases[name] = time.process_time() - cpu - sum(phases.values())
     count = args.sentences if args.sentences is not None else (FULL_SENTENCES if args.full else DEFAULT_SENTENCES)
     random_sets = args.random if args.random is not None else (10 if args.full else 5)
     if count < 0 or count == 1:
@@ -179,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
     test_sentences = [s for s, t in zip(sentences, is_test) if t]
 
     model, tokenizer = bert.load(checkpoint)
+    phase("load")
     layers = [f"layers/{i}/mlp/post" for i in range(model.config.num_hidden_layers)]
     widths = [model.config.intermediate_size] * len(layers)
     neurons = NeuronIndex.from_layers([("mlp", [(f"layer{i}", w) for i, w in enumerate(widths)])])
@@ -187,7 +210,11 @@ def run(args: argparse.Namespace) -> int:
     words = np.asarray([w for s in ordered for w in s], dtype=str)
     if x.shape[0] != len(words):
         raise JNeuronError(f"{checkpoint}: the tokenizer gave {x.shape[0]} word rows for {len(words)} words")
+    phase("activations")
     test_rows = np.arange(len(words)) >= sum(map(len, train_sentences))
+    word_mean, word_spread = x[~test_rows].mean(0), x[~test_rows].std(0)
+    if not args.raw:
+        x = standardize(x, ~test_rows)
     labels = word_labels(ordered)
     top_count = max(1, int(round(args.top * x.shape[1])))
 
@@ -213,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
             "top_per_layer": np.bincount(neurons.layer[top], minlength=len(layers)).tolist(),
         }
 
+    phase("probes")
     sets = {f"{name} top": rankings[name].order[:top_count] for name in PROPERTIES}
     sets.update({f"{name} bottom": rankings[name].order[-top_count:] for name in PROPERTIES})
     sets.update({f"random {r}": jn.random_neurons(x.shape[1], top_count / x.shape[1], seed=args.seed + r)
@@ -223,19 +251,24 @@ def run(args: argparse.Namespace) -> int:
                         valid=train_batch["attention_mask"] > 0)
     test_batch = _padded(tokenizer, test_sentences, model.config.max_position_embeddings)
     effects = ablation_effects(model, layers, widths, sets, test_batch, means)
+    off_word = np.abs(np.concatenate([means[layer] for layer in layers]) - word_mean) > 5 * word_spread + 0.05
+    phase("ablation")
 
     result = {
         "study": "probing", "checkpoint": checkpoint.name, "seed": args.seed,
         "sentences": {"train": len(train_sentences), "test": len(test_sentences)},
         "words": {"train": int((~test_rows).sum()), "test": int(test_rows.sum())},
         "neurons": int(x.shape[1]), "layers": layers, "top_count": top_count,
-        "probe": {"l1": args.l1, "l2": args.l2, "epochs": args.epochs, "batch_size": 32, "lr": 1e-3},
+        "probe": {"standardized": not args.raw, "l1": args.l1, "l2": args.l2, "epochs": args.epochs, "batch_size": 32, "lr": 1e-3},
         "properties": properties,
         "overlap": {"names": list(PROPERTIES), "shared": overlap["shared"].tolist(),
                     "jaccard": overlap["jaccard"].tolist()},
         "ablation": summarize_ablation(effects, random_sets),
+        "off_word_means": {"neurons": [neurons.label(i) for i in np.flatnonzero(off_word)],
+                           "per_set": {name: int(off_word[chosen].sum()) for name, chosen in sets.items()}},
     }
     result["cpu_seconds"] = time.process_time() - cpu
+    result["cpu_seconds_by_phase"] = phases
     result["wall_seconds"] = time.perf_counter() - wall
     out = args.out
     written = [atomic_write_text(out / "probing.json", json.dumps(result, indent=1))]
@@ -319,6 +352,12 @@ def render_summary(result: dict) -> str:
     lines.append(f"| random (mean of {len(ablation['zero']['random'])}; min) | {ablation['zero']['random_mean']:.4f}; "
                  f"{ablation['zero']['random_min']:.4f} | {ablation['mean']['random_mean']:.4f}; "
                  f"{ablation['mean']['random_min']:.4f} |")
+    off = result["off_word_means"]
+    hit = {name: n for name, n in off["per_set"].items() if n}
+    lines += ["", f"{len(off['neurons'])} neurons have a mean over all valid positions (special tokens included) "
+              "more than 5 standard deviations + 0.05 away from their mean over words (large values on [CLS]/[SEP] "
+              "only); mean ablation puts that value at every word. Sets holding such neurons: "
+              + (", ".join(f"{name} ({n})" for name, n in hit.items()) or "none") + "."]
     lines += ["", "## Top neurons", ""]
     for name, v in props.items():
         lines.append(f"- {v['title']}: per layer {v['top_per_layer']}; first {', '.join(v['top_neurons'][:8])}")
