@@ -27,7 +27,7 @@ from jneuron.errors import JNeuronError
 PROPERTIES = ("position", "shape", "function", "final")
 """The properties :func:`word_labels` computes; ``""`` marks a word a property does not apply to."""
 
-FUNCTION_WORDS = frozenset("""
+_FUNCTION_WORDS_TEXT = """
 a about above after again against all also although am among an and another any are as at be because been
 before being below besides between both but by can cannot could did do does doing down during each either
 else enough every few for from further had has have having he her here hers herself him himself his how
@@ -37,7 +37,8 @@ per rather same several shall she should since so some such than that the their 
 there therefore these they this those though through thus to too toward towards under unless until up upon
 us very via was we were what whatever when whenever where whereas wherever whether which while who whoever
 whom whose why will with within without would yet you your yours yourself yourselves
-""".split())
+"""
+FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
 """English function words (determiners, pronouns, prepositions, conjunctions, auxiliaries, modals and common
 adverbs of degree), lower case; every other alphabetic word is a content word."""
 

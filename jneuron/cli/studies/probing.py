@@ -28,7 +28,12 @@ import numpy as np
 
 from jneuron.cli.options import add_out_argument
 from jneuron.data.atomic import atomic_write_bytes, atomic_write_text
-from jneuron.data.word_properties import PROPERTIES, control_labels, python_prose_sentences, word_labels
+from jneuron.data.word_properties import (
+    PROPERTIES,
+    control_labels,
+    python_prose_sentences,
+    word_labels,
+)
 from jneuron.errors import JNeuronError
 
 NAME = "study-probing"
@@ -194,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
     every = python_prose_sentences()
     chosen = rng.permutation(len(every))[: count or len(every)]
     sentences = [every[i] for i in np.sort(chosen)]
-    held = max(1, int(round(args.test_share * len(sentences))))
+    held = max(1, round(args.test_share * len(sentences)))
     is_test = np.zeros(len(sentences), bool)
     is_test[rng.permutation(len(sentences))[:held]] = True
     train_sentences = [s for s, t in zip(sentences, is_test) if not t]
@@ -216,14 +221,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.raw:
         x = standardize(x, ~test_rows)
     labels = word_labels(ordered)
-    top_count = max(1, int(round(args.top * x.shape[1])))
+    top_count = max(1, round(args.top * x.shape[1]))
 
     properties, rankings = {}, {}
     for name in PROPERTIES:
         used = labels[name] != ""
         control = control_labels(words, labels[name], seed=args.seed)
         train, test = used & ~test_rows, used & test_rows
-        settings = dict(neurons=neurons, l1=args.l1, l2=args.l2, epochs=args.epochs, seed=args.seed)
+        settings = {"neurons": neurons, "l1": args.l1, "l2": args.l2, "epochs": args.epochs, "seed": args.seed}
         real, probe = probe_property(x[train], labels[name][train], x[test], labels[name][test], **settings)
         fake, _ = probe_property(x[train], control[train], x[test], control[test], **settings)
         ranking = jn.neuron_ordering(probe)
@@ -235,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
             "classes": dict(zip(classes.tolist(), counts.tolist())), **real,
             "control_accuracy": fake["accuracy"], "control_majority": fake["majority"],
             "selectivity": real["accuracy"] - fake["accuracy"],
-            "neurons_for_half_mass": int(len(jn.top_neurons(probe, 0.5).union)),
+            "neurons_for_half_mass": len(jn.top_neurons(probe, 0.5).union),
             "top_neurons": [neurons.label(i) for i in top[:20]],
             "top_per_layer": np.bincount(neurons.layer[top], minlength=len(layers)).tolist(),
         }
@@ -305,19 +310,35 @@ def plots(result: dict) -> dict[str, bytes]:
     props = result["properties"]
     accuracy = {name: {"probe": v["accuracy"], "control task": v["control_accuracy"], "majority": v["majority"]}
                 for name, v in props.items()}
-    ablation = result["ablation"]
-    moved = {f"{mode}: {name}": {"top": 1 - ablation[mode]["properties"][name]["top"],
-                                 "bottom": 1 - ablation[mode]["properties"][name]["bottom"],
-                                 "random (mean)": 1 - ablation[mode]["random_mean"]}
-             for mode in ablation for name in ablation[mode]["properties"]}
     names = result["overlap"]["names"]
     return {
         "probing_accuracy.png": p.grouped_counts(accuracy, title="Held-out probe accuracy", ylabel="accuracy"),
         "probing_overlap.png": p.heatmap(result["overlap"]["jaccard"], names, names, vmin=0, vmax=1,
                                          title=f"Overlap (Jaccard) of the top {result['top_count']} neurons"),
-        "probing_ablation.png": p.grouped_counts(moved, title=f"Ablating {result['top_count']} MLP neurons",
-                                                 ylabel="1 - cosine to the intact embedding"),
+        "probing_ablation.png": _ablation_plot(result),
     }
+
+
+def _ablation_plot(result: dict) -> bytes:
+    """1 - cosine per property's top and bottom set and the random sets, one panel per mode, log scale."""
+    from jneuron.report import plots as p
+
+    plt = p._pyplot()
+    ablation = result["ablation"]
+    figure, panels = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for axes, mode in zip(panels, ("zero", "mean")):
+        props = ablation[mode]["properties"]
+        spots = np.arange(len(props))
+        for k, which in enumerate(("top", "bottom")):
+            axes.bar(spots + (k - 0.5) * 0.4, [1 - v[which] for v in props.values()], 0.4, label=which)
+        for r, value in enumerate(ablation[mode]["random"]):
+            axes.axhline(1 - value, color="gray", linewidth=0.8, label="random sets" if r == 0 else None)
+        axes.set_yscale("log")
+        axes.set_xticks(spots, labels=list(props))
+        axes.set_title(f"{mode} ablation of {result['top_count']} MLP neurons")
+        axes.legend(fontsize=8)
+    panels[0].set_ylabel("1 - cosine to the intact embedding")
+    return p._png(figure)
 
 
 def render_summary(result: dict) -> str:
@@ -326,15 +347,15 @@ def render_summary(result: dict) -> str:
     lines = [
         "# Probing study: word properties in a transformer's MLP neurons (generated)",
         "",
-        f"Model {result['checkpoint']}: {result['neurons']} MLP neurons after GELU ({len(result['layers'])} layers). "
+        (f"Model {result['checkpoint']}: {result['neurons']} MLP neurons after GELU ({len(result['layers'])} layers). "
         f"{result['sentences']['train']} training and {result['sentences']['test']} held-out sentences of Python's "
         f"help text ({result['words']['train']} and {result['words']['test']} words), seed {result['seed']}. "
         f"Elastic-net probes (l1 {result['probe']['l1']:g}, l2 {result['probe']['l2']:g}, "
         f"{result['probe']['epochs']} epochs, Adam 1e-3, batch 32). Control task: labels drawn per word type "
-        "(Hewitt & Liang 2019); selectivity = accuracy - control accuracy.",
+        "(Hewitt & Liang 2019); selectivity = accuracy - control accuracy."),
         "",
-        "| property | classes | held-out words | accuracy | majority | control accuracy | selectivity |"
-        " neurons for 50% of the weight |",
+        ("| property | classes | held-out words | accuracy | majority | control accuracy | selectivity |"
+        " neurons for 50% of the weight |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, v in props.items():
@@ -342,8 +363,8 @@ def render_summary(result: dict) -> str:
                      f"{v['majority']:.3f} | {v['control_accuracy']:.3f} | {v['selectivity']:+.3f} | "
                      f"{v['neurons_for_half_mass']} |")
     lines += ["", f"## Ablating {result['top_count']} neurons inside the model", "",
-              "Mean cosine between the ablated and the intact model's sentence embeddings (mean pooling) on the "
-              "held-out sentences; lower moves the embedding more.", "",
+              ("Mean cosine between the ablated and the intact model's sentence embeddings (mean pooling) on the "
+              "held-out sentences; lower moves the embedding more."), "",
               "| neurons | zero ablation | mean ablation |", "| --- | --- | --- |"]
     for name in props:
         for which in ("top", "bottom"):
@@ -361,8 +382,8 @@ def render_summary(result: dict) -> str:
     lines += ["", "## Top neurons", ""]
     for name, v in props.items():
         lines.append(f"- {v['title']}: per layer {v['top_per_layer']}; first {', '.join(v['top_neurons'][:8])}")
-    lines += ["", f"Finished in {result['wall_seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU. Plots: "
-              "`probing_accuracy.png`, `probing_overlap.png`, `probing_ablation.png`; numbers: `probing.json`.", ""]
+    lines += ["", (f"Finished in {result['wall_seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU. Plots: "
+              "`probing_accuracy.png`, `probing_overlap.png`, `probing_ablation.png`; numbers: `probing.json`."), ""]
     return "\n".join(lines)
 
 
