@@ -4,6 +4,7 @@ probe-selected neurons move the sentence embedding more than random ones (zero a
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -54,6 +55,9 @@ def edited(model, layers, chosen, means, mode):
     return copy
 
 
+embed = jax.jit(probing.sentence_embedding)
+
+
 def test_ablation_effects_equal_weight_edits_on_unpadded_sentences():
     config = bert.BertConfig.from_dict(CONFIG)
     model = bert.Bert(config, rngs=nnx.Rngs(1))
@@ -75,8 +79,7 @@ def test_ablation_effects_equal_weight_edits_on_unpadded_sentences():
             cosines = []
             for row, n in enumerate(lengths):  # each sentence alone, no padding
                 alone = {k: jnp.asarray(v[row : row + 1, :n]) for k, v in batch.items()}
-                cosines.append(probing._cosine(probing.sentence_embedding(variant, alone),
-                                               probing.sentence_embedding(model, alone))[0])
+                cosines.append(probing._cosine(embed(variant, alone), embed(model, alone))[0])
             assert_close(got[mode][name], np.mean(cosines), BOUND, 1.0, f"{mode} {name}")
     assert got["zero"]["none"] == pytest.approx(1.0, abs=BOUND)
 
