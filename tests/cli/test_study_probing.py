@@ -145,7 +145,7 @@ def test_minilm_tiny_run_shows_the_claims_and_a_report_section(tmp_path):
     out = tmp_path / "probing"
     assert main(["study-probing", "--sentences", "24", "--random", "2", "--out", str(out)]) == 0
     result = json.loads((out / "probing.json").read_text())
-    assert result["checkpoint"] == "model" and result["neurons"] == 6 * 1536
+    assert result["checkpoint"] == "all-MiniLM-L6-v2" and result["neurons"] == 6 * 1536
     check_claims(result)
     assert main(["report", str(out), "--out", str(tmp_path / "page")]) == 0
     page = (tmp_path / "page" / "report" / "index.html").read_text()

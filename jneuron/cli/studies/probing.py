@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     if random_sets < 1 or args.batch_size < 1 or args.epochs < 1:
         raise JNeuronError("--random, --batch-size and --epochs must be at least 1")
     checkpoint = args.checkpoint or default_checkpoint()
+    model_name = checkpoint.name if args.checkpoint else "all-MiniLM-L6-v2"
     rng = np.random.default_rng(args.seed)
     every = python_prose_sentences()
     chosen = rng.permutation(len(every))[: count or len(every)]
@@ -260,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     phase("ablation")
 
     result = {
-        "study": "probing", "checkpoint": checkpoint.name, "seed": args.seed,
+        "study": "probing", "checkpoint": model_name, "seed": args.seed,
         "sentences": {"train": len(train_sentences), "test": len(test_sentences)},
         "words": {"train": int((~test_rows).sum()), "test": int(test_rows.sum())},
         "neurons": int(x.shape[1]), "layers": layers, "top_count": top_count,
