@@ -20,4 +20,5 @@ from jneuron.cli.commands import (
 )
 
 COMMANDS = (studies.demo, maxcorr, mincorr, linreg, similarity, match, probe, ablate, information,
-            studies.information, studies.rejuvenation, studies.crosslm, convert, extract, report)
+            studies.information, studies.rejuvenation, studies.crosslm, studies.probing, convert, extract,
+            report)

@@ -1,5 +1,5 @@
 """Studies: whole experiments end to end (train, analyse, write results and a report), one command each."""
 
-from jneuron.cli.studies import crosslm, demo, information, rejuvenation
+from jneuron.cli.studies import crosslm, demo, information, probing, rejuvenation
 
-__all__ = ["crosslm", "demo", "information", "rejuvenation"]
+__all__ = ["crosslm", "demo", "information", "probing", "rejuvenation"]

@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jneuron.cli.studies import crosslm_experiment  # JAX and the models load only when the study runs
+    from jneuron.cli.studies import (
+        crosslm_experiment,  # JAX and the models load only when the study runs
+    )
 
     return crosslm_experiment.run(args)
