@@ -86,14 +86,20 @@ def wrap_all(model: nnx.Module, layers: Sequence[str], make) -> None:
     walked once: wrapping a deeper module never moves a shallower one."""
     logical = _logical(model)
     for layer in sorted(layers, key=depth, reverse=True):
-        path = split_site(path_text(layer))[0]
-        if path not in logical:
-            raise _unknown(path, list(module_paths(model)))
-        *parents, last = logical[path][0]
-        parent = model
-        for part in parents:
-            parent = _child(parent, part)
+        parent, last = _parent_of(model, logical, layer)
         _set_child(parent, last, make(_child(parent, last), layer))
+
+
+def _parent_of(model: nnx.Module, logical: dict, layer) -> tuple[nnx.Module, object]:
+    """The module holding ``layer``'s submodule and the submodule's key in it (``logical``: :func:`_logical`)."""
+    path = split_site(path_text(layer))[0]
+    if path not in logical:
+        raise _unknown(path, list(module_paths(model)))
+    *parents, last = logical[path][0]
+    parent = model
+    for part in parents:
+        parent = _child(parent, part)
+    return parent, last
 
 
 def _unknown(path: str, known: Sequence[str]) -> JNeuronError:
@@ -128,12 +134,5 @@ def check_layers(model: nnx.Module, layers: Sequence[str]) -> tuple[str, ...]:
 
 def replace(model: nnx.Module, path: str | Sequence[str | int], new: nnx.Module) -> None:
     """Put ``new`` at ``path`` in ``model`` (in place): the surgery behind capture and ablation."""
-    path = split_site(path_text(path))[0]
-    logical = _logical(model)
-    if path not in logical:
-        raise _unknown(path, list(module_paths(model)))
-    *parents, last = logical[path][0]
-    parent = model
-    for part in parents:
-        parent = _child(parent, part)
+    parent, last = _parent_of(model, _logical(model), path)
     _set_child(parent, last, new)

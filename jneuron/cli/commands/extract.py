@@ -16,12 +16,13 @@ import hashlib
 import re
 from pathlib import Path
 
-import jax
-import numpy as np
+from typing import TYPE_CHECKING
 
 from jneuron.cli.progress import Progress
-from jneuron.data.store import StoreWriter
 from jneuron.errors import JNeuronError
+
+if TYPE_CHECKING:
+    from jneuron.data.store import StoreWriter
 
 NAME = "extract"
 HELP = "write a BERT-family model's word-level hidden states and MLP neurons on a text file to a zarr store"
@@ -70,6 +71,8 @@ def _truncate(writer: StoreWriter, rows: int) -> None:
 
 def _open(args, fingerprint: dict, model_name: str) -> tuple[StoreWriter, int, int]:
     """The writer and where to start: ``(writer, sentences done, rows written)``."""
+    from jneuron.data.store import StoreWriter
+
     out: Path = args.out
     if (out / "zarr.json").is_file():
         writer = StoreWriter(out, mode="a")
@@ -88,6 +91,9 @@ def _open(args, fingerprint: dict, model_name: str) -> tuple[StoreWriter, int, i
 
 
 def run(args: argparse.Namespace) -> int:
+    import jax  # JAX, the model and numpy load only when the command runs (--help stays quick)
+    import numpy as np
+
     from jneuron.flax.capturing import run_with_cache
     from jneuron.models import bert
 

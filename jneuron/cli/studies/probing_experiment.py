@@ -102,8 +102,8 @@ def probe_property(x_train, y_train, x_test, y_test, *, neurons, l1, l2, epochs,
     no training word has counts as an error for both)."""
     import jneuron as jn
 
-    probe = jn.train_probe(x_train, y_train, l1=l1, l2=l2, epochs=epochs, batch_size=32, lr=1e-3, seed=seed,
-                           neurons=neurons)
+    probe = jn.train_probe(x_train, y_train, l1=l1, l2=l2, epochs=epochs, batch_size=32, learning_rate=1e-3,
+                           seed=seed, names=neurons)
     accuracy = float(np.mean(probe.predict(x_test) == y_test))
     return {"accuracy": accuracy, "majority": _majority(y_train, y_test)}, probe
 
