@@ -71,7 +71,7 @@ def test_report_shows_the_section(small, tmp_path):
     out, _ = small
     assert (out / "crosslm.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["report", str(out), "--out", str(tmp_path)]) == 0
-    page = (tmp_path / "report" / "index.html").read_text()
+    page = (tmp_path / "report.html").read_text()
     assert "Cross-LM erasure: maxcorr" in page and "Controlling single neurons" in page
 
 

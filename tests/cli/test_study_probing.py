@@ -148,7 +148,7 @@ def test_minilm_tiny_run_shows_the_claims_and_a_report_section(tmp_path):
     assert result["checkpoint"] == "all-MiniLM-L6-v2" and result["neurons"] == 6 * 1536
     check_claims(result)
     assert main(["report", str(out), "--out", str(tmp_path / "page")]) == 0
-    page = (tmp_path / "page" / "report" / "index.html").read_text()
+    page = (tmp_path / "page" / "report.html").read_text()
     assert "Probing study" in page and "function vs content word" in page
     assert len(list((tmp_path / "page" / "report" / "img").glob("*probing*.png"))) == 3
 
