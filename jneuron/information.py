@@ -2,7 +2,7 @@
 
 Every neuron's output is quantized (1 bit by default: ``x > 0.5`` for sigmoid units; ``threshold=0`` for
 ReLU units), and the exact integer joint counts of (bin, class) are accumulated over streamed chunks
-(one-hot contractions on GPU/TPU, integer segment sums on CPU; identical counts). From them: entropy ``H(T_j)``, mutual information ``I(T_j; Y)`` and KL
+(one-hot contractions on GPU/TPU, the same products by the host BLAS on CPU; identical counts). From them: entropy ``H(T_j)``, mutual information ``I(T_j; Y)`` and KL
 selectivity ``max_y D(P(T_j | y) || P(T_j))`` (bits by default, ``0 log 0 = 0``), plus Morcos et al.'s
 class selectivity index on the raw activations' class means. See :mod:`jneuron.kernels.information`.
 
@@ -40,12 +40,13 @@ from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype, working_dtype
 from jneuron.results import NeuronIndex, Ranking, _plain
+from jneuron.streaming import cpu_counts
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import default_chunk_tokens, fold_sharded
 
 MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
-COUNTING = ("contract", "segment")
+COUNTING = ("contract", "segment", "host")
 OFFSET_RATIO = 64.0  # shift sums by the first chunk's mean when some |mean| > OFFSET_RATIO * std
 _SHIFT_ROWS = 1024  # rows of the first chunk that decide the shift
 _FLUSH_TOKENS = 2**31 - 1  # int32 device counts are moved to host int64 before they could overflow
@@ -147,8 +148,9 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
       chunk_tokens: tokens per compiled update (default about 128 MiB of columns, at most ``2**24``; for
         chunk iterables at most the first chunk's length).
       resolution: fine histogram bins per neuron for quantile edge estimation.
-      counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU) or ``"segment"`` (segment
-        sums, the default on CPU, where they are faster than a matrix product); the counts are identical.
+      counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU), ``"segment"`` (segment
+        sums) or ``"host"`` (the one-hot products by numpy's BLAS, :mod:`jneuron.streaming.cpu_counts`;
+        the default on CPU, 5-10x faster than either compiled route there); the counts are identical.
       devices: shard the tokens of the counting pass over this many devices (or these devices);
         see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens in all).
       mesh: or a ``("tokens"[, "neurons"])`` mesh (tokens only are split here; with several processes
@@ -156,7 +158,7 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     """
     if quantize not in QUANTIZERS:
         raise JNeuronError(f"unknown quantize={quantize!r}; expected one of {QUANTIZERS}")
-    counting = counting or ("segment" if jax.default_backend() == "cpu" else "contract")
+    counting = counting or ("host" if jax.default_backend() == "cpu" else "contract")
     if counting not in COUNTING:
         raise JNeuronError(f"unknown counting={counting!r}; expected one of {COUNTING}")
     if unit not in ("bits", "nats"):
@@ -415,6 +417,8 @@ def _tables(stream: _Stream, mode: str, params, bins: int, counting: str) -> tup
     * std``), every neuron is shifted by its first-chunk mean before summing, so float32 sums keep the
     digits that class differences live in; otherwise the raw values are summed (one memory pass fewer).
     """
+    if counting == "host":
+        return _tables_host(stream, mode, params, bins)
     dtype = params[0].dtype
     shift = None
     counts = np.zeros((stream.width, bins, stream.classes), np.int64)
@@ -439,6 +443,32 @@ def _tables(stream: _Stream, mode: str, params, bins: int, counting: str) -> tup
         raise JNeuronError(f"non-finite value (NaN or Inf) at row {int(tables.bad_row)}, neuron {neuron}")
     counts += np.asarray(tables.counts, np.int64)
     return counts, comp.value64(tables.sums), shift
+
+
+def _tables_host(stream: _Stream, mode: str, params, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_tables` by the host BLAS (:func:`jneuron.streaming.cpu_counts.chunk_tables`), chunk by chunk."""
+    dtype = np.dtype(params[0].dtype)
+    params = tuple(np.asarray(p) for p in params)
+    counts = np.zeros((stream.width, bins, stream.classes), np.int64)
+    sums = np.zeros((stream.width, stream.classes), np.float64)
+    shift, row0 = None, 0
+    for x, y, rows in stream.chunks():
+        x = np.asarray(x, dtype)
+        if shift is None:
+            shift = np.asarray(_shift(x[:min(rows, _SHIFT_ROWS)]).astype(dtype), np.float64)
+        chunk_counts, chunk_sums = cpu_counts.chunk_tables(
+            x, np.asarray(y), rows, classes=stream.classes, mode=mode, params=params, bins=bins,
+            shift=shift if shift.any() else None)
+        bad = None if np.isfinite(chunk_sums).all() else cpu_counts.first_bad(x, rows)
+        if bad is not None:
+            raise JNeuronError(f"non-finite value (NaN or Inf) at row {row0 + bad[0]}, "
+                               f"neuron {stream.neurons.label(bad[1])}")
+        counts += chunk_counts
+        sums += chunk_sums
+        row0 += rows
+    if shift is None:
+        raise JNeuronError("no tokens to analyse")
+    return counts, sums, shift
 
 
 def _tables_sharded(stream: _Stream, mode: str, params, bins: int, counting: str, *, mesh):
