@@ -170,8 +170,8 @@ def floor_seconds(*, flops: float, bytes_read: float, limits: dict) -> dict:
 def bracketed(fn: Callable[[], object], *, repeats: int = 3) -> dict:
     """Time ``fn`` (min of ``repeats`` after one warm-up) between two floor measurements of this machine.
 
-    Returns seconds, the load average at the time, and the floors before and after (the lower GEMM rate and
-    bandwidth of the two are used for the floor, so a loaded moment does not flatter the method).
+    Returns seconds, the load average at the time, and the floors before and after; ``limits`` holds the
+    higher GEMM rate and bandwidth of the two (the stricter floor: a loaded moment does not lower the bar).
     """
     before = floors()
     jax.block_until_ready(fn())
