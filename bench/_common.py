@@ -104,6 +104,7 @@ def blas() -> dict:
         import threadpoolctl
 
         pools = [p for p in threadpoolctl.threadpool_info() if p.get("user_api") == "blas"]
+        pools.sort(key=lambda p: "numpy" not in str(p.get("filepath", "")))  # numpy's own first (scipy has one too)
         if pools:
             p = pools[0]
             return {"library": f"{p.get('internal_api')} {p.get('version')}", "kernel": p.get("architecture"),
