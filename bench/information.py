@@ -99,28 +99,33 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=8192)
     parser.add_argument("--bins", type=int, default=4, help="bins of the uniform and quantile runs")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--binned-tokens", type=int, default=None,
+                        help="tokens of the uniform and quantile runs (default: --tokens)")
     parser.add_argument("--skip-numpy", action="store_true", help="leave out the numpy baseline")
     args = parser.parse_args()
     n, d, c, b = args.tokens, args.neurons, args.classes, args.bins
-    stream = Chunks(n, d, c, args.chunk)
-    data_bytes = n * d * 4
+    nb = args.binned_tokens or n
+    streams = {"threshold": Chunks(n, d, c, args.chunk), "uniform": Chunks(nb, d, c, args.chunk),
+               "quantile": Chunks(nb, d, c, args.chunk)}
+    stream = streams["threshold"]
     limits = floors()
     # the unavoidable work: read the activations once per pass; per pass that counts, one float32
     # contraction of the one-hot labels with each bin edge's 0/1 indicators (the counts) and one with the
     # activations (the class sums): 2 n d c flops each. Uniform bins without a range need one more read
     # (min/max), quantile bins two more (min/max, then the fine histograms that place the edges).
-    contraction = 2.0 * n * d * c
     cases = {
-        "threshold": ({"threshold": 0.5}, floor_seconds(flops=2 * contraction, bytes_read=data_bytes, limits=limits)),
+        "threshold": ({"threshold": 0.5}, floor_seconds(flops=2 * 2.0 * n * d * c, bytes_read=4 * n * d,
+                                                         limits=limits)),
         "uniform": ({"quantize": "uniform", "bins": b},
-                    floor_seconds(flops=b * contraction, bytes_read=2 * data_bytes, limits=limits)),
+                    floor_seconds(flops=b * 2.0 * nb * d * c, bytes_read=2 * 4 * nb * d, limits=limits)),
         "quantile": ({"quantize": "quantile", "bins": b},
-                     floor_seconds(flops=b * contraction, bytes_read=3 * data_bytes, limits=limits)),
+                     floor_seconds(flops=b * 2.0 * nb * d * c, bytes_read=3 * 4 * nb * d, limits=limits)),
     }
     warm = Chunks(2 * args.chunk, d, c, args.chunk)
     for options, _ in cases.values():  # compile on the chunk shape
         jn.neuron_information(warm, classes=c, chunk_tokens=args.chunk, **options)
-    results = {"size": {"tokens": n, "neurons": d, "classes": c, "chunk": args.chunk, "bins": b},
+    results = {"size": {"tokens": n, "binned_tokens": nb, "neurons": d, "classes": c, "chunk": args.chunk,
+                        "bins": b},
                "machine": described_machine(), "floors_before": limits, "contenders": {}}
     print(f"Information measures, {n:,} tokens x {d:,} neurons x {c} classes, chunks of {args.chunk:,}; "
           f"{results['machine']['cpu']}, BLAS {results['machine']['blas']}")
@@ -128,11 +133,11 @@ def main() -> None:
           f"GB/s (load {limits['load']})")
     infos = {}
     for name, (options, floor) in cases.items():
-        seconds, times, info = best(lambda: run_jneuron(stream, **options), args.repeats)
+        seconds, times, info = best(lambda: run_jneuron(streams[name], **options), args.repeats)
         infos[name] = info
         results["contenders"][f"jneuron {name}"] = {"seconds": seconds, "all_seconds": times, "load": load(),
                                                      "floor": floor, "over_floor": seconds / floor["floor_s"]}
-        print(ratio_line(f"jneuron, {name}" + ("" if name == "threshold" else f" {b} bins"), seconds, floor,
+        print(ratio_line(f"jneuron, {name}" + ("" if name == "threshold" else f" {b} bins, {nb:,} tokens"), seconds, floor,
                          load_avg=load()))
     if not args.skip_numpy:
         seconds, times, (numpy_counts, measures) = best(
