@@ -397,6 +397,12 @@ _quantile_edges = jax.jit(kquant.quantile_edges, static_argnames="bins")
 
 
 def _minmax(stream: _Stream, dtype):
+    if jax.default_backend() == "cpu":  # numpy's reductions, no copy to the device
+        low, high = np.full(stream.width, np.inf, dtype), np.full(stream.width, -np.inf, dtype)
+        for x, _, rows in stream.chunks():
+            chunk_low, chunk_high = cpu_counts.minmax(np.asarray(x, dtype), rows)
+            low, high = np.minimum(low, chunk_low), np.maximum(high, chunk_high)
+        return jnp.asarray(low, dtype), jnp.asarray(high, dtype)
     low, high = jnp.asarray(np.full(stream.width, np.inf), dtype), jnp.asarray(np.full(stream.width, -np.inf), dtype)
     for x, _, rows in stream.chunks():
         low, high = _minmax_step(low, high, jnp.asarray(x, dtype), rows)
@@ -404,6 +410,12 @@ def _minmax(stream: _Stream, dtype):
 
 
 def _histograms(stream: _Stream, low, high, resolution: int):
+    if jax.default_backend() == "cpu":  # one np.bincount a chunk (XLA's CPU scatter-add is far slower)
+        counts = np.zeros((stream.width, resolution), np.int64)
+        host_low, host_high = np.asarray(low), np.asarray(high)
+        for x, _, rows in stream.chunks():
+            counts += cpu_counts.histogram(np.asarray(x, host_low.dtype), rows, host_low, host_high, resolution)
+        return jnp.asarray(counts.astype(np.int32))
     counts = jnp.asarray(np.zeros((stream.width, resolution), np.int32))
     for x, _, rows in stream.chunks():
         counts = _histogram_step(counts, jnp.asarray(x, low.dtype), rows, low, high, resolution)

@@ -95,13 +95,46 @@ def _edge_tests(x: np.ndarray, mode: str, params: tuple, bins: int, dtype):
         edges = np.asarray(params[0], dtype)  # (neurons, bins - 1), ascending: code >= b iff x > edges[:, b-1]
         return [lambda out, e=edges[:, b - 1][None, :]: np.greater(x, e, out=out) for b in range(1, bins)]
     if mode == "uniform":
-        # as jneuron.kernels.quantize.uniform: floor(where(width > 0, (x - low) * (bins / width), 0)), clipped
-        low = row(params[0])
-        width = row(params[1]) - low
-        scaled = (x - low) * (dtype.type(bins) / np.where(width > 0, width, dtype.type(1)))
-        scaled = np.where(width > 0, scaled, dtype.type(0))
+        scaled = _scaled(x, params[0], params[1], bins, dtype)
         return [lambda out, b=b: np.greater_equal(scaled, dtype.type(b), out=out) for b in range(1, bins)]
     raise ValueError(f"unknown quantizer mode {mode!r}")
+
+
+def _scaled(x: np.ndarray, low, high, bins: int, dtype) -> np.ndarray:
+    """``where(width > 0, (x - low) * (bins / width), 0)`` in ``dtype``, the operations of
+    :func:`jneuron.kernels.quantize.uniform` before its floor and clip (so the bins are identical)."""
+    low = np.asarray(low, dtype)
+    width = np.asarray(high, dtype) - low
+    low, width = (v[None, :] if v.ndim == 1 else v for v in (low, width))
+    factor = dtype.type(bins) / np.where(width > 0, width, dtype.type(1))
+    scaled = np.subtract(x, low, dtype=dtype)
+    np.multiply(scaled, factor, out=scaled)
+    flat = np.broadcast_to(width > 0, (1, x.shape[1]))[0]
+    if not flat.all():
+        scaled[:, ~flat] = 0
+    return scaled
+
+
+def minmax(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-neuron minimum and maximum over the first ``rows`` rows (NaN where a column holds one), as
+    :func:`jneuron.kernels.quantize.minmax`."""
+    with np.errstate(invalid="ignore"):
+        return x[:rows].min(axis=0), x[:rows].max(axis=0)
+
+
+def histogram(x: np.ndarray, rows: int, low, high, resolution: int) -> np.ndarray:
+    """Per-neuron counts of ``resolution`` equal bins over ``[low, high]`` of the first ``rows`` rows, int64
+    ``(neurons, resolution)``: :func:`jneuron.kernels.quantize.histogram` by one ``np.bincount``."""
+    dtype = np.result_type(x.dtype, np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN is reported by the counting pass
+        scaled = _scaled(np.asarray(x[:rows], dtype), low, high, resolution, dtype)
+        np.floor(scaled, out=scaled)
+        np.clip(scaled, 0, resolution - 1, out=scaled)
+        flat = scaled.astype(np.intp)
+    np.clip(flat, 0, resolution - 1, out=flat)  # (a NaN's cast lands anywhere: keep it in its neuron's row)
+    neurons = x.shape[1]
+    flat += (np.arange(neurons, dtype=np.intp) * resolution)[None, :]
+    return np.bincount(flat.ravel(), minlength=neurons * resolution).reshape(neurons, resolution)
 
 
 def first_bad(x: np.ndarray, rows: int) -> tuple[int, int] | None:
