@@ -150,7 +150,8 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
       resolution: fine histogram bins per neuron for quantile edge estimation.
       counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU), ``"segment"`` (segment
         sums) or ``"host"`` (the one-hot products by numpy's BLAS, :mod:`jneuron.streaming.cpu_counts`;
-        the default on CPU, 5-10x faster than either compiled route there); the counts are identical.
+        the default on CPU unless sharded, several times faster than either compiled route there); the
+        counts are identical.
       devices: shard the tokens of the counting pass over this many devices (or these devices);
         see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens in all).
       mesh: or a ``("tokens"[, "neurons"])`` mesh (tokens only are split here; with several processes
@@ -158,7 +159,11 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     """
     if quantize not in QUANTIZERS:
         raise JNeuronError(f"unknown quantize={quantize!r}; expected one of {QUANTIZERS}")
-    counting = counting or ("host" if jax.default_backend() == "cpu" else "contract")
+    sharded = devices is not None or mesh is not None
+    counting = counting or ("contract" if jax.default_backend() != "cpu" else "segment" if sharded else "host")
+    if counting == "host" and sharded:
+        raise JNeuronError("counting='host' runs on this process's CPU; with devices= or mesh= use 'segment' "
+                           "or 'contract'")
     if counting not in COUNTING:
         raise JNeuronError(f"unknown counting={counting!r}; expected one of {COUNTING}")
     if unit not in ("bits", "nats"):
