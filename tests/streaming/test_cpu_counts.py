@@ -1,0 +1,105 @@
+"""The host (numpy BLAS) counting of the information measures: exact counts, equal to a numpy reference
+and to the compiled kernels' counts, on random and nasty inputs."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jneuron as jn
+from jneuron.kernels import information as kinfo
+from jneuron.kernels import quantize as kquant
+from jneuron.precision import follow_dtype
+from jneuron.streaming import cpu_counts
+from tests.tolerance import assert_close, tolerance
+
+
+def reference_counts(codes: np.ndarray, labels: np.ndarray, bins: int, classes: int) -> np.ndarray:
+    """``(neurons, bins, classes)`` int64 by np.add.at, one token at a time."""
+    counts = np.zeros((codes.shape[1], bins, classes), np.int64)
+    for j in range(codes.shape[1]):
+        np.add.at(counts[j], (codes[:, j], labels), 1)
+    return counts
+
+
+def nasty(rng, tokens: int, neurons: int, dtype=np.float32) -> np.ndarray:
+    """Random data with an offset neuron, a dead (constant) one, values exactly on 0.5, and ties."""
+    x = rng.random((tokens, neurons)).astype(dtype)
+    x[:, 0] += dtype(1e4)
+    x[:, 1] = 0
+    x[::3, 2] = 0.5
+    x[:, 3] = np.round(x[:, 3] * 4) / 4
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode,bins", [("threshold", 2), ("uniform", 4), ("edges", 5)])
+def test_counts_equal_numpy_reference_and_kernel(rng, mode, bins, dtype):
+    tokens, neurons, classes = 1_037, 7, 6
+    x = nasty(rng, tokens, neurons, dtype)
+    labels = rng.integers(0, classes - 1, tokens)  # the last class is absent
+    if mode == "threshold":
+        params = (np.full(neurons, 0.5, dtype),)
+    elif mode == "uniform":
+        params = (x.min(axis=0), x.max(axis=0))
+    else:
+        params = (np.sort(rng.choice(x.ravel(), (neurons, bins - 1)), axis=1).astype(dtype),)
+    with follow_dtype(dtype):  # the kernel quantizes float64 in float64
+        codes = np.asarray(kquant.apply(jnp.asarray(x), mode, tuple(jnp.asarray(p) for p in params), bins))
+    rows = tokens - 5  # trailing rows are padding
+    counts, sums = cpu_counts.chunk_tables(x, labels, rows, classes=classes, mode=mode, params=params, bins=bins)
+    expected = reference_counts(codes[:rows].astype(np.int64), labels[:rows], bins, classes)
+    np.testing.assert_array_equal(counts, expected)
+    with follow_dtype(dtype):
+        kernel_counts, _ = kinfo.chunk_tables(jnp.asarray(x), jnp.asarray(codes), jnp.asarray(labels), rows, None,
+                                              bins=bins, classes=classes, method="segment")
+    np.testing.assert_array_equal(counts, np.asarray(kernel_counts))
+    exact = np.stack([x[:rows][labels[:rows] == c].astype(np.float64).sum(0) for c in range(classes)], axis=1)
+    bound = tolerance(rows, dtype) * np.stack(
+        [np.abs(x[:rows][labels[:rows] == c].astype(np.float64)).sum(0) for c in range(classes)], axis=1)
+    assert_close(sums, exact, 1.0, bound, "class sums")
+
+
+def test_shift_single_row_and_non_finite(rng):
+    x = nasty(rng, 50, 4)
+    labels = rng.integers(0, 3, 50)
+    shift = x.mean(axis=0).astype(np.float32)
+    _, sums = cpu_counts.chunk_tables(x, labels, 50, classes=3, mode="threshold", params=(np.float32(0.5),),
+                                      bins=2, shift=shift)
+    exact = np.stack([(x[labels == c].astype(np.float64) - shift).sum(0) for c in range(3)], axis=1)
+    bound = tolerance(50, np.float32) * np.stack(
+        [np.abs(x[labels == c].astype(np.float64) - shift).sum(0) for c in range(3)], axis=1)
+    assert_close(sums, exact, 1.0, bound, "shifted class sums")
+    one, _ = cpu_counts.chunk_tables(x, labels, 1, classes=3, mode="threshold", params=(np.float32(0.5),), bins=2)
+    assert one.sum() == 4 and one[:, :, labels[0]].sum() == 4
+    x[7, 2] = np.nan
+    _, sums = cpu_counts.chunk_tables(x, labels, 50, classes=3, mode="threshold", params=(np.float32(0.5),), bins=2)
+    assert not np.isfinite(sums).all()
+    assert cpu_counts.first_bad(x, 50) == (7, 2)
+    assert cpu_counts.first_bad(x, 7) is None
+
+
+@pytest.mark.parametrize("quantize,bins", [("threshold", 2), ("uniform", 3), ("quantile", 4)])
+def test_host_counting_equals_compiled_counting(rng, quantize, bins):
+    x = nasty(rng, 900, 6)
+    labels = rng.integers(0, 4, 900)
+    host = jn.neuron_information(x, labels, quantize=quantize, bins=bins, counting="host", chunk_tokens=256)
+    segment = jn.neuron_information(x, labels, quantize=quantize, bins=bins, counting="segment", chunk_tokens=256)
+    np.testing.assert_array_equal(host.counts, segment.counts)
+    np.testing.assert_array_equal(host.mutual_information, segment.mutual_information)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_histogram_and_minmax_equal_the_kernels(rng, dtype):
+    x = nasty(rng, 777, 6, dtype)
+    x[:, 4] = rng.normal(size=777) * 1e-3 - 7  # a narrow negative range
+    rows = 770
+    with follow_dtype(dtype):
+        low, high = (np.asarray(v) for v in kquant.minmax(jnp.asarray(x), rows))
+        expected = np.asarray(kquant.histogram(jnp.asarray(x), rows, jnp.asarray(low), jnp.asarray(high), 64))
+    host_low, host_high = cpu_counts.minmax(x, rows)
+    np.testing.assert_array_equal(host_low, low)
+    np.testing.assert_array_equal(host_high, high)
+    counts = cpu_counts.histogram(x, rows, low, high, 64)
+    np.testing.assert_array_equal(counts, expected)
+    assert (counts.sum(axis=1) == rows).all()
+    assert counts[1, 0] == rows  # the dead neuron: everything in bin 0
