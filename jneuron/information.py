@@ -535,6 +535,8 @@ def _host_counting_reduction(width: int, bins: int, classes: int, mode: str) -> 
 def _shift(first: np.ndarray) -> np.ndarray:
     """Per-neuron first-chunk means if some varying neuron's offset dwarfs its spread, else zeros."""
     first = np.asarray(first, np.float64)
+    if not len(first):  # no valid row in the first chunk (the pass says whether any row is valid)
+        return np.zeros(first.shape[1])
     with np.errstate(invalid="ignore"):
         mean, std = first.mean(axis=0), first.std(axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)

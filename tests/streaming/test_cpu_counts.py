@@ -103,3 +103,108 @@ def test_histogram_and_minmax_equal_the_kernels(rng, dtype):
     np.testing.assert_array_equal(counts, expected)
     assert (counts.sum(axis=1) == rows).all()
     assert counts[1, 0] == rows  # the dead neuron: everything in bin 0
+
+
+def reference_codes(x: np.ndarray, info) -> np.ndarray:
+    """Every token's bin from a result's quantization, in numpy (the quantizer's operations, in ``x``'s dtype)."""
+    q, dtype = info.quantization, x.dtype
+    if q["mode"] == "threshold":
+        return (x > dtype.type(q["threshold"])).astype(np.int64)
+    if q["mode"] == "quantile":
+        edges = np.asarray(q["edges"], dtype)
+        return (x[:, :, None] > edges[None]).sum(axis=2)
+    low, high, bins = np.asarray(q["low"], dtype), np.asarray(q["high"], dtype), q["bins"]
+    width = high - low
+    scaled = (x - low) * (dtype.type(bins) / np.where(width > 0, width, dtype.type(1)))
+    return np.clip(np.floor(np.where(width > 0, scaled, 0)), 0, bins - 1).astype(np.int64)
+
+
+def padded_nasty(rng, dtype):
+    """Nasty data with invalid rows (garbage labels, NaN and huge values) mixed in, and its mask."""
+    x = nasty(rng, 700, 6, dtype)
+    labels = rng.integers(0, 4, 700)
+    valid = rng.random(900) < 700 / 900
+    valid[np.cumsum(valid) > 700] = False
+    big = np.full((900, 6), np.nan, dtype)
+    big[~valid, 1::2] = 1e30
+    big[valid] = x[: valid.sum()]
+    big_labels = np.full(900, 99)  # out of range where invalid: never read
+    big_labels[valid] = labels[: valid.sum()]
+    return big, big_labels, valid, x[: valid.sum()], labels[: valid.sum()]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("quantize,bins", [("threshold", 2), ("uniform", 3), ("quantile", 4)])
+def test_host_equals_segment_and_numpy_with_valid_rows(rng, dtype, quantize, bins):
+    big, big_labels, valid, x, labels = padded_nasty(rng, dtype)
+    args = {"quantize": quantize, "bins": bins, "classes": 5, "valid": valid, "chunk_tokens": 128}
+    with follow_dtype(dtype):
+        host = jn.neuron_information(big, big_labels, counting="host", **args)
+        segment = jn.neuron_information(big, big_labels, counting="segment", **args)
+    assert host.quantization.keys() == segment.quantization.keys()
+    for name, value in host.quantization.items():  # the pre-passes' ranges and edges are the same too
+        np.testing.assert_array_equal(value, segment.quantization[name])
+    np.testing.assert_array_equal(host.counts, segment.counts)
+    expected = reference_counts(reference_codes(x, host), labels, bins, 5)
+    np.testing.assert_array_equal(host.counts, expected)
+    assert host.counts.sum() == 6 * len(x) and host.counts[:, :, 4].sum() == 0  # class 4 absent
+    exact = np.stack([x[labels == c].astype(np.float64).mean(0) for c in range(4)], axis=1)
+    error = tolerance(len(x), dtype) * np.stack([np.abs(x[labels == c].astype(np.float64)).mean(0)
+                                                 for c in range(4)], axis=1)
+    assert_close(host.class_means[:, :4], exact, 1.0, error, "host class means")
+    assert np.isnan(host.class_means[:, 4]).all()
+    np.testing.assert_array_equal(host.mutual_information, segment.mutual_information)
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("quantize", ["threshold", "quantile"])
+def test_host_counting_resumes_from_checkpoint(rng, tmp_path, quantize):
+    big, big_labels, valid, _, _ = padded_nasty(rng, np.float32)
+    args = {"quantize": quantize, "bins": 3, "classes": 4, "valid": valid, "chunk_tokens": 64, "counting": "host"}
+    read = []
+    whole = jn.neuron_information(big, big_labels, on_chunk=read.append, **args)
+    passes = 1 if quantize == "threshold" else 3
+    assert sum(read) == 900 * passes  # on_chunk counts the rows read, invalid ones included
+
+    def kill_after(chunks):
+        def on_chunk(rows):
+            kill_after.seen += 1
+            if kill_after.seen == chunks:
+                raise Killed
+        kill_after.seen = 0
+        return on_chunk
+
+    with pytest.raises(Killed):
+        jn.neuron_information(big, big_labels, checkpoint=tmp_path, on_chunk=kill_after(11 * passes), **args)
+    assert list(tmp_path.glob("stats-*.npz"))
+    read = []
+    resumed = jn.neuron_information(big, big_labels, checkpoint=tmp_path, on_chunk=read.append, **args)
+    assert 0 < sum(read) < 900 * passes  # some chunks came from the checkpoint
+    np.testing.assert_array_equal(resumed.counts, whole.counts)
+    np.testing.assert_array_equal(resumed.class_means, whole.class_means)
+    read = []
+    again = jn.neuron_information(big, big_labels, checkpoint=tmp_path, on_chunk=read.append, **args)
+    assert read == []  # every pass finished: read back without a pass
+    np.testing.assert_array_equal(again.counts, whole.counts)
+    segment = jn.neuron_information(big, big_labels, **{**args, "counting": "segment"}, checkpoint=tmp_path)
+    np.testing.assert_array_equal(segment.counts, whole.counts)  # its own checkpoint files, not the host's
+
+
+def test_host_nan_report_names_layer_and_caller_row(rng, tmp_path):
+    acts = {"m": {"l1": rng.random((60, 2)).astype(np.float32), "l2": rng.random((60, 3)).astype(np.float32)}}
+    labels = np.arange(60) % 2
+    valid = np.ones(60, bool)
+    valid[[5, 20]] = False
+    acts["m"]["l2"][5, 1] = np.nan  # an invalid row: ignored
+    acts["m"]["l2"][41, 2] = np.inf
+    for quantize in ("threshold", "quantile"):
+        with pytest.raises(jn.JNeuronError, match="model 'm', layer 'l2'.*row 41, neuron"):
+            jn.neuron_information(acts, labels, valid=valid, quantize=quantize, bins=3, chunk_tokens=16,
+                                  counting="host")
+    with pytest.raises(jn.JNeuronError, match="counting='host'"):
+        jn.neuron_information(acts, labels, counting="host", devices=1)
+    with pytest.raises(jn.JNeuronError, match="marked invalid"):
+        jn.neuron_information(acts["m"]["l1"], labels, valid=np.zeros(60, bool), classes=2, counting="host")
