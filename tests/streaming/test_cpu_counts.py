@@ -31,10 +31,11 @@ def nasty(rng, tokens: int, neurons: int, dtype=np.float32) -> np.ndarray:
     return x
 
 
+@pytest.mark.parametrize("classes", [6, cpu_counts.GROUPED_CLASSES + 3])  # one-hot products, grouped rows
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mode,bins", [("threshold", 2), ("uniform", 4), ("edges", 5)])
-def test_counts_equal_numpy_reference_and_kernel(rng, mode, bins, dtype):
-    tokens, neurons, classes = 1_037, 7, 6
+def test_counts_equal_numpy_reference_and_kernel(rng, mode, bins, dtype, classes):
+    tokens, neurons = 1_037, 7
     x = nasty(rng, tokens, neurons, dtype)
     labels = rng.integers(0, classes - 1, tokens)  # the last class is absent
     if mode == "threshold":
@@ -59,20 +60,23 @@ def test_counts_equal_numpy_reference_and_kernel(rng, mode, bins, dtype):
     assert_close(sums, exact, 1.0, bound, "class sums")
 
 
-def test_shift_single_row_and_non_finite(rng):
+@pytest.mark.parametrize("classes", [3, cpu_counts.GROUPED_CLASSES])
+def test_shift_single_row_and_non_finite(rng, classes):
     x = nasty(rng, 50, 4)
     labels = rng.integers(0, 3, 50)
     shift = x.mean(axis=0).astype(np.float32)
-    _, sums = cpu_counts.chunk_tables(x, labels, 50, classes=3, mode="threshold", params=(np.float32(0.5),),
+    _, sums = cpu_counts.chunk_tables(x, labels, 50, classes=classes, mode="threshold", params=(np.float32(0.5),),
                                       bins=2, shift=shift)
-    exact = np.stack([(x[labels == c].astype(np.float64) - shift).sum(0) for c in range(3)], axis=1)
+    exact = np.stack([(x[labels == c].astype(np.float64) - shift).sum(0) for c in range(classes)], axis=1)
     bound = tolerance(50, np.float32) * np.stack(
-        [np.abs(x[labels == c].astype(np.float64) - shift).sum(0) for c in range(3)], axis=1)
+        [np.abs(x[labels == c].astype(np.float64) - shift).sum(0) for c in range(classes)], axis=1)
     assert_close(sums, exact, 1.0, bound, "shifted class sums")
-    one, _ = cpu_counts.chunk_tables(x, labels, 1, classes=3, mode="threshold", params=(np.float32(0.5),), bins=2)
+    one, _ = cpu_counts.chunk_tables(x, labels, 1, classes=classes, mode="threshold", params=(np.float32(0.5),),
+                                     bins=2)
     assert one.sum() == 4 and one[:, :, labels[0]].sum() == 4
     x[7, 2] = np.nan
-    _, sums = cpu_counts.chunk_tables(x, labels, 50, classes=3, mode="threshold", params=(np.float32(0.5),), bins=2)
+    _, sums = cpu_counts.chunk_tables(x, labels, 50, classes=classes, mode="threshold", params=(np.float32(0.5),),
+                                      bins=2)
     assert not np.isfinite(sums).all()
     assert cpu_counts.first_bad(x, 50) == (7, 2)
     assert cpu_counts.first_bad(x, 7) is None
@@ -119,10 +123,10 @@ def reference_codes(x: np.ndarray, info) -> np.ndarray:
     return np.clip(np.floor(np.where(width > 0, scaled, 0)), 0, bins - 1).astype(np.int64)
 
 
-def padded_nasty(rng, dtype):
+def padded_nasty(rng, dtype, classes=4):
     """Nasty data with invalid rows (garbage labels, NaN and huge values) mixed in, and its mask."""
     x = nasty(rng, 700, 6, dtype)
-    labels = rng.integers(0, 4, 700)
+    labels = rng.integers(0, classes, 700)
     valid = rng.random(900) < 700 / 900
     valid[np.cumsum(valid) > 700] = False
     big = np.full((900, 6), np.nan, dtype)
@@ -133,11 +137,12 @@ def padded_nasty(rng, dtype):
     return big, big_labels, valid, x[: valid.sum()], labels[: valid.sum()]
 
 
+@pytest.mark.parametrize("classes", [4, cpu_counts.GROUPED_CLASSES + 1])  # one-hot products, grouped rows
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("quantize,bins", [("threshold", 2), ("uniform", 3), ("quantile", 4)])
-def test_host_equals_segment_and_numpy_with_valid_rows(rng, dtype, quantize, bins):
-    big, big_labels, valid, x, labels = padded_nasty(rng, dtype)
-    args = {"quantize": quantize, "bins": bins, "classes": 5, "valid": valid, "chunk_tokens": 128}
+def test_host_equals_segment_and_numpy_with_valid_rows(rng, dtype, quantize, bins, classes):
+    big, big_labels, valid, x, labels = padded_nasty(rng, dtype, classes)
+    args = {"quantize": quantize, "bins": bins, "classes": classes + 1, "valid": valid, "chunk_tokens": 128}
     with follow_dtype(dtype):
         host = jn.neuron_information(big, big_labels, counting="host", **args)
         segment = jn.neuron_information(big, big_labels, counting="segment", **args)
@@ -145,14 +150,14 @@ def test_host_equals_segment_and_numpy_with_valid_rows(rng, dtype, quantize, bin
     for name, value in host.quantization.items():  # the pre-passes' ranges and edges are the same too
         np.testing.assert_array_equal(value, segment.quantization[name])
     np.testing.assert_array_equal(host.counts, segment.counts)
-    expected = reference_counts(reference_codes(x, host), labels, bins, 5)
+    expected = reference_counts(reference_codes(x, host), labels, bins, classes + 1)
     np.testing.assert_array_equal(host.counts, expected)
-    assert host.counts.sum() == 6 * len(x) and host.counts[:, :, 4].sum() == 0  # class 4 absent
-    exact = np.stack([x[labels == c].astype(np.float64).mean(0) for c in range(4)], axis=1)
+    assert host.counts.sum() == 6 * len(x) and host.counts[:, :, classes].sum() == 0  # the last class is absent
+    exact = np.stack([x[labels == c].astype(np.float64).mean(0) for c in range(classes)], axis=1)
     error = tolerance(len(x), dtype) * np.stack([np.abs(x[labels == c].astype(np.float64)).mean(0)
-                                                 for c in range(4)], axis=1)
-    assert_close(host.class_means[:, :4], exact, 1.0, error, "host class means")
-    assert np.isnan(host.class_means[:, 4]).all()
+                                                 for c in range(classes)], axis=1)
+    assert_close(host.class_means[:, :classes], exact, 1.0, error, "host class means")
+    assert np.isnan(host.class_means[:, classes]).all()
     np.testing.assert_array_equal(host.mutual_information, segment.mutual_information)
 
 
