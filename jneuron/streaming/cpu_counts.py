@@ -1,11 +1,13 @@
-"""The CPU path of the information measures' counting: joint counts and class sums by the host BLAS.
+"""The CPU path of the information measures' counting: joint counts and class sums by numpy on the host.
 
 On a CPU, XLA's segment sums and one-hot contractions run far below the machine's limits (a 1,000,000 x
 4,096 chunk stream with 45 classes took 10x the time of reading it). Here each chunk costs one
 comparison pass per bin edge into a float buffer of 0/1 indicators and one matrix product of those
 indicators with the one-hot labels through numpy's BLAS (sums of 0/1 values in float32 are exact
 integers up to ``2**24`` rows, so the counts are exact), plus one product of the activations with the
-one-hot labels for the class sums.
+one-hot labels for the class sums. Those products take ``2 n d c`` flops for ``c`` classes; from
+:data:`GROUPED_CLASSES` classes on, the chunk's rows are put in class order instead (one gather) and each
+class's rows are counted (``np.count_nonzero`` of the indicators) and summed: ``n d`` additions a table.
 
 The quantizers are those of :mod:`jneuron.kernels.quantize`, written out in numpy with the same
 operations in the same dtype, so the bins (and the counts) are identical. With ``bins > 2`` the products
