@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 MAX_CHUNK_ROWS = 2**24  # float32 sums of 0/1 indicators stay exact integers up to here
+HISTOGRAM_BLOCK_BINS = 2**17  # histogram bins counted at once (1 MiB of int64 counts)
 GROUPED_CLASSES = 8  # from this many classes on, rows grouped by class are summed instead of multiplied
 
 
@@ -155,10 +156,22 @@ def minmax(x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
 
 def histogram(x: np.ndarray, rows: int, low, high, resolution: int) -> np.ndarray:
     """Per-neuron counts of ``resolution`` equal bins over ``[low, high]`` of the first ``rows`` rows, int64
-    ``(neurons, resolution)``: :func:`jneuron.kernels.quantize.histogram` by one ``np.bincount``."""
+    ``(neurons, resolution)``: :func:`jneuron.kernels.quantize.histogram` by ``np.bincount``, a block of
+    neurons at a time (their counts stay in cache: twice as fast as one count over every neuron)."""
     dtype = np.result_type(x.dtype, np.float32)
+    neurons = x.shape[1]
+    low, high = (np.broadcast_to(np.asarray(v, dtype), (neurons,)) for v in (low, high))
+    block = max(1, HISTOGRAM_BLOCK_BINS // resolution)
+    counts = np.empty((neurons, resolution), np.int64)
+    for j in range(0, neurons, block):
+        part = slice(j, j + block)
+        counts[part] = _histogram_block(np.asarray(x[:rows, part], dtype), low[part], high[part], resolution)
+    return counts
+
+
+def _histogram_block(x: np.ndarray, low: np.ndarray, high: np.ndarray, resolution: int) -> np.ndarray:
     with np.errstate(invalid="ignore", over="ignore"):  # a NaN is reported by the counting pass
-        scaled = _scaled(np.asarray(x[:rows], dtype), low, high, resolution, dtype)
+        scaled = _scaled(x, low, high, resolution, x.dtype)
         np.floor(scaled, out=scaled)
         np.clip(scaled, 0, resolution - 1, out=scaled)
         flat = scaled.astype(np.intp)

@@ -92,18 +92,20 @@ def test_host_counting_equals_compiled_counting(rng, quantize, bins):
     np.testing.assert_array_equal(host.mutual_information, segment.mutual_information)
 
 
+@pytest.mark.parametrize("resolution", [64, cpu_counts.HISTOGRAM_BLOCK_BINS // 4])  # one block; blocks of 4
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_histogram_and_minmax_equal_the_kernels(rng, dtype):
+def test_histogram_and_minmax_equal_the_kernels(rng, dtype, resolution):
     x = nasty(rng, 777, 6, dtype)
     x[:, 4] = rng.normal(size=777) * 1e-3 - 7  # a narrow negative range
     rows = 770
     with follow_dtype(dtype):
         low, high = (np.asarray(v) for v in kquant.minmax(jnp.asarray(x), rows))
-        expected = np.asarray(kquant.histogram(jnp.asarray(x), rows, jnp.asarray(low), jnp.asarray(high), 64))
+        expected = np.asarray(kquant.histogram(jnp.asarray(x), rows, jnp.asarray(low), jnp.asarray(high),
+                                                 resolution))
     host_low, host_high = cpu_counts.minmax(x, rows)
     np.testing.assert_array_equal(host_low, low)
     np.testing.assert_array_equal(host_high, high)
-    counts = cpu_counts.histogram(x, rows, low, high, 64)
+    counts = cpu_counts.histogram(x, rows, low, high, resolution)
     np.testing.assert_array_equal(counts, expected)
     assert (counts.sum(axis=1) == rows).all()
     assert counts[1, 0] == rows  # the dead neuron: everything in bin 0
