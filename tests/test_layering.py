@@ -10,7 +10,6 @@ PACKAGE = Path(jneuron.__file__).parent
 # Private names still shared across modules, each waiting for its owner's rework (issue 15): the probe
 # internals the probe ablation trains and evaluates with, and the source helpers of the information pass.
 KNOWN = {
-    ("information.py", "jneuron.data.source", "_chunk_parts"),
     ("information.py", "jneuron.data.source", "_names"),
     ("probing/ablation.py", "jprobe", "_activations"),
     ("probing/ablation.py", "jprobe", "_prepare"),
