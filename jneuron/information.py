@@ -2,7 +2,7 @@
 
 Every neuron's output is quantized (1 bit by default: ``x > 0.5`` for sigmoid units; ``threshold=0`` for
 ReLU units), and the exact integer joint counts of (bin, class) are accumulated over streamed chunks
-(one-hot contractions on GPU/TPU, the same products by the host BLAS on CPU; identical counts). From them: entropy ``H(T_j)``, mutual information ``I(T_j; Y)`` and KL
+(one-hot contractions on GPU/TPU, numpy on the host on CPU; identical counts). From them: entropy ``H(T_j)``, mutual information ``I(T_j; Y)`` and KL
 selectivity ``max_y D(P(T_j | y) || P(T_j))`` (bits by default, ``0 log 0 = 0``), plus Morcos et al.'s
 class selectivity index on the raw activations' class means. See :mod:`jneuron.kernels.information`.
 
@@ -164,9 +164,10 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
         chunk iterables at most the first chunk's length).
       resolution: fine histogram bins per neuron for quantile edge estimation.
       counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU), ``"segment"`` (segment
-        sums, the default on CPU when sharded) or ``"host"`` (the one-hot products by numpy's BLAS on
-        this process, :mod:`jneuron.streaming.cpu_counts`, with the quantizers' pre-passes in numpy too;
-        the default on CPU unless sharded, several times faster there); the counts are identical.
+        sums, the default on CPU when sharded) or ``"host"`` (numpy on this process: one-hot products by
+        the BLAS, or per-class sums of rows grouped by class for 8 classes or more, with the quantizers'
+        pre-passes in numpy too, see :mod:`jneuron.streaming.cpu_counts`; the default on CPU unless
+        sharded, 2-3x faster than ``"segment"`` there); the counts are identical.
       devices: shard the tokens of the counting pass over this many devices (or these devices);
         see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens per device).
       mesh: or a ``("tokens"[, "neurons"])`` mesh (tokens only are split here; with several processes
@@ -459,7 +460,7 @@ def _host_minmax_reduction(width: int, dtype) -> HostReduction:
 
 @lru_cache(maxsize=16)
 def _host_histogram_reduction(width: int, resolution: int) -> HostReduction:
-    """:func:`_histogram_reduction` by one ``np.bincount`` a chunk (:func:`jneuron.streaming.cpu_counts.histogram`)."""
+    """:func:`_histogram_reduction` by ``np.bincount`` on the host (:func:`jneuron.streaming.cpu_counts.histogram`)."""
 
     def chunk(columns, n_valid, row0, low, high):
         return cpu_counts.histogram(columns[:, :width], n_valid, low, high, resolution)
@@ -513,7 +514,7 @@ class _HostTables(NamedTuple):
 
 @lru_cache(maxsize=16)
 def _host_counting_reduction(width: int, bins: int, classes: int, mode: str) -> HostReduction:
-    """:func:`_counting_reduction` by numpy's BLAS on the host (:func:`jneuron.streaming.cpu_counts.chunk_tables`)."""
+    """:func:`_counting_reduction` by numpy on the host (:func:`jneuron.streaming.cpu_counts.chunk_tables`)."""
 
     def init():
         return _HostTables(np.zeros((width, bins, classes), np.int64), np.zeros((width, classes), np.float64),

@@ -6,7 +6,9 @@ counts, probeless class sums, neuron statistics). Both read ahead on a backgroun
 over a mesh (``devices=`` / ``mesh=``), save and resume checkpoints (a folder, see
 :mod:`jneuron.streaming.checkpoint`), report progress (``on_chunk``), drop the rows a source marks
 invalid (:class:`jneuron.data.source.Rows`) before a chunk is padded to its compiled shape, and name the
-model, neuron and caller's row of the first NaN or Inf.
+model, neuron and caller's row of the first NaN or Inf. A :class:`HostReduction` is folded by numpy on
+the host instead, with the same rows, progress, checkpoints and positions (the CPU route of analyses
+that numpy counts faster than compiled code).
 
 >>> import numpy as np, jax.numpy as jnp, jneuron as jn
 >>> from jneuron.kernels.sharded import Reduction
