@@ -215,3 +215,15 @@ def test_host_nan_report_names_layer_and_caller_row(rng, tmp_path):
         jn.neuron_information(acts, labels, counting="host", devices=1)
     with pytest.raises(jn.JNeuronError, match="marked invalid"):
         jn.neuron_information(acts["m"]["l1"], labels, valid=np.zeros(60, bool), classes=2, counting="host")
+
+
+def test_host_is_the_cpu_default_unless_sharded(rng, monkeypatch):
+    x, labels = nasty(rng, 300, 5), rng.integers(0, 3, 300)
+    calls = []
+    chunk_tables = cpu_counts.chunk_tables
+    monkeypatch.setattr(cpu_counts, "chunk_tables", lambda *a, **k: calls.append(1) or chunk_tables(*a, **k))
+    default = jn.neuron_information(x, labels, chunk_tokens=128)
+    assert len(calls) == 3  # three chunks counted on the host
+    sharded = jn.neuron_information(x, labels, chunk_tokens=128, devices=1)
+    assert len(calls) == 3  # sharded: the compiled segment sums
+    np.testing.assert_array_equal(default.counts, sharded.counts)
