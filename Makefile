@@ -71,9 +71,11 @@ BENCHES += bench/similarity.py
 bench: $(STAMP)
 	set -e; for b in $(BENCHES); do $(PY) $$b; done
 
-# Accelerator suite (GPU sizes; `python bench/gpu.py --small` checks it on CPU).
-bench-gpu: $(STAMP)
-	$(PY) bench/gpu.py
+# Accelerator suite (GPU sizes, under 6 minutes on one H100; `JNEURON_BENCH_SMALL=1 make bench-gpu` checks it
+# on CPU). No virtual environment: a GPU machine with jax, flax, optax and chex needs only
+# `pip install --no-deps -e .`; prints one table and writes bench/results/gpu.md.
+bench-gpu:
+	$(PYTHON) bench/gpu.py
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache

@@ -23,14 +23,19 @@ The floor for each workload is the ceiling itself (a bare matmul or memory pass 
 is generated on the device, so host transfer is excluded. ``--small`` runs CPU-sized problems (for
 checking the script; on CPU, Pallas runs in interpret mode and is timed only for completeness).
 
-    python bench/gpu.py            # on a GPU: writes bench/results/gpu.json
-    python bench/gpu.py --small    # anywhere: writes bench/results/gpu_small.json
+    python bench/gpu.py            # on a GPU: writes bench/results/gpu.json and the table as gpu.md
+    python bench/gpu.py --small    # anywhere: writes bench/results/gpu_small.json (.md); or
+    JNEURON_BENCH_SMALL=1 make bench-gpu
+
+Needs only jax, flax, optax, chex and ``pip install --no-deps -e .`` (no other package, no index).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -38,6 +43,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
 from _common import best_time  # noqa: E402
 
 from jneuron.crossmodel.maxcorr import plan_passes
@@ -246,14 +253,50 @@ def _correlation(cross: np.ndarray) -> np.ndarray:
     return cross / scale[:, None] / scale[None, :]
 
 
+def table(results: dict) -> str:
+    """One table: per method its time and the fractions of the matmul peak, the bandwidth and the roofline
+    (float32 ``highest``); then the bare cross-product in each input precision with its accuracy lost."""
+    ceiling = results["ceilings"]
+    peak, bandwidth = ceiling["matmul_f32_highest_flops"], ceiling["bandwidth_bytes"]
+    m, p = results["maxcorr"], results["probes"]
+    rows = [("co-moments (centre, X^T X, Chan merge)", results["comoments"]),
+            (f"MaxCorr blocks ({m['passes']} pass(es))", m["accumulate"]),
+            ("MaxCorr tile reduction, JAX", m["tile_reduction"]["jax"]),
+            ("MaxCorr tile reduction, Pallas", m["tile_reduction"]["pallas"]),
+            ("SVCCA matrix blocks", results["svcca"]),
+            ("probe, 1 epoch, batch 32", p["one_probe"]),
+            ("probe grid, 16 settings", p["grid16"]),
+            ("information joint counts, 1 bit", results["information"])]
+    lines = [f"{results['device']} ({results['platform']}), {results['date']}; ceilings: "
+             + ", ".join(f"{k[7:-6]} {v / 1e12:.2f} TFLOP/s" for k, v in ceiling.items() if k.endswith("_flops"))
+             + f", bandwidth {bandwidth / 1e9:.0f} GB/s",
+             "| method | input precision | seconds | TFLOP/s | GB/s | of matmul peak | of bandwidth | of roofline "
+             "| max abs corr error vs float64 |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    stream_error = results["precision"]["jneuron_stream_f32"]["max_abs_corr_error"]
+    for name, r in rows:
+        error = f"{stream_error:.1e}" if name.startswith("co-moments") else ""
+        lines.append(f"| {name} | f32 highest | {r['seconds']:.3f} | {r['tflops']:.2f} | {r['gbytes_s']:.0f} | "
+                     f"{r['tflops'] * 1e12 / peak:.0%} | {r['gbytes_s'] * 1e9 / bandwidth:.0%} | "
+                     f"{r['roofline_fraction']:.0%} | {error} |")
+    labels = {"f32_highest": "f32 highest", "f32_default": "f32 default (TF32 on NVIDIA)", "bf16": "bf16"}
+    for key, label in labels.items():
+        r = results["precision"][key]
+        lines.append(f"| bare X^T X, {results['sizes']['matmul']}-square peak | {label} | | {r['matmul_tflops']:.2f} | | "
+                     f"{r['matmul_tflops'] * 1e12 / peak:.0%} | | | {r['max_abs_corr_error']:.1e} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="CPU-sized problems (to check the script)")
+    parser.add_argument("--small", action="store_true", default=bool(os.environ.get("JNEURON_BENCH_SMALL")),
+                        help="CPU-sized problems, to check the script (or set JNEURON_BENCH_SMALL=1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=None, help="override the token count")
     parser.add_argument("--memory-budget", type=int, default=8 * 2**30,
                         help="bytes of MaxCorr blocks per pass (default 8 GiB)")
     args = parser.parse_args()
+    started = time.perf_counter()
     sizes = dict(SIZES["small" if args.small else "full"])
     if args.tokens:
         sizes["tokens"] = args.tokens
@@ -293,9 +336,13 @@ def main() -> None:
     results["precision"] = precision_workload(sizes, ceiling)
     for name, p in results["precision"].items():
         print(f"precision {name}: max |corr error| vs float64 {p['max_abs_corr_error']:.1e}")
+    results["wall_s"] = time.perf_counter() - started
     out = Path(__file__).parent / "results" / ("gpu_small.json" if args.small else "gpu.json")
     atomic_write_text(out, json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    text = table(results)
+    print(text)
+    atomic_write_text(out.with_suffix(".md"), text + "\n")
+    print(f"wrote {out} and {out.with_suffix('.md')} ({results['wall_s']:.0f} s in all)")
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ recycled, with fresh random labels per chunk), so the run needs about 1 GiB what
 The time spent generating chunks is measured inside the generator and subtracted from every contender.
 
 - jneuron: ``jn.neuron_information`` with 1-bit quantization (``x > 0.5``): exact joint counts, entropy,
-  mutual information, KL selectivity and class selectivity (class means), rankings included; with the
-  backend's default counting (segment sums on CPU) and, for comparison, ``counting="contract"`` (the
-  one-hot contractions used on GPU/TPU).
-- floor: one jitted contraction per chunk of the one-hot labels with the quantized activations
-  (``onehot(y)^T @ (x > 0.5)``), summed over chunks: the counts alone.
+  mutual information, KL selectivity and class selectivity (class means), rankings included, with the
+  backend's default counting (the host BLAS on CPU); then ``"uniform"`` and ``"quantile"`` bins.
+- physical floor (measured in the same run, ``bench/_common.py``): max(arithmetic / numpy's float32 GEMM
+  rate, bytes / read bandwidth). Arithmetic: per counting pass one float32 contraction of the one-hot
+  labels with each bin edge's 0/1 indicators and one with the activations (class sums), 2 n d c flops
+  each; bytes: the activations once per pass (uniform bins: 2 passes, quantile bins: 3).
 - numpy: what a user would write: per chunk ``onehot.T @ (x > 0.5)`` and ``onehot.T @ x`` with BLAS, then
   the measures from the totals.
 
@@ -22,23 +23,17 @@ Prints ratios and writes bench/results/information.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jneuron as jn
-from jneuron.data.atomic import atomic_write_text
 from jneuron.kernels import information as kinfo
 
-HIGHEST = jax.lax.Precision.HIGHEST
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import described_machine, floor_seconds, floors, load, ratio_line, write_results  # noqa: E402
 
 
 class Chunks:
@@ -61,40 +56,13 @@ class Chunks:
             yield x, y
 
 
-def run_jneuron(stream: Chunks, counting: str | None = None) -> tuple[float, jn.NeuronInformation]:
+def run_jneuron(stream: Chunks, **options) -> tuple[float, jn.NeuronInformation]:
     stream.generating = 0.0
     start = time.perf_counter()
-    info = jn.neuron_information(stream, classes=stream.classes, threshold=0.5, chunk_tokens=stream.chunk,
-                                 counting=counting)
+    info = jn.neuron_information(stream, classes=stream.classes, chunk_tokens=stream.chunk, **options)
     rankings = info.rankings()
     assert len(rankings) == 4
     return time.perf_counter() - start - stream.generating, info
-
-
-def run_floor(stream: Chunks) -> tuple[float, np.ndarray]:
-    classes = stream.classes
-
-    @jax.jit
-    def step(total, x, y):
-        onehot = (y[:, None] == jnp.arange(classes)[None, :]).astype(jnp.float32)
-        return total + jax.lax.dot_general(onehot, (x > 0.5).astype(jnp.float32), (((0,), (0,)), ((), ())),
-                                           precision=HIGHEST)
-
-    neurons = stream.base[0].shape[1]
-    total = jnp.zeros((classes, neurons), jnp.float32)
-    for x, y in Chunks(stream.chunk * 2, neurons, classes, stream.chunk)():  # compile on the chunk shape
-        total = step(total, x, y)
-    jax.block_until_ready(total)
-    stream.generating = 0.0
-    start = time.perf_counter()
-    total = jnp.zeros((classes, neurons), jnp.float32)
-    for x, y in stream():
-        if len(y) < stream.chunk:  # pad the last chunk, as jneuron does, so nothing recompiles
-            x = np.pad(x, ((0, stream.chunk - len(y)), (0, 0)))
-            y = np.pad(y, (0, stream.chunk - len(y)), constant_values=classes)
-        total = step(total, x, y)
-    total = np.asarray(jax.block_until_ready(total))
-    return time.perf_counter() - start - stream.generating, total
 
 
 def run_numpy(stream: Chunks) -> tuple[float, np.ndarray, dict]:
@@ -114,14 +82,13 @@ def run_numpy(stream: Chunks) -> tuple[float, np.ndarray, dict]:
     return time.perf_counter() - start - stream.generating, counts, measures
 
 
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d")}
+def best(fn, repeats: int) -> tuple[float, list[float], object]:
+    """Min of ``repeats`` timed calls of ``fn() -> (seconds, result)``, with all times and the last result."""
+    times, out = [], None
+    for _ in range(repeats):
+        seconds, out = fn()
+        times.append(seconds)
+    return min(times), times, out
 
 
 def main() -> None:
@@ -130,49 +97,66 @@ def main() -> None:
     parser.add_argument("--neurons", type=int, default=4096)
     parser.add_argument("--classes", type=int, default=45)
     parser.add_argument("--chunk", type=int, default=8192)
+    parser.add_argument("--bins", type=int, default=4, help="bins of the uniform and quantile runs")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--binned-tokens", type=int, default=None,
+                        help="tokens of the uniform and quantile runs (default: --tokens)")
     parser.add_argument("--skip-numpy", action="store_true", help="leave out the numpy baseline")
     args = parser.parse_args()
-    stream = Chunks(args.tokens, args.neurons, args.classes, args.chunk)
-    for counting in (None, "contract"):  # compile on the chunk shape
-        jn.neuron_information(Chunks(2 * args.chunk, args.neurons, args.classes, args.chunk), classes=args.classes,
-                              chunk_tokens=args.chunk, counting=counting)
-    t_floor_first, floor_counts = run_floor(stream)
-    t_jneuron, info = run_jneuron(stream)
-    t_contract, contracted = run_jneuron(stream, "contract")
-    t_floor_again, _ = run_floor(stream)  # the floor before and after: the ratio uses the faster (stricter)
-    t_floor = min(t_floor_first, t_floor_again)
-    exact = bool(np.array_equal(info.counts[:, 1, :].T, floor_counts.astype(np.int64))
-                 and np.array_equal(contracted.counts, info.counts))
-    results = {
-        "size": {"tokens": args.tokens, "neurons": args.neurons, "classes": args.classes, "chunk": args.chunk,
-                 "quantization": "1 bit, x > 0.5"},
-        "machine": machine(),
-        "seconds": {"jneuron": t_jneuron, "jneuron_contract": t_contract, "floor": t_floor,
-                    "floor_runs": [t_floor_first, t_floor_again]},
-        "ratio_jneuron_to_floor": t_jneuron / t_floor,
-        "ratio_jneuron_contract_to_floor": t_contract / t_floor,
-        "default_counting": "segment" if jax.default_backend() == "cpu" else "contract",
-        "counts_equal_floor": exact,
-        "chunk_generation_seconds_excluded": stream.generating,
+    n, d, c, b = args.tokens, args.neurons, args.classes, args.bins
+    nb = args.binned_tokens or n
+    streams = {"threshold": Chunks(n, d, c, args.chunk), "uniform": Chunks(nb, d, c, args.chunk),
+               "quantile": Chunks(nb, d, c, args.chunk)}
+    stream = streams["threshold"]
+    limits = floors()
+    # the unavoidable work: read the activations once per pass; per pass that counts, one float32
+    # contraction of the one-hot labels with each bin edge's 0/1 indicators (the counts) and one with the
+    # activations (the class sums): 2 n d c flops each. Uniform bins without a range need one more read
+    # (min/max), quantile bins two more (min/max, then the fine histograms that place the edges).
+    cases = {
+        "threshold": ({"threshold": 0.5}, floor_seconds(flops=2 * 2.0 * n * d * c, bytes_read=4 * n * d,
+                                                         limits=limits)),
+        "uniform": ({"quantize": "uniform", "bins": b},
+                    floor_seconds(flops=b * 2.0 * nb * d * c, bytes_read=2 * 4 * nb * d, limits=limits)),
+        "quantile": ({"quantize": "quantile", "bins": b},
+                     floor_seconds(flops=b * 2.0 * nb * d * c, bytes_read=3 * 4 * nb * d, limits=limits)),
     }
-    print(f"{args.tokens:,} tokens x {args.neurons:,} neurons x {args.classes} classes, 1 bit, "
-          f"chunks of {args.chunk:,}")
-    print(f"  floor (one-hot^T @ quantized, per chunk): {t_floor:8.2f} s   (runs {t_floor_first:.2f}, "
-          f"{t_floor_again:.2f}; the faster is used)")
-    print(f"  jneuron (all measures + rankings):        {t_jneuron:8.2f} s   {t_jneuron / t_floor:.2f}x floor"
-          f"   counts equal floor: {exact}")
-    print(f"  jneuron, counting='contract':             {t_contract:8.2f} s   {t_contract / t_floor:.2f}x floor")
+    warm = Chunks(2 * args.chunk, d, c, args.chunk)
+    for options, _ in cases.values():  # compile on the chunk shape
+        jn.neuron_information(warm, classes=c, chunk_tokens=args.chunk, **options)
+    results = {"size": {"tokens": n, "binned_tokens": nb, "neurons": d, "classes": c, "chunk": args.chunk,
+                        "bins": b},
+               "machine": described_machine(), "floors_before": limits, "contenders": {}}
+    print(f"Information measures, {n:,} tokens x {d:,} neurons x {c} classes, chunks of {args.chunk:,}; "
+          f"{results['machine']['cpu']}, BLAS {results['machine']['blas']}")
+    print(f"  floors now: GEMM {limits['gemm_flops'] / 1e9:.0f} GFLOP/s, read {limits['read_bytes_per_s'] / 1e9:.1f} "
+          f"GB/s (load {limits['load']})")
+    infos = {}
+    for name, (options, floor) in cases.items():
+        seconds, times, info = best(lambda: run_jneuron(streams[name], **options), args.repeats)
+        infos[name] = info
+        results["contenders"][f"jneuron {name}"] = {"seconds": seconds, "all_seconds": times, "load": load(),
+                                                     "floor": floor, "over_floor": seconds / floor["floor_s"]}
+        print(ratio_line(f"jneuron, {name}" + ("" if name == "threshold" else f" {b} bins, {nb:,} tokens"), seconds, floor,
+                         load_avg=load()))
     if not args.skip_numpy:
-        t_numpy, numpy_counts, measures = run_numpy(stream)
+        seconds, times, (numpy_counts, measures) = best(
+            lambda: (lambda r: (r[0], (r[1], r[2])))(run_numpy(stream)), args.repeats)
+        floor = cases["threshold"][1]
+        info = infos["threshold"]
         agree = bool(np.array_equal(numpy_counts.astype(np.int64), info.counts)
                      and np.allclose(measures["mutual_information"], info.mutual_information, rtol=1e-9, atol=1e-12))
-        results["seconds"]["numpy"] = t_numpy
-        results["ratio_numpy_to_jneuron"] = t_numpy / t_jneuron
-        results["numpy_agrees"] = agree
-        print(f"  numpy (BLAS, counts + class sums):        {t_numpy:8.2f} s   {t_numpy / t_jneuron:.2f}x jneuron"
-              f"   agrees: {agree}")
-    path = atomic_write_text(RESULTS / "information.json", json.dumps(results, indent=1))
-    print(f"wrote {path}")
+        results["contenders"]["numpy baseline (BLAS one-hot products), threshold"] = {
+            "seconds": seconds, "all_seconds": times, "load": load(), "floor": floor,
+            "over_floor": seconds / floor["floor_s"], "counts_equal_jneuron": agree}
+        results["baseline_over_jneuron_threshold"] = seconds / results["contenders"]["jneuron threshold"]["seconds"]
+        print(ratio_line("numpy baseline, threshold", seconds, floor, load_avg=load(),
+                         baseline_s=None) + f"   counts equal jneuron's: {agree}")
+        print(f"  baseline / jneuron (threshold) = {results['baseline_over_jneuron_threshold']:.2f}x")
+    results["floors_after"] = floors()
+    print(f"  floors after: GEMM {results['floors_after']['gemm_flops'] / 1e9:.0f} GFLOP/s, read "
+          f"{results['floors_after']['read_bytes_per_s'] / 1e9:.1f} GB/s (load {results['floors_after']['load']})")
+    print(f"wrote {write_results('information', results)}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ Part 1 (two layers of 1,024 neurons x 20,000 tokens, float32 activations):
     its canonical directions read (they are computed on first access);
   - baseline: the google/svcca route in numpy float64 (joint ``np.cov``, pseudo-inverse square roots of
     the diagonal blocks, SVD of the whitened cross-covariance), which is also the accuracy reference;
-  - floor: the centred gram product of both layers side by side (float32, ``precision="highest"``).
+  - physical floor (bench/_common.py, measured right before and after jneuron): max(arithmetic / numpy's
+    float32 GEMM rate, bytes / read bandwidth), the arithmetic being two half Grams and the cross block;
+    for reference, XLA's centred gram product of both layers side by side.
 Part 2 (12 layers x 768 neurons x 100,000 tokens): the layer-by-layer SVCCA matrix, streamed in one
-pass, against the floor: one gram product of all layers (chunked like the stream).
+pass, against its physical floor (each layer's half Gram and every pair's cross block at the measured
+GEMM rate) and, for reference, XLA's gram product of all layers (chunked like the stream).
 
 Usage: ``python bench/similarity.py [--quick]``; writes ``bench/results/similarity.json``.
 """
@@ -16,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +27,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import peak_rss_bytes, rss_bytes
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import (bracketed, described_machine, floor_seconds, floors, load, peak_rss_bytes,  # noqa: E402
+                     ratio_line, rss_bytes)
 
 import jneuron as jn
 from jneuron.data.atomic import atomic_write_text
@@ -86,22 +90,27 @@ def _gram_step(acc, chunk):
 def part1(tokens: int, width: int, repeats: int) -> dict:
     x, y = make_pair(tokens, width)
     _, first = timed(lambda: jn.cca(x, y), 1)  # includes compiling the streamed update
-    result, jn_times = timed(lambda: jn.cca(x, y), repeats)
+    run = bracketed(lambda: jn.cca(x, y).rho, repeats=repeats)
+    result = jn.cca(x, y)
+    # the unavoidable work: two half Grams (the BLAS's syrk) and the cross block, float32, and the input read once
+    floor = floor_seconds(flops=4.0 * tokens * width**2, bytes_read=2 * tokens * width * 4, limits=run["limits"])
     # the directions are computed when first read: time a call that reads them too
     _, directions_times = timed(lambda: jn.cca(x, y).directions_x, repeats)
     # the baseline includes the user's conversion to google/svcca's (neurons, tokens) float64 layout
     reference, base_times = timed(lambda: google_cca(x.T.astype(np.float64), y.T.astype(np.float64)), repeats)
+    base_load = load()
     joint = jnp.asarray(np.hstack([x, y]))
     _centred_gram(joint).block_until_ready()
-    _, floor_times = timed(lambda: _centred_gram(joint).block_until_ready(), repeats)
+    _, xla_times = timed(lambda: _centred_gram(joint).block_until_ready(), repeats)
     diff = float(np.max(np.abs(result.rho - reference[: len(result.rho)])))
-    jn_t, base_t, floor_t, dir_t = (statistics.median(t) for t in (jn_times, base_times, floor_times,
-                                                                     directions_times))
-    return {"tokens": tokens, "width": width, "jneuron_s": jn_t, "jneuron_first_call_s": first[0],
-            "jneuron_with_directions_s": dir_t, "speedup_with_directions": base_t / dir_t,
-            "baseline_s": base_t, "floor_s": floor_t, "speedup_vs_baseline": base_t / jn_t,
-            "jneuron_over_floor": jn_t / floor_t, "max_abs_rho_diff": diff, "mean_rho": result.mean,
-            "kept": [result.kept_x, result.kept_y]}
+    jn_t, base_t, xla_t, dir_t = run["seconds"], min(base_times), min(xla_times), min(directions_times)
+    return {"tokens": tokens, "width": width, "jneuron_s": jn_t, "jneuron_all_s": run["all_seconds"],
+            "jneuron_load": run["load"], "floor": floor, "jneuron_over_floor": jn_t / floor["floor_s"],
+            "floors_before": run["floors_before"], "floors_after": run["floors_after"],
+            "jneuron_first_call_s": first[0], "jneuron_with_directions_s": dir_t,
+            "speedup_with_directions": base_t / dir_t, "baseline_s": base_t, "baseline_load": base_load,
+            "xla_centred_gram_s": xla_t, "speedup_vs_baseline": base_t / jn_t,
+            "max_abs_rho_diff": diff, "mean_rho": result.mean, "kept": [result.kept_x, result.kept_y]}
 
 
 def make_layers(tokens: int, layers: int, width: int, seed: int = 1) -> dict:
@@ -119,9 +128,16 @@ def make_layers(tokens: int, layers: int, width: int, seed: int = 1) -> dict:
 def part2(tokens: int, layers: int, width: int) -> dict:
     data = make_layers(tokens, layers, width)
     resting = rss_bytes()
+    before = floors()
     start = time.perf_counter()
     matrix = jn.similarity_matrix(data, metric="svcca", keep=0.99)
     jn_t = time.perf_counter() - start
+    jn_load, after = load(), floors()
+    limits = {k: max(before[k], after[k]) for k in ("gemm_flops", "read_bytes_per_s")}
+    # the unavoidable work: each layer's half Gram and every pair's cross block (float32), input read once
+    pairs = layers * (layers - 1) // 2
+    floor = floor_seconds(flops=(layers + 2 * pairs) * tokens * width**2, bytes_read=layers * tokens * width * 4,
+                          limits=limits)
     peak = peak_rss_bytes()  # before the floor's own (tokens x all layers) gram
     chunk = default_chunk_tokens(layers * width, tokens)  # the chunks jneuron streams
     names = list(data)
@@ -135,7 +151,8 @@ def part2(tokens: int, layers: int, width: int) -> dict:
     acc.block_until_ready()
     floor_t = time.perf_counter() - start
     return {"tokens": tokens, "layers": layers, "width": width, "chunk_tokens": chunk, "jneuron_s": jn_t,
-            "floor_s": floor_t, "jneuron_over_floor": jn_t / floor_t,
+            "jneuron_load": jn_load, "floor": floor, "jneuron_over_floor": jn_t / floor["floor_s"],
+            "floors_before": before, "floors_after": after, "xla_full_gram_s": floor_t,
             "input_gib": sum(v.nbytes for v in data.values()) / 2**30, "resting_rss_gib": resting / 2**30,
             "peak_rss_gib": peak / 2**30,
             "svcca_adjacent": [float(matrix.values[i, i + 1]) for i in range(layers - 1)],
@@ -152,20 +169,25 @@ def main() -> None:
     (t1, w1, reps), (t2, l2, w2) = sizes
     path = Path(__file__).parent / "results" / ("similarity_quick.json" if args.quick else "similarity.json")
     results = json.loads(path.read_text()) if path.is_file() else {}
-    run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
-                      f"{jax.devices()[0].platform}", "jax": jax.__version__, "jneuron": jn.__version__}
+    run = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": described_machine(),
+           "jneuron": jn.__version__}
+    print(f"{run['machine']['cpu']}, BLAS {run['machine']['blas']}")
     if 1 in args.parts:
         results["cca_two_layers"] = p1 = {**run, **part1(t1, w1, reps)}
-        print(f"CCA {w1}+{w1} neurons x {t1} tokens: jneuron {p1['jneuron_s']:.3f} s, numpy f64 baseline "
-              f"{p1['baseline_s']:.3f} s ({p1['speedup_vs_baseline']:.2f}x faster), floor {p1['floor_s']:.3f} s "
-              f"({p1['jneuron_over_floor']:.2f}x floor); max |d rho| {p1['max_abs_rho_diff']:.2e}; reading the "
-              f"directions too: {p1['jneuron_with_directions_s']:.3f} s ({p1['speedup_with_directions']:.2f}x)",
-              flush=True)
+        f = p1["floors_before"]
+        print(f"CCA {w1}+{w1} neurons x {t1:,} tokens (floors: GEMM {f['gemm_flops'] / 1e9:.0f} GFLOP/s, read "
+              f"{f['read_bytes_per_s'] / 1e9:.1f} GB/s, load {f['load']})")
+        print(ratio_line("jneuron jn.cca (correlations)", p1["jneuron_s"], p1["floor"], load_avg=p1["jneuron_load"],
+                         baseline_s=p1["baseline_s"]) + "   (target <= 1.3x)")
+        print(ratio_line("google/svcca route, numpy float64", p1["baseline_s"], p1["floor"],
+                         load_avg=p1["baseline_load"]))
+        print(f"  reading the directions too: {p1['jneuron_with_directions_s']:.3f} s; max |d rho| "
+              f"{p1['max_abs_rho_diff']:.2e}", flush=True)
     if 2 in args.parts:
         results["svcca_matrix"] = p2 = {**run, **part2(t2, l2, w2)}
-        print(f"SVCCA matrix {l2} layers x {w2} neurons x {t2} tokens: jneuron {p2['jneuron_s']:.1f} s, floor "
-              f"(one gram product of all layers) {p2['floor_s']:.1f} s ({p2['jneuron_over_floor']:.2f}x floor)")
+        print(f"SVCCA matrix {l2} layers x {w2} neurons x {t2:,} tokens")
+        print(ratio_line("jneuron similarity_matrix", p2["jneuron_s"], p2["floor"], load_avg=p2["jneuron_load"])
+              + f"   (XLA full gram: {p2['xla_full_gram_s']:.1f} s)")
     atomic_write_text(path, json.dumps(results, indent=1))
     print(f"wrote {path}")
 

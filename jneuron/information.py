@@ -2,7 +2,7 @@
 
 Every neuron's output is quantized (1 bit by default: ``x > 0.5`` for sigmoid units; ``threshold=0`` for
 ReLU units), and the exact integer joint counts of (bin, class) are accumulated over streamed chunks
-(one-hot contractions on GPU/TPU, integer segment sums on CPU; identical counts). From them: entropy ``H(T_j)``, mutual information ``I(T_j; Y)`` and KL
+(one-hot contractions on GPU/TPU, numpy on the host on CPU; identical counts). From them: entropy ``H(T_j)``, mutual information ``I(T_j; Y)`` and KL
 selectivity ``max_y D(P(T_j | y) || P(T_j))`` (bits by default, ``0 log 0 = 0``), plus Morcos et al.'s
 class selectivity index on the raw activations' class means. See :mod:`jneuron.kernels.information`.
 
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,10 @@ from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS, TOKENS
 from jneuron.precision import follow_dtype, working_dtype
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
+from jneuron.streaming import cpu_counts
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import (
+    HostReduction,
     chunk_callback,
     default_chunk_tokens,
     raise_on_bad_value,
@@ -61,7 +64,7 @@ from jneuron.streaming.passes import (
 
 MEASURES = ("mutual_information", "kl_selectivity", "entropy", "selectivity")
 QUANTIZERS = ("threshold", "uniform", "quantile")
-COUNTING = ("contract", "segment")
+COUNTING = ("contract", "segment", "host")
 OFFSET_RATIO = 64.0  # shift sums by the first chunk's mean when some |mean| > OFFSET_RATIO * std
 INT32_ROWS = 2**31 - 1  # rows one device's int32 counts hold
 _SHIFT_ROWS = 1024  # rows of the first chunk that decide the shift
@@ -160,8 +163,11 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
       chunk_tokens: tokens per compiled update (default about 128 MiB of columns, at most ``2**24``; for
         chunk iterables at most the first chunk's length).
       resolution: fine histogram bins per neuron for quantile edge estimation.
-      counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU) or ``"segment"`` (segment
-        sums, the default on CPU, where they are faster than a matrix product); the counts are identical.
+      counting: ``"contract"`` (one-hot contractions, the default on GPU/TPU), ``"segment"`` (segment
+        sums, the default on CPU when sharded) or ``"host"`` (numpy on this process: one-hot products by
+        the BLAS, or per-class sums of rows grouped by class for 8 classes or more, with the quantizers'
+        pre-passes in numpy too, see :mod:`jneuron.streaming.cpu_counts`; the default on CPU unless
+        sharded, 2-3x faster than ``"segment"`` there); the counts are identical.
       devices: shard the tokens of the counting pass over this many devices (or these devices);
         see :mod:`jneuron.streaming.mesh`. Counts are int32 per device (up to 2**31 tokens per device).
       mesh: or a ``("tokens"[, "neurons"])`` mesh (tokens only are split here; with several processes
@@ -175,9 +181,13 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     """
     if quantize not in QUANTIZERS:
         raise JNeuronError(f"unknown quantize={quantize!r}; expected one of {QUANTIZERS}")
-    counting = counting or ("segment" if jax.default_backend() == "cpu" else "contract")
+    sharded = devices is not None or mesh is not None
+    counting = counting or ("contract" if jax.default_backend() != "cpu" else "segment" if sharded else "host")
     if counting not in COUNTING:
         raise JNeuronError(f"unknown counting={counting!r}; expected one of {COUNTING}")
+    if counting == "host" and sharded:
+        raise JNeuronError("counting='host' runs on this process's CPU alone; with devices= or mesh= use "
+                           "'segment' or 'contract'")
     if unit not in ("bits", "nats"):
         raise JNeuronError(f"unknown unit {unit!r}; expected 'bits' or 'nats'")
     bins = 2 if quantize == "threshold" else int(bins)
@@ -185,7 +195,8 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
         raise JNeuronError(f"need at least 2 bins, got {bins}")
     classes, source, neurons, rows = _labelled_source(acts, labels, names, classes, chunk_tokens, valid)
     passes = _Passes(source, neurons, classes, rows, resolve_mesh(devices, mesh), checkpoint,
-                     chunk_callback(progress, on_chunk, getattr(source, "tokens", None), "neuron_information"))
+                     chunk_callback(progress, on_chunk, getattr(source, "tokens", None), "neuron_information"),
+                     counting == "host")
     with follow_dtype(source.dtype):
         mode, params, description = _quantizer(passes, quantize, threshold, bins, value_range, resolution)
         counts, sums, shift = _tables(passes, mode, params, bins, counting)
@@ -314,15 +325,18 @@ class _Passes:
     mesh: object
     checkpoint: object
     on_chunk: object
+    host: bool = False  # every pass by numpy on this host (HostReduction)
 
     @property
     def width(self) -> int:
         return len(self.neurons)
 
-    def run(self, reduction: ksharded.Reduction, key: dict, args: tuple = ()):
+    def run(self, reduction: ksharded.Reduction | HostReduction, key: dict, args: tuple = ()):
         """One pass of ``reduction``; its combined statistic on the host (one copy per neuron shard dropped)."""
         done = run_pass(self.source, reduction, self.rows, mesh=self.mesh, args=args, on_chunk=self.on_chunk,
                         checkpoint=self.checkpoint, key=key)
+        if self.host:  # int64 counts on the host
+            return done.state, done.position
         shards = 1 if self.mesh is None else ksharded.axis_size(self.mesh, TOKENS)
         if done.position.counted > INT32_ROWS * shards:  # int32 device counts would have wrapped around
             raise JNeuronError(f"{done.position.counted} rows exceed the int32 counts of {shards} device(s) "
@@ -358,15 +372,17 @@ def _quantizer(passes: _Passes, quantize: str, threshold, bins: int, value_range
         return "uniform", (jnp.asarray(low, dtype), jnp.asarray(high, dtype)), {
             "low": _scalar_or_list(low), "high": _scalar_or_list(high)}
     _require_reiterable(passes.source, f"quantize={quantize!r} without value_range")
-    (low, high, bad_row, bad_col), position = passes.run(_minmax_reduction(passes.width, jnp.dtype(dtype)),
-                                                         {"statistic": "minmax"})
+    minmax = (_host_minmax_reduction if passes.host else _minmax_reduction)(passes.width, jnp.dtype(dtype))
+    (low, high, bad_row, bad_col), position = passes.run(minmax, {"statistic": "minmax", "host": passes.host})
     raise_on_bad_value(int(bad_row), int(bad_col), passes.source, position, passes.neurons)
     low, high = jnp.asarray(low, dtype), jnp.asarray(high, dtype)
     if quantize == "uniform":
         return "uniform", (low, high), {"low": np.asarray(low, np.float64), "high": np.asarray(high, np.float64)}
-    counts, _ = passes.run(_histogram_reduction(passes.width, resolution),
-                           {"statistic": "histogram", "resolution": resolution}, (low, high))
-    edges = _quantile_edges(jnp.asarray(counts), low, high, bins)
+    histogram = (_host_histogram_reduction if passes.host else _histogram_reduction)(passes.width, resolution)
+    host_range = (np.asarray(low), np.asarray(high))
+    counts, _ = passes.run(histogram, {"statistic": "histogram", "resolution": resolution, "host": passes.host},
+                           host_range if passes.host else (low, high))
+    edges = _quantile_edges(jnp.asarray(np.asarray(counts, np.int32)), low, high, bins)
     return "edges", (edges,), {"edges": np.asarray(edges, np.float64), "resolution": resolution}
 
 
@@ -411,6 +427,47 @@ def _histogram_reduction(width: int, resolution: int) -> ksharded.Reduction:
     return ksharded.Reduction(lambda: jnp.zeros((width, resolution), jnp.int32), chunk)
 
 
+def _host_first_bad(x: np.ndarray, rows: int, row0: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(row, column)`` of a host chunk's first NaN or Inf (its row counted from ``row0``), ``-1`` for none."""
+    bad = cpu_counts.first_bad(x, rows)
+    return (np.array(-1), np.array(-1)) if bad is None else (np.array(row0 + bad[0]), np.array(bad[1]))
+
+
+def _earliest_bad(a: tuple, b: tuple) -> tuple:
+    """The earlier of two ``(row, column)`` first bad values (``row < 0``: none)."""
+    return a if a[0] >= 0 and (b[0] < 0 or a[0] <= b[0]) else b
+
+
+@lru_cache(maxsize=16)
+def _host_minmax_reduction(width: int, dtype) -> HostReduction:
+    """:func:`_minmax_reduction` in numpy (:func:`jneuron.streaming.cpu_counts.minmax`), on the host."""
+    dtype = np.dtype(dtype)
+
+    def init():
+        return np.full(width, np.inf, dtype), np.full(width, -np.inf, dtype), np.array(-1), np.array(-1)
+
+    def chunk(columns, n_valid, row0):
+        x = columns[:, :width]
+        low, high = cpu_counts.minmax(x, n_valid)
+        finite = np.isfinite(low).all() and np.isfinite(high).all()
+        return (low, high) + ((np.array(-1), np.array(-1)) if finite else _host_first_bad(x, n_valid, row0))
+
+    def merge(a, b):
+        return (np.minimum(a[0], b[0]), np.maximum(a[1], b[1])) + _earliest_bad(a[2:], b[2:])
+
+    return HostReduction(init, chunk, merge)
+
+
+@lru_cache(maxsize=16)
+def _host_histogram_reduction(width: int, resolution: int) -> HostReduction:
+    """:func:`_histogram_reduction` by ``np.bincount`` on the host (:func:`jneuron.streaming.cpu_counts.histogram`)."""
+
+    def chunk(columns, n_valid, row0, low, high):
+        return cpu_counts.histogram(columns[:, :width], n_valid, low, high, resolution)
+
+    return HostReduction(lambda: np.zeros((width, resolution), np.int64), chunk)
+
+
 def _tables(passes: _Passes, mode: str, params, bins: int, counting: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One pass: host int64 joint counts, float64 class sums of ``x - shift``, and the shift.
 
@@ -420,12 +477,20 @@ def _tables(passes: _Passes, mode: str, params, bins: int, counting: str) -> tup
     """
     dtype = params[0].dtype
     shift = np.asarray(jnp.asarray(_shift(passes.first_rows()[:_SHIFT_ROWS]), dtype), np.float64)
-    reduction = _counting_reduction(passes.width, bins, passes.classes, jnp.dtype(dtype), mode, counting)
     key = {"statistic": "information", "mode": mode, "bins": bins, "classes": passes.classes, "counting": counting,
            "params": [np.asarray(p, np.float64).tolist() for p in params], "shift": shift.tolist()}
-    total, position = passes.run(reduction, key, (jnp.asarray(shift, dtype), *params))
+    if counting == "host":
+        reduction = _host_counting_reduction(passes.width, bins, passes.classes, mode)
+        host_dtype = np.dtype(dtype)
+        args = (shift.astype(host_dtype) if shift.any() else None,
+                *(np.asarray(p, host_dtype) for p in params))
+    else:
+        reduction = _counting_reduction(passes.width, bins, passes.classes, jnp.dtype(dtype), mode, counting)
+        args = (jnp.asarray(shift, dtype), *params)
+    total, position = passes.run(reduction, key, args)
     raise_on_bad_value(int(total.bad_row), int(total.bad_col), passes.source, position, passes.neurons)
-    return np.asarray(total.counts, np.int64), comp.value64(total.sums), shift
+    sums = total.sums if counting == "host" else comp.value64(total.sums)
+    return np.asarray(total.counts, np.int64), sums, shift
 
 
 @lru_cache(maxsize=16)
@@ -438,9 +503,41 @@ def _counting_reduction(width: int, bins: int, classes: int, dtype, mode: str, c
     return ksharded.Reduction(lambda: kinfo.init(width, bins, classes, dtype), chunk, kinfo.merge)
 
 
+class _HostTables(NamedTuple):
+    """The host counting's running tables: int64 counts, float64 class sums, the first bad value."""
+
+    counts: np.ndarray
+    sums: np.ndarray
+    bad_row: np.ndarray
+    bad_col: np.ndarray
+
+
+@lru_cache(maxsize=16)
+def _host_counting_reduction(width: int, bins: int, classes: int, mode: str) -> HostReduction:
+    """:func:`_counting_reduction` by numpy on the host (:func:`jneuron.streaming.cpu_counts.chunk_tables`)."""
+
+    def init():
+        return _HostTables(np.zeros((width, bins, classes), np.int64), np.zeros((width, classes), np.float64),
+                           np.array(-1), np.array(-1))
+
+    def chunk(columns, n_valid, row0, shift, *params):
+        x, labels = columns[:, :width], columns[:, width].astype(np.intp)
+        counts, sums = cpu_counts.chunk_tables(x, labels, n_valid, classes=classes, mode=mode, params=params,
+                                               bins=bins, shift=shift)
+        bad = (np.array(-1), np.array(-1)) if np.isfinite(sums).all() else _host_first_bad(x, n_valid, row0)
+        return _HostTables(counts, sums, *bad)
+
+    def merge(a, b):
+        return _HostTables(a.counts + b.counts, a.sums + b.sums, *_earliest_bad(a[2:], b[2:]))
+
+    return HostReduction(init, chunk, merge)
+
+
 def _shift(first: np.ndarray) -> np.ndarray:
     """Per-neuron first-chunk means if some varying neuron's offset dwarfs its spread, else zeros."""
     first = np.asarray(first, np.float64)
+    if not len(first):  # no valid row in the first chunk (the pass says whether any row is valid)
+        return np.zeros(first.shape[1])
     with np.errstate(invalid="ignore"):
         mean, std = first.mean(axis=0), first.std(axis=0)
     mean = np.where(np.isfinite(mean), mean, 0.0)

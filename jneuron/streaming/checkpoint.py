@@ -200,7 +200,8 @@ def load_checkpoint(file: Path, empty, binding: str, rows_per_chunk: int, tokens
             raise JNeuronError(f"{file}: checkpoint leaf {i} does not match this run (delete it to start over)")
     rows = done * rows_per_chunk if tokens is None else min(done * rows_per_chunk, tokens)
     saved_position = (rows, rows) if where is None else tuple(int(v) for v in where)
-    placed = [jax.device_put(x, old.sharding) for old, x in zip(leaves, loaded)]  # sharded state stays sharded
+    placed = [x if isinstance(old, np.ndarray) else jax.device_put(x, old.sharding)  # sharded state stays sharded
+              for old, x in zip(leaves, loaded)]  # (a host state stays numpy)
     state = jax.tree.unflatten(treedef, placed)
     if count_of is not None:
         count = count_of(state)

@@ -6,7 +6,9 @@ counts, probeless class sums, neuron statistics). Both read ahead on a backgroun
 over a mesh (``devices=`` / ``mesh=``), save and resume checkpoints (a folder, see
 :mod:`jneuron.streaming.checkpoint`), report progress (``on_chunk``), drop the rows a source marks
 invalid (:class:`jneuron.data.source.Rows`) before a chunk is padded to its compiled shape, and name the
-model, neuron and caller's row of the first NaN or Inf.
+model, neuron and caller's row of the first NaN or Inf. A :class:`HostReduction` is folded by numpy on
+the host instead, with the same rows, progress, checkpoints and positions (the CPU route of analyses
+that numpy counts faster than compiled code).
 
 >>> import numpy as np, jax.numpy as jnp, jneuron as jn
 >>> from jneuron.kernels.sharded import Reduction
@@ -436,7 +438,27 @@ class PassResult(NamedTuple):
     position: Position
 
 
-def run_pass(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, *, mesh: Mesh | None = None,
+class HostReduction(NamedTuple):
+    """A streamed statistic folded on the host: :func:`run_pass` hands ``chunk`` each chunk's valid rows
+    as a numpy array (no padding, no device copy) and keeps the running statistic as numpy arrays, for
+    statistics that numpy (its BLAS, ``np.bincount``) computes faster on a CPU than compiled code.
+
+    ``merge(running, chunk statistic)`` combines them in order (``None``: they add); the statistic's
+    leaves are saved by the same checkpoint code as a device state.
+
+    >>> import numpy as np, jneuron as jn
+    >>> total = HostReduction(init=lambda: np.zeros(2), chunk=lambda x, n, row0: x.sum(0))
+    >>> run_pass(jn.as_source([np.arange(6.0).reshape(3, 2)]), total, 2).state.tolist()
+    [6.0, 9.0]
+    """
+
+    init: Callable[[], Any]
+    chunk: Callable[..., Any]  # (x: the chunk's valid rows, n_valid, row0, *args) -> statistic
+    merge: Callable[[Any, Any], Any] | None = None
+
+
+def run_pass(source: Source, reduction: ksharded.Reduction | HostReduction, chunk_tokens: int, *,
+             mesh: Mesh | None = None,
              args: tuple = (), on_chunk: Callable[[int], None] | None = None,
              observe: Callable[[np.ndarray, int], None] | None = None, checkpoint: str | Path | None = None,
              checkpoint_every: int = 8, key: dict | None = None, binding: str | None = None,
@@ -461,7 +483,13 @@ def run_pass(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, *
         (see :mod:`jneuron.streaming.checkpoint`).
       key: what else the statistic depends on (JSON-ready: its parameters), part of the checkpoint's binding.
       binding, scaling: the co-moment pass's own (``checkpoint`` is then its file): see :func:`accumulate`.
+
+    A :class:`HostReduction` runs on this process's host alone (no ``mesh``, one process), with
+    everything else the same: valid rows, ``on_chunk``, checkpoints, ``result.position``.
     """
+    if isinstance(reduction, HostReduction):
+        return _run_host_pass(source, reduction, chunk_tokens, mesh, args, on_chunk, observe, checkpoint,
+                              checkpoint_every, key)
     mesh = mesh if mesh is not None else _one_device_mesh()
     init, update, finalize = _compiled(reduction, mesh)
     dim = sum(source.widths)
@@ -515,6 +543,39 @@ def run_pass(source: Source, reduction: ksharded.Reduction, chunk_tokens: int, *
     if not finished:
         position.check_some_valid()
     return PassResult(finalize(state), position)
+
+
+def _run_host_pass(source: Source, reduction: HostReduction, chunk_tokens: int, mesh, args, on_chunk, observe,
+                   checkpoint, checkpoint_every: int, key) -> PassResult:
+    """:func:`run_pass` of a :class:`HostReduction`: numpy chunks folded on this host, in order."""
+    if mesh is not None or jax.process_count() > 1:
+        raise JNeuronError("a host reduction runs on this process alone: not with a mesh or several processes")
+    dtype = np.dtype(working_dtype(source.dtype))
+    state, done, finished, saved = reduction.init(), 0, False, (0, 0)
+    file = binding = None
+    if checkpoint is not None:
+        file, binding = ckpt.checkpoint_file(checkpoint, source, (), chunk_tokens, dtype, None, key)
+        state, done, finished, _, saved = ckpt.load_checkpoint(
+            file, state, binding, chunk_tokens, ckpt.expected_rows(source), position=True)
+    position = Position(*saved)
+    merge = reduction.merge or (lambda a, b: jax.tree.map(np.add, a, b))
+    for rows_in in () if finished else rows_after(source, chunk_tokens, done):
+        chunk = np.asarray(position.take(rows_in), dtype)
+        rows = chunk.shape[0]
+        if rows:
+            state = merge(state, reduction.chunk(chunk, rows, position.counted - rows, *args))
+            if observe is not None:
+                observe(chunk, rows)
+        done += 1
+        if on_chunk is not None and len(rows_in.parts):
+            on_chunk(len(rows_in.parts))
+        if file is not None and done % max(1, checkpoint_every) == 0:
+            ckpt.save_checkpoint(file, state, done, False, binding, None, (position.counted, position.read))
+    if file is not None and not finished:
+        ckpt.save_checkpoint(file, state, done, True, binding, None, (position.counted, position.read))
+    if not finished:
+        position.check_some_valid()
+    return PassResult(state, position)
 
 
 @lru_cache(maxsize=1)
