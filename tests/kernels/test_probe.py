@@ -90,18 +90,6 @@ class ProbeTest(KernelTest):
         assert_close(errors, expected, tolerance(TOKENS), expected, "squared errors")
 
     @chex.variants(with_jit=True, without_jit=True)
-    def test_class_sums_skip_invalid_rows(self):
-        x, y, valid, *_ = self.batch()
-        shift = x.mean(0)
-        sums, counts = self.variant(lambda *a: probe.class_sums(*a, CLASSES))(x, y, valid, shift)
-        keep = valid > 0
-        centred = x.astype(np.float64) - shift
-        expected = np.stack([centred[keep & (y == c)].sum(0) for c in range(CLASSES)])
-        magnitude = np.stack([np.abs(centred[keep & (y == c)]).sum(0) for c in range(CLASSES)])
-        assert_close(sums, expected, tolerance(TOKENS), magnitude, "class sums")
-        np.testing.assert_array_equal(counts, np.bincount(y[keep], minlength=CLASSES))
-
-    @chex.variants(with_jit=True, without_jit=True)
     def test_training_keeps_masked_neurons_at_zero_and_learns_the_rest(self):
         x = self.rng.normal(size=(TOKENS, NEURONS)).astype(np.float32)
         y = (x[:, 1] > 0).astype(np.int32)
