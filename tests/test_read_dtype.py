@@ -85,3 +85,13 @@ def test_probeless_chunks_with_labels_read_as_the_dtype():
     chunks = [(X32[:30], LABELS[:30]), (X32[30:], LABELS[30:])]
     streamed = jn.probeless(chunks, dtype="float64").means
     assert_close(streamed, expected, tolerance(len(X32), np.float64, magnitude=3.0), np.abs(expected) + 1)
+
+
+def test_capture_source_reads_as_the_dtype():
+    from flax import nnx
+
+    from jneuron.flax import capture_source
+    from jneuron.models import MLP
+    model = MLP(4, (3,), 2, rngs=nnx.Rngs(0))
+    src = capture_source(model, X32, ["layers/0"], batch_size=32, dtype="float64")
+    assert src.dtype == np.float64 and {c.dtype for c in src.chunks(16)} == {np.dtype(np.float64)}

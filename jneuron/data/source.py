@@ -100,7 +100,7 @@ def _with_dtype_doc(doc: str) -> str:
     """``doc`` with the ``dtype`` argument documented at the end of its ``Args:`` section."""
     start = doc.find("    Args:\n")
     if start < 0:
-        return doc
+        return doc.rstrip() + "\n\n    Args:\n" + _DTYPE_DOC
     end = doc.find("\n\n", start)
     end = len(doc) if end < 0 else end + 1
     return doc[:end] + _DTYPE_DOC + doc[end:]
