@@ -1,0 +1,166 @@
+"""A probe's evaluation through the one streamed pass: confusion counts of every chunk's valid rows.
+
+The labels travel beside the rows as a class-id column (:func:`jneuron.probing.probeless._labelled_source`);
+each chunk adds its ``(gold, predicted)`` table, so arrays, sources and chunks of any size, sharded and
+resumable, give the same integer counts as an in-memory evaluation.
+
+>>> import numpy as np, jneuron as jn
+>>> x = np.array([[1.0], [-1.0], [2.0], [-3.0]]); labels = np.array(["a", "b", "a", "a"])
+>>> probe = jn.train_probe(x, labels, epochs=20)
+>>> evaluation_counts(probe, x, labels, chunk_tokens=3).tolist()
+[[3, 1], [2, 0], [3, 1]]
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jneuron import config
+from jneuron.data.checks import check_valid
+from jneuron.data.labels import label_values
+from jneuron.data.source import ArraySource, IteratorSource, Rows, _is_source, source_rows
+from jneuron.errors import JNeuronError
+from jneuron.kernels import information as kinfo
+from jneuron.kernels import probe as kp
+from jneuron.kernels import sharded as ksharded
+from jneuron.kernels.moments import count_dtype
+from jneuron.kernels.sharded import NEURONS
+from jneuron.precision import follow_dtype
+from jneuron.probing.probeless import STREAMED_CLASSES, _labelled_source
+from jneuron.streaming.mesh import resolve_mesh
+from jneuron.streaming.passes import chunk_callback, raise_on_bad_value, run_pass
+
+
+def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None, valid=None, devices=None,
+                      mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> np.ndarray:
+    """``(3, classes)`` counts (gold tokens, correct, predicted per class) of a classification probe over
+    the valid rows of ``x``, in one streamed pass (the keywords as for :meth:`jneuron.Probe.evaluate`)."""
+    classes = probe.classes
+    width = probe.weight.shape[1]
+    data, labels = _encoded(x, labels, classes, chunk_tokens, valid)
+    rows = chunk_tokens or config.PROBE_EVALUATION_TOKENS
+    source, _, values, rows = _labelled_source(data, labels, None, rows, None if _is_pairs(data) else valid)
+    if source.widths[0] != width:
+        raise JNeuronError(f"activations: the probe has {width} neurons, the input has {source.widths[0]} columns")
+    mesh = resolve_mesh(devices, mesh)
+    capacity = len(values) if values is not None else STREAMED_CLASSES
+    with follow_dtype(source.dtype) as dtype:
+        params = (jnp.asarray(probe.weight, dtype)[None], jnp.asarray(probe.bias, dtype)[None])
+        reduction = _reduction(width, capacity, len(classes))
+        key = {"statistic": "probe_confusion", "classes": len(classes), "capacity": capacity,
+               "weight": np.asarray(probe.weight, np.float64).tolist(), "bias": np.asarray(probe.bias).tolist()}
+        done = run_pass(source, reduction, rows, mesh=mesh, args=params, checkpoint=checkpoint, key=key,
+                        on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
+        table, bad_row, bad_col = jax.tree.map(np.asarray, done.state)
+    if mesh is not None and NEURONS in mesh.axis_names:
+        table, bad_row, bad_col = table[0], bad_row[0], bad_col[0]
+    raise_on_bad_value(int(bad_row), int(bad_col), source, done.position)
+    seen = np.asarray(values if values is not None else source.labels_seen(), np.int64)
+    table = np.asarray(table, np.int64)[: len(seen)]  # rows: gold classes (as seen), columns: predicted
+    gold, hit = np.zeros(len(classes), np.int64), np.zeros(len(classes), np.int64)
+    np.add.at(gold, seen, table.sum(axis=1))
+    np.add.at(hit, seen, table[np.arange(len(seen)), seen])
+    return np.stack([gold, hit, table.sum(axis=0)])
+
+
+def _is_pairs(data) -> bool:
+    return not hasattr(data, "shape") and not _is_source(data) and not isinstance(data, (ArraySource, IteratorSource))
+
+
+def _encoded(x, labels, classes: np.ndarray, chunk_tokens, valid):
+    """``(data, labels)`` for :func:`_labelled_source`: an array with every label as its row in ``classes``
+    (invalid rows' labels are never read), or ``(rows, ids)`` chunks of a source or of given pairs."""
+    from jneuron.probing.probe import encode_labels
+
+    if hasattr(x, "shape") and not _is_source(x):
+        tokens = np.shape(x)[0]
+        values = label_values(labels, "labels", tokens)
+        mask = None if valid is None else check_valid(valid, tokens)
+        if mask is not None and len(classes):
+            values = np.where(mask, values, classes[0])
+        return x, encode_labels(values, classes, tokens)
+    if _is_source(x) or isinstance(x, (ArraySource, IteratorSource)):
+        if labels is None:
+            raise JNeuronError("labels: give one label per row of the source")
+        source = x.with_valid(valid) if valid is not None else x
+        values = label_values(labels, "labels")
+        rows = chunk_tokens or config.PROBE_EVALUATION_TOKENS
+
+        def pairs():
+            start = 0
+            for chunk in source_rows(source, rows):
+                part = values[start:start + len(chunk.parts)]
+                if len(part) != len(chunk.parts):
+                    raise JNeuronError(f"labels: {len(values)} labels, the source has more rows")
+                yield Rows(chunk.parts, chunk.valid), _ids(part, chunk.valid, classes, start)
+                start += len(chunk.parts)
+            if start != len(values):
+                raise JNeuronError(f"labels: {len(values)} labels for {start} rows of the source")
+
+        return pairs, None
+    if labels is not None:
+        raise JNeuronError("labels: chunks carry their own labels, as (activations, labels) pairs")
+    if valid is not None:
+        raise JNeuronError("valid=: give each chunk's mask with its activations, as (Rows(x, valid), labels)")
+    return _encoded_pairs(x, classes), None
+
+
+def _encoded_pairs(data, classes: np.ndarray):
+    """``(activations, labels)`` pairs with the labels as rows of ``classes`` (re-iterable where ``data`` is)."""
+    def encode(items):
+        start = 0
+        for item in items:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise JNeuronError("expected (activations, labels) pairs")
+            x, y = item
+            mask = x.valid if isinstance(x, Rows) else None
+            y = label_values(y, f"labels chunk at token {start}")
+            yield x, _ids(y, mask, classes, start)
+            start += len(y)
+
+    if isinstance(data, (list, tuple)) or callable(data):
+        make = (lambda: iter(data)) if isinstance(data, (list, tuple)) else data
+        return lambda: encode(make())
+    return encode(iter(data))
+
+
+def _ids(values: np.ndarray, mask, classes: np.ndarray, start: int) -> np.ndarray:
+    """Every label's row in ``classes`` (rows outside ``mask`` are not read); errors count rows from ``start``."""
+    from jneuron.probing.probe import encode_labels
+
+    if mask is not None and len(classes):
+        values = np.where(np.asarray(mask, bool), values, classes[0])
+    try:
+        return encode_labels(values, classes, len(values))
+    except JNeuronError as error:
+        raise JNeuronError(f"{error} (chunk from row {start})") from None
+
+
+@lru_cache(maxsize=16)
+def _reduction(width: int, capacity: int, classes: int) -> ksharded.Reduction:
+    """The ``(gold as seen, predicted)`` counts of a chunk's valid rows, and its first non-finite value."""
+
+    def chunk(columns, n_valid, row0, weight, bias):
+        x, gold = columns[:, :width], columns[:, width].astype(jnp.int32)
+        inside = (jnp.arange(columns.shape[0]) < n_valid).astype(jnp.int32)
+        predicted = jnp.argmax(kp.outputs((weight, bias), jnp.where(jnp.isfinite(x), x, 0), None)[:, 0], axis=1)
+        table = jnp.einsum("tg,tp->gp", jax.nn.one_hot(gold, capacity, dtype=jnp.int32) * inside[:, None],
+                           jax.nn.one_hot(predicted, classes, dtype=jnp.int32))
+        none = jnp.full_like(jnp.asarray(row0, count_dtype()), -1)
+        row, col = jax.lax.cond(jnp.all(jnp.isfinite(x) | (inside[:, None] == 0)), lambda: (none, none),
+                                lambda: kinfo.first_bad(x, n_valid, row0))
+        return table, row, col
+
+    def init():
+        none = jnp.asarray(-1, count_dtype())
+        return jnp.zeros((capacity, classes), jnp.int32), none, none
+
+    def merge(a, b):
+        take_a = (a[1] >= 0) & ((b[1] < 0) | (a[1] <= b[1]))
+        return a[0] + b[0], jnp.where(take_a, a[1], b[1]), jnp.where(take_a, a[2], b[2])
+
+    return ksharded.Reduction(init, chunk, merge)
