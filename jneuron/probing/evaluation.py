@@ -13,6 +13,7 @@ resumable, give the same integer counts as an in-memory evaluation.
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 
 import jax
@@ -22,7 +23,7 @@ import numpy as np
 from jneuron import config
 from jneuron.data.checks import check_valid
 from jneuron.data.labels import label_values
-from jneuron.data.source import ArraySource, IteratorSource, Rows, _is_source, source_rows
+from jneuron.data.source import Rows, _is_source, source_rows
 from jneuron.errors import JNeuronError
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import probe as kp
@@ -43,7 +44,7 @@ def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None,
     width = probe.weight.shape[1]
     data, labels = _encoded(x, labels, classes, chunk_tokens, valid)
     rows = chunk_tokens or config.PROBE_EVALUATION_TOKENS
-    source, _, values, rows = _labelled_source(data, labels, None, rows, None if _is_pairs(data) else valid)
+    source, _, values, rows = _labelled_source(data, labels, None, rows, valid if hasattr(data, "shape") else None)
     if source.widths[0] != width:
         raise JNeuronError(f"activations: the probe has {width} neurons, the input has {source.widths[0]} columns")
     mesh = resolve_mesh(devices, mesh)
@@ -52,7 +53,7 @@ def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None,
         params = (jnp.asarray(probe.weight, dtype)[None], jnp.asarray(probe.bias, dtype)[None])
         reduction = _reduction(width, capacity, len(classes))
         key = {"statistic": "probe_confusion", "classes": len(classes), "capacity": capacity,
-               "weight": np.asarray(probe.weight, np.float64).tolist(), "bias": np.asarray(probe.bias).tolist()}
+               "probe": _fingerprint(probe)}
         done = run_pass(source, reduction, rows, mesh=mesh, args=params, checkpoint=checkpoint, key=key,
                         on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
         table, bad_row, bad_col = jax.tree.map(np.asarray, done.state)
@@ -67,10 +68,6 @@ def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None,
     return np.stack([gold, hit, table.sum(axis=0)])
 
 
-def _is_pairs(data) -> bool:
-    return not hasattr(data, "shape") and not _is_source(data) and not isinstance(data, (ArraySource, IteratorSource))
-
-
 def _encoded(x, labels, classes: np.ndarray, chunk_tokens, valid):
     """``(data, labels)`` for :func:`_labelled_source`: an array with every label as its row in ``classes``
     (invalid rows' labels are never read), or ``(rows, ids)`` chunks of a source or of given pairs."""
@@ -83,7 +80,7 @@ def _encoded(x, labels, classes: np.ndarray, chunk_tokens, valid):
         if mask is not None and len(classes):
             values = np.where(mask, values, classes[0])
         return x, encode_labels(values, classes, tokens)
-    if _is_source(x) or isinstance(x, (ArraySource, IteratorSource)):
+    if _is_source(x):
         if labels is None:
             raise JNeuronError("labels: give one label per row of the source")
         source = x.with_valid(valid) if valid is not None else x
@@ -138,6 +135,13 @@ def _ids(values: np.ndarray, mask, classes: np.ndarray, start: int) -> np.ndarra
         return encode_labels(values, classes, len(values))
     except JNeuronError as error:
         raise JNeuronError(f"{error} (chunk from row {start})") from None
+
+
+def _fingerprint(probe) -> str:
+    """A digest of the probe's weights and bias: a checkpoint resumes only the same probe's counts."""
+    digest = hashlib.sha256(np.ascontiguousarray(probe.weight, np.float64).tobytes())
+    digest.update(np.ascontiguousarray(probe.bias, np.float64).tobytes())
+    return digest.hexdigest()
 
 
 @lru_cache(maxsize=16)
