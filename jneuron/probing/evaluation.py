@@ -42,7 +42,7 @@ def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None,
     the valid rows of ``x``, in one streamed pass (the keywords as for :meth:`jneuron.Probe.evaluate`)."""
     classes = probe.classes
     width = probe.weight.shape[1]
-    data, labels = _encoded(x, labels, classes, chunk_tokens, valid)
+    data, labels = _encoded(x, labels, lambda *a: _ids(*a, classes), chunk_tokens, valid)
     rows = chunk_tokens or config.PROBE_EVALUATION_TOKENS
     source, _, values, rows = _labelled_source(data, labels, None, rows, valid if hasattr(data, "shape") else None)
     if source.widths[0] != width:
@@ -68,18 +68,14 @@ def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None,
     return np.stack([gold, hit, table.sum(axis=0)])
 
 
-def _encoded(x, labels, classes: np.ndarray, chunk_tokens, valid):
-    """``(data, labels)`` for :func:`_labelled_source`: an array with every label as its row in ``classes``
-    (invalid rows' labels are never read), or ``(rows, ids)`` chunks of a source or of given pairs."""
-    from jneuron.probing.probe import encode_labels
-
+def _encoded(x, labels, encode, chunk_tokens, valid):
+    """``(data, labels)`` for :func:`_labelled_source`: an array with its labels encoded, or
+    ``(rows, encoded labels)`` chunks of a source or of given pairs. ``encode(values, mask, first row)``
+    encodes one chunk's labels (the labels of rows outside ``mask`` are never read)."""
     if hasattr(x, "shape") and not _is_source(x):
         tokens = np.shape(x)[0]
-        values = label_values(labels, "labels", tokens)
         mask = None if valid is None else check_valid(valid, tokens)
-        if mask is not None and len(classes):
-            values = np.where(mask, values, classes[0])
-        return x, encode_labels(values, classes, tokens)
+        return x, encode(label_values(labels, "labels", tokens), mask, 0)
     if _is_source(x):
         if labels is None:
             raise JNeuronError("labels: give one label per row of the source")
@@ -93,7 +89,7 @@ def _encoded(x, labels, classes: np.ndarray, chunk_tokens, valid):
                 part = values[start:start + len(chunk.parts)]
                 if len(part) != len(chunk.parts):
                     raise JNeuronError(f"labels: {len(values)} labels, the source has more rows")
-                yield Rows(chunk.parts, chunk.valid), _ids(part, chunk.valid, classes, start)
+                yield Rows(chunk.parts, chunk.valid), encode(part, chunk.valid, start)
                 start += len(chunk.parts)
             if start != len(values):
                 raise JNeuronError(f"labels: {len(values)} labels for {start} rows of the source")
@@ -103,29 +99,28 @@ def _encoded(x, labels, classes: np.ndarray, chunk_tokens, valid):
         raise JNeuronError("labels: chunks carry their own labels, as (activations, labels) pairs")
     if valid is not None:
         raise JNeuronError("valid=: give each chunk's mask with its activations, as (Rows(x, valid), labels)")
-    return _encoded_pairs(x, classes), None
+    return _encoded_pairs(x, encode), None
 
 
-def _encoded_pairs(data, classes: np.ndarray):
-    """``(activations, labels)`` pairs with the labels as rows of ``classes`` (re-iterable where ``data`` is)."""
-    def encode(items):
+def _encoded_pairs(data, encode):
+    """``(activations, labels)`` pairs with the labels encoded (re-iterable where ``data`` is)."""
+    def encoded(items):
         start = 0
         for item in items:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
                 raise JNeuronError("expected (activations, labels) pairs")
             x, y = item
-            mask = x.valid if isinstance(x, Rows) else None
             y = label_values(y, f"labels chunk at token {start}")
-            yield x, _ids(y, mask, classes, start)
+            yield x, encode(y, x.valid if isinstance(x, Rows) else None, start)
             start += len(y)
 
     if isinstance(data, (list, tuple)) or callable(data):
         make = (lambda: iter(data)) if isinstance(data, (list, tuple)) else data
-        return lambda: encode(make())
-    return encode(iter(data))
+        return lambda: encoded(make())
+    return encoded(iter(data))
 
 
-def _ids(values: np.ndarray, mask, classes: np.ndarray, start: int) -> np.ndarray:
+def _ids(values: np.ndarray, mask, start: int, classes: np.ndarray) -> np.ndarray:
     """Every label's row in ``classes`` (rows outside ``mask`` are not read); errors count rows from ``start``."""
     from jneuron.probing.probe import encode_labels
 
