@@ -23,7 +23,7 @@ import numpy as np
 from jneuron import config
 from jneuron.data.checks import check_valid
 from jneuron.data.labels import label_values
-from jneuron.data.source import Rows, _is_source, source_rows
+from jneuron.data.source import Rows, _is_source, as_source, source_rows
 from jneuron.errors import JNeuronError
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import probe as kp
@@ -66,6 +66,60 @@ def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None,
     np.add.at(gold, seen, table.sum(axis=1))
     np.add.at(hit, seen, table[np.arange(len(seen)), seen])
     return np.stack([gold, hit, table.sum(axis=0)])
+
+
+def squared_errors(probe, x, targets=None, *, chunk_tokens: int | None = None, valid=None, devices=None,
+                   mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> tuple[int, float, float]:
+    """``(tokens, sum of squared errors, sum of squared deviations of the targets from their mean)`` of a
+    regression probe over the valid rows of ``x``, in one streamed pass (the keywords as for
+    :meth:`jneuron.Probe.evaluate`). The deviations are summed about the first valid target (offsets
+    cost no digits)."""
+    width = probe.weight.shape[1]
+    data, targets = _encoded(x, targets, _targets, chunk_tokens, valid)
+    rows = chunk_tokens or config.PROBE_EVALUATION_TOKENS
+    if hasattr(data, "shape"):
+        source = as_source({"activations": data, TARGET: targets[:, None]}, valid=valid)
+    else:
+        source = as_source(lambda: (Rows((x.parts if isinstance(x, Rows) else x, y[:, None]),
+                                         x.valid if isinstance(x, Rows) else None) for x, y in _pairs(data)),
+                           names=["activations", TARGET])
+    if source.widths[0] != width:
+        raise JNeuronError(f"activations: the probe has {width} neurons, the input has {source.widths[0]} columns")
+    mesh = resolve_mesh(devices, mesh)
+    first = next((r for r in source_rows(source, rows) if len(r.parts) and (r.valid is None or r.valid.any())), None)
+    if first is None:
+        raise JNeuronError("activations: no valid rows to evaluate")
+    shift = float(first.parts[0 if first.valid is None else int(np.argmax(first.valid)), width])
+    with follow_dtype(source.dtype) as dtype:
+        args = (jnp.asarray(probe.weight, dtype)[None], jnp.asarray(probe.bias, dtype)[None], jnp.asarray(shift, dtype))
+        key = {"statistic": "probe_squared_error", "probe": _fingerprint(probe), "shift": shift}
+        done = run_pass(source, _regression(width, np.dtype(dtype)), rows, mesh=mesh, args=args, checkpoint=checkpoint, key=key,
+                        on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
+        sums, bad_row, bad_col = jax.tree.map(np.asarray, done.state)
+    if mesh is not None and NEURONS in mesh.axis_names:
+        sums, bad_row, bad_col = sums[0], bad_row[0], bad_col[0]
+    raise_on_bad_value(int(bad_row), int(bad_col), source, done.position)
+    tokens, sse, deviation, squares = (float(v) for v in np.asarray(sums, np.float64))
+    return int(round(tokens)), sse, max(squares - deviation**2 / max(tokens, 1), 0.0)
+
+
+TARGET = "target"  # the column of regression targets that travels beside the activations
+
+
+def _pairs(data):
+    return data() if callable(data) else data
+
+
+def _targets(values: np.ndarray, mask, start: int) -> np.ndarray:
+    """Real targets as float64 (rows outside ``mask`` are not read); errors count rows from ``start``."""
+    if values.dtype.kind not in "fiub":
+        raise JNeuronError(f"targets: a regression probe needs real numbers, got dtype {values.dtype}")
+    values = values.astype(np.float64)
+    if mask is not None:
+        values = np.where(np.asarray(mask, bool), values, 0.0)
+    if not np.all(np.isfinite(values)):
+        raise JNeuronError(f"targets: row {start + int(np.flatnonzero(~np.isfinite(values))[0])} is NaN or infinite")
+    return values
 
 
 def _encoded(x, labels, encode, chunk_tokens, valid):
@@ -132,6 +186,36 @@ def _ids(values: np.ndarray, mask, start: int, classes: np.ndarray) -> np.ndarra
         raise JNeuronError(f"{error} (chunk from row {start})") from None
 
 
+@lru_cache(maxsize=16)
+def _regression(width: int, dtype: np.dtype) -> ksharded.Reduction:
+    """Counted rows, squared errors, and sums of targets and squared targets about ``shift``, of a chunk's
+    valid rows, with its first non-finite value."""
+
+    def chunk(columns, n_valid, row0, weight, bias, shift):
+        x, y = columns[:, :width], columns[:, width]
+        inside = jnp.arange(columns.shape[0]) < n_valid
+        residual = jnp.where(inside, kp.outputs((weight, bias), jnp.where(inside[:, None], x, 0), None)[:, 0, 0] - y, 0)
+        deviation = jnp.where(inside, y - shift, 0)
+        sums = jnp.stack([jnp.sum(inside.astype(x.dtype)), jnp.sum(residual**2), jnp.sum(deviation),
+                          jnp.sum(deviation**2)])
+        none = jnp.full_like(jnp.asarray(row0, count_dtype()), -1)
+        row, col = jax.lax.cond(jnp.all(jnp.isfinite(columns) | ~inside[:, None]), lambda: (none, none),
+                                lambda: kinfo.first_bad(columns, n_valid, row0))
+        return sums, row, col
+
+    def init():
+        none = jnp.asarray(-1, count_dtype())
+        return jnp.zeros(4, dtype), none, none
+
+    return ksharded.Reduction(init, chunk, _merge)
+
+
+def _merge(a, b):
+    """Two chunks' statistics added; the first bad value is the one with the lower row."""
+    take_a = (a[1] >= 0) & ((b[1] < 0) | (a[1] <= b[1]))
+    return a[0] + b[0], jnp.where(take_a, a[1], b[1]), jnp.where(take_a, a[2], b[2])
+
+
 def _fingerprint(probe) -> str:
     """A digest of the probe's weights and bias: a checkpoint resumes only the same probe's counts."""
     digest = hashlib.sha256(np.ascontiguousarray(probe.weight, np.float64).tobytes())
@@ -158,8 +242,4 @@ def _reduction(width: int, capacity: int, classes: int) -> ksharded.Reduction:
         none = jnp.asarray(-1, count_dtype())
         return jnp.zeros((capacity, classes), jnp.int32), none, none
 
-    def merge(a, b):
-        take_a = (a[1] >= 0) & ((b[1] < 0) | (a[1] <= b[1]))
-        return a[0] + b[0], jnp.where(take_a, a[1], b[1]), jnp.where(take_a, a[2], b[2])
-
-    return ksharded.Reduction(init, chunk, merge)
+    return ksharded.Reduction(init, chunk, _merge)

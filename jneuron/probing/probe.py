@@ -36,7 +36,6 @@ _train = jax.jit(kp.train, static_argnames=("classes", "learning_rate", "squared
 _train_sharded = jax.jit(kp.train_sharded,
                          static_argnames=("mesh", "classes", "learning_rate", "squared", "regression"))
 _confusion = jax.jit(kp.confusion, static_argnames=("classes",))
-_squared_error = jax.jit(kp.squared_error)
 _all_finite = jax.jit(lambda x: jnp.isfinite(x).all())  # one fused pass: no (tokens, neurons) mask in memory
 
 
@@ -85,9 +84,10 @@ class Probe(Result):
                  checkpoint=None, progress: bool = False, on_chunk=None) -> dict:
         """Accuracy, macro F1 and per-class accuracy (classification) or MSE and R^2 (regression).
 
-        A classification probe is evaluated in one streamed pass
-        (:func:`jneuron.probing.evaluation.evaluation_counts`): integer counts, the same for any chunking,
-        sharding or resumption.
+        The probe is evaluated in one streamed pass: a classification probe's integer counts
+        (:func:`jneuron.probing.evaluation.evaluation_counts`) are the same for any chunking, sharding or
+        resumption; a regression probe's squared errors (:func:`jneuron.probing.evaluation.squared_errors`)
+        agree to rounding.
 
         Args:
           x: activations ``(tokens, neurons)``; a source (``jn.open_activations``, ``jn.as_source``) with
@@ -107,15 +107,11 @@ class Probe(Result):
             counts = evaluation_counts(self, x, labels, chunk_tokens=chunk_tokens, valid=valid, devices=devices,
                                        mesh=mesh, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
             return metrics(counts, self.classes)
-        streamed = {"chunk_tokens": chunk_tokens, "valid": valid, "devices": devices, "mesh": mesh,
-                    "checkpoint": checkpoint, "on_chunk": on_chunk}
-        if any(value is not None for value in streamed.values()) or progress or labels is None:
-            raise JNeuronError("evaluate: a regression probe is evaluated on in-memory arrays only (x, targets); "
-                               "the streamed keywords are for classification probes")
-        x = _activations(x, self.weight.shape[1])
-        y = _real_labels(labels, x.shape[0])
-        sse, sst = np.asarray(_squared_error(self._params(), x, jnp.asarray(y, x.dtype), None), np.float64)[0]
-        return {"tokens": int(len(y)), "mse": sse / len(y), "r2": 1.0 - sse / sst if sst > 0 else float("nan")}
+        from jneuron.probing.evaluation import squared_errors
+
+        tokens, sse, sst = squared_errors(self, x, labels, chunk_tokens=chunk_tokens, valid=valid, devices=devices,
+                                          mesh=mesh, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
+        return {"tokens": tokens, "mse": sse / tokens, "r2": 1.0 - sse / sst if sst > 0 else float("nan")}
 
     def _params(self):
         return jnp.asarray(self.weight)[None], jnp.asarray(self.bias)[None]

@@ -95,3 +95,40 @@ def test_bad_input_is_one_line(task):
         probe.evaluate(x[:, :5], labels)
     with pytest.raises(JNeuronError, match="labels"):
         probe.evaluate(jn.as_source([x]), labels[:-1])
+
+
+def test_regression_streams_to_the_in_memory_errors(tmp_path):
+    from tests.tolerance import assert_close, tolerance
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(400, 5)).astype(np.float32)
+    target = (x @ rng.normal(size=5) + 0.5 * rng.normal(size=400) + 1e3).astype(np.float32)
+    probe = jn.train_probe(x, target, task="regression", epochs=3)
+    out = np.asarray(probe.outputs(x), np.float64)[:, 0]
+    valid = np.arange(400) % 6 != 1
+    y = target.astype(np.float64)[valid]
+    expected = {"tokens": int(valid.sum()), "mse": np.mean((out[valid] - y) ** 2),
+                "r2": 1 - np.sum((out[valid] - y) ** 2) / np.sum((y - y.mean()) ** 2)}
+    padded = np.where(valid, target, np.nan).astype(np.float32)
+    bound = tolerance(400, np.float32, magnitude=3.0)
+    chunks = [(Rows(x[i:i + 70], valid[i:i + 70]), padded[i:i + 70]) for i in range(0, 400, 70)]
+    runs = [probe.evaluate(x, padded, valid=valid, chunk_tokens=64),
+            probe.evaluate(x, padded, valid=valid, chunk_tokens=64, devices=2),
+            probe.evaluate(jn.as_source([x], valid=valid), padded, chunk_tokens=50),
+            probe.evaluate(chunks, chunk_tokens=30)]
+    for got in runs:
+        assert got["tokens"] == expected["tokens"]
+        assert_close(got["mse"], expected["mse"], bound, expected["mse"], "mse")
+        assert_close(got["r2"], expected["r2"], bound, 1.0, "r2")
+    whole = probe.evaluate(x, padded, valid=valid, chunk_tokens=40)
+    seen = []
+
+    def stop(rows):
+        seen.append(rows)
+        if len(seen) == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        probe.evaluate(x, padded, valid=valid, chunk_tokens=40, checkpoint=tmp_path, on_chunk=stop)
+    assert probe.evaluate(x, padded, valid=valid, chunk_tokens=40, checkpoint=tmp_path) == whole
+    with pytest.raises(JNeuronError, match="row 3"):
+        probe.evaluate(x, np.where(np.arange(400) == 3, np.inf, target))
