@@ -23,7 +23,7 @@ import numpy as np
 from jneuron import config
 from jneuron.data.checks import check_valid
 from jneuron.data.labels import label_values
-from jneuron.data.source import Rows, _is_source, as_source, source_rows
+from jneuron.data.source import Rows, _is_source, as_source, item_parts, source_rows
 from jneuron.errors import JNeuronError
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import probe as kp
@@ -86,24 +86,35 @@ def squared_errors(probe, x, targets=None, *, chunk_tokens: int | None = None, v
     if source.widths[0] != width:
         raise JNeuronError(f"activations: the probe has {width} neurons, the input has {source.widths[0]} columns")
     mesh = resolve_mesh(devices, mesh)
-    first = next((r for r in source_rows(source, rows) if len(r.parts) and (r.valid is None or r.valid.any())), None)
-    if first is None:
-        raise JNeuronError("activations: no valid rows to evaluate")
-    shift = float(first.parts[0 if first.valid is None else int(np.argmax(first.valid)), width])
+    shift = _first_target(source, rows)
     with follow_dtype(source.dtype) as dtype:
-        args = (jnp.asarray(probe.weight, dtype)[None], jnp.asarray(probe.bias, dtype)[None], jnp.asarray(shift, dtype))
+        args = (jnp.asarray(probe.weight, dtype)[None], jnp.asarray(probe.bias, dtype)[None],
+                jnp.asarray(shift, dtype))
         key = {"statistic": "probe_squared_error", "probe": _fingerprint(probe), "shift": shift}
-        done = run_pass(source, _regression(width, np.dtype(dtype)), rows, mesh=mesh, args=args, checkpoint=checkpoint, key=key,
+        done = run_pass(source, _regression(width, np.dtype(dtype)), rows, mesh=mesh, args=args,
+                        checkpoint=checkpoint, key=key,
                         on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
         sums, bad_row, bad_col = jax.tree.map(np.asarray, done.state)
     if mesh is not None and NEURONS in mesh.axis_names:
         sums, bad_row, bad_col = sums[0], bad_row[0], bad_col[0]
     raise_on_bad_value(int(bad_row), int(bad_col), source, done.position)
     tokens, sse, deviation, squares = (float(v) for v in np.asarray(sums, np.float64))
+    if tokens == 0:
+        raise JNeuronError("activations: no valid rows to evaluate")
     return int(round(tokens)), sse, max(squares - deviation**2 / max(tokens, 1), 0.0)
 
 
 TARGET = "target"  # the column of regression targets that travels beside the activations
+
+
+def _first_target(source, rows: int) -> float:
+    """The first chunk's first valid target (0 where it has none): the shift the target sums are taken about.
+    A chunk iterator's first item is read from the source, which keeps it for the pass."""
+    first = source.first if getattr(source, "first", None) is not None else next(source_rows(source, rows))
+    target = np.asarray(item_parts(first)[-1])[:, -1]  # the last column of the last part
+    valid = first.valid if isinstance(first, Rows) else None
+    inside = np.flatnonzero(np.ones(len(target), bool) if valid is None else np.asarray(valid, bool))
+    return float(target[inside[0]]) if len(inside) else 0.0
 
 
 def _pairs(data):

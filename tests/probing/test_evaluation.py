@@ -114,7 +114,8 @@ def test_regression_streams_to_the_in_memory_errors(tmp_path):
     runs = [probe.evaluate(x, padded, valid=valid, chunk_tokens=64),
             probe.evaluate(x, padded, valid=valid, chunk_tokens=64, devices=2),
             probe.evaluate(jn.as_source([x], valid=valid), padded, chunk_tokens=50),
-            probe.evaluate(chunks, chunk_tokens=30)]
+            probe.evaluate(chunks, chunk_tokens=30),
+            probe.evaluate(iter(chunks), chunk_tokens=30)]  # a one-shot iterator: its first item is kept
     for got in runs:
         assert got["tokens"] == expected["tokens"]
         assert_close(got["mse"], expected["mse"], bound, expected["mse"], "mse")
