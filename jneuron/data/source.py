@@ -102,8 +102,9 @@ def _with_dtype_doc(doc: str) -> str:
     if start < 0:
         return doc.rstrip() + "\n\n    Args:\n" + _DTYPE_DOC
     end = doc.find("\n\n", start)
-    end = len(doc) if end < 0 else end + 1
-    return doc[:end] + _DTYPE_DOC + doc[end:]
+    if end < 0:  # the Args section ends the docstring
+        return doc.rstrip() + "\n" + _DTYPE_DOC + "    "
+    return doc[: end + 1] + _DTYPE_DOC + doc[end + 1 :]
 
 
 class Rows(NamedTuple):
