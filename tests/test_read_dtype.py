@@ -95,3 +95,9 @@ def test_capture_source_reads_as_the_dtype():
     model = MLP(4, (3,), 2, rngs=nnx.Rngs(0))
     src = capture_source(model, X32, ["layers/0"], batch_size=32, dtype="float64")
     assert src.dtype == np.float64 and {c.dtype for c in src.chunks(16)} == {np.dtype(np.float64)}
+
+
+def test_file_sources_read_as_the_dtype(tmp_path):
+    np.save(tmp_path / "x.npy", X32)
+    source = jn.as_source(jn.open_activations(tmp_path / "x.npy"), dtype="float64")
+    assert source.dtype == np.float64 and next(source.chunks(16)).dtype == np.float64
