@@ -41,6 +41,7 @@ from jneuron.data.source import (
     as_source,
     float_dtype,
     item_parts,
+    reads_dtype,
     source_rows,
 )
 from jneuron.errors import JNeuronError
@@ -133,6 +134,7 @@ class NeuronInformation(Result):
         }
 
 
+@reads_dtype
 def neuron_information(acts, labels=None, *, quantize: str = "threshold", threshold: float = 0.5,
                        bins: int = 2, value_range: tuple | None = None, classes: int | None = None,
                        unit: str = "bits", names: Sequence[str] | None = None, chunk_tokens: int | None = None,

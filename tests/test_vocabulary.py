@@ -15,7 +15,7 @@ import jneuron.flax as jflax
 
 KW = inspect.Parameter.KEYWORD_ONLY
 
-PASS_TAIL = ("chunk_tokens", "valid", "devices", "mesh", "checkpoint", "progress", "on_chunk")
+PASS_TAIL = ("chunk_tokens", "valid", "devices", "mesh", "checkpoint", "progress", "on_chunk", "dtype")
 STREAMED = ("comoments", "maxcorr", "mincorr", "linreg_ranking", "cca", "svcca", "pwcca", "cka", "similarity_matrix",
             "direction_ranking", "match_neurons", "sparse_prediction", "neuron_information", "probeless")
 TAIL = {"names", "chunk_tokens", "valid", "devices", "mesh", "checkpoint", "progress", "on_chunk", "dtype"}

@@ -28,8 +28,10 @@ from jneuron.results import NeuronIndex, Ranking
 from jneuron.similarity.measures import eigenvalue_floor
 from jneuron.streaming.blocks import stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
+from jneuron.data.source import reads_dtype
 
 
+@reads_dtype
 def linreg_ranking(models, *, reduce: str = "min", names: Sequence[str] | None = None,
                    rtol: float | None = None, chunk_tokens: int | None = None,
                    valid=None, devices=None, mesh=None,

@@ -34,7 +34,7 @@ from jneuron import config
 from jneuron.crossmodel.tilereduce import tile_reducer
 from jneuron.data.checks import check_min_tokens
 from jneuron.data.models import parse_layers
-from jneuron.data.source import Source, as_source
+from jneuron.data.source import Source, as_source, reads_dtype
 from jneuron.errors import DeadNeuronWarning, JNeuronError
 from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import moments as kmoments
@@ -87,6 +87,7 @@ class CrossModelRanking(Ranking):
         return {**super().to_dict(), "score_matrix": to_plain(self.score_matrix)}
 
 
+@reads_dtype
 def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
             memory_budget: int | None = None, valid=None, devices=None, mesh=None, checkpoint=None,
             progress: bool = False, on_chunk=None) -> CrossModelRanking:
@@ -120,6 +121,7 @@ def maxcorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | N
                  on_chunk, valid, progress)
 
 
+@reads_dtype
 def mincorr(models, *, names: Sequence[str] | None = None, chunk_tokens: int | None = None,
             memory_budget: int | None = None, valid=None, devices=None, mesh=None, checkpoint=None,
             progress: bool = False, on_chunk=None) -> CrossModelRanking:

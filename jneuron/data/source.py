@@ -20,6 +20,9 @@ its own: ``Rows(parts, valid)``. ``chunks(chunk_tokens)`` yields the raw rows, e
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import inspect
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +37,74 @@ from jneuron.errors import JNeuronError
 def float_dtype(dtype) -> np.dtype:
     """float64 stays float64; everything else (f16, bf16, ints, bool) is read as float32."""
     return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def read_dtype(dtype) -> np.dtype | None:
+    """The dtype chunks are read as: ``None`` (follow the input), ``"float32"``, ``"float64"`` or a numpy dtype.
+
+    >>> read_dtype("float64"), read_dtype(None)
+    (dtype('float64'), None)
+    """
+    if dtype is None:
+        return None
+    try:
+        chosen = np.dtype(dtype)
+    except TypeError:
+        chosen = np.dtype(np.object_)
+    if chosen.kind != "f" or chosen.itemsize not in (4, 8) or isinstance(dtype, (int, float)):
+        raise JNeuronError(f"dtype: expected None, 'float32' or 'float64', got {dtype!r}")
+    return chosen
+
+
+_READ_AS: contextvars.ContextVar[np.dtype | None] = contextvars.ContextVar("jneuron_read_dtype", default=None)
+
+def requested_dtype(natural) -> np.dtype:
+    """The dtype the running entry point's ``dtype=`` asks for (see :func:`reads_dtype`), else ``natural``.
+
+    >>> requested_dtype(np.float32)
+    dtype('float32')
+    """
+    chosen = _READ_AS.get()
+    return np.dtype(natural) if chosen is None else chosen
+
+
+_DTYPE_DOC = ("      dtype: the dtype the chunks are read and computed in: ``None`` (default) follows the input\n"
+              "        (float64 stays float64, anything else is float32), or ``\"float32\"``/``\"float64\"``.\n")
+
+
+def reads_dtype(function):
+    """Give a streamed entry point the keyword-only ``dtype=`` of the pass tail.
+
+    Every source the entry point builds with :func:`as_source` while it runs is read as that dtype
+    (:func:`read_dtype`); its computation follows the chunks' dtype.
+    """
+    signature = inspect.signature(function)
+    parameters = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(parameters) if p.kind is inspect.Parameter.VAR_KEYWORD), len(parameters))
+    parameters.insert(at, inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=None))
+
+    @functools.wraps(function)
+    def wrapped(*args, dtype=None, **kwargs):
+        token = _READ_AS.set(read_dtype(dtype))
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _READ_AS.reset(token)
+
+    wrapped.__signature__ = signature.replace(parameters=parameters)
+    wrapped.__doc__ = _with_dtype_doc(function.__doc__ or "")
+    return wrapped
+
+
+def _with_dtype_doc(doc: str) -> str:
+    """``doc`` with the ``dtype`` argument documented at the end of its ``Args:`` section."""
+    start = doc.find("    Args:\n")
+    if start < 0:
+        return doc.rstrip() + "\n\n    Args:\n" + _DTYPE_DOC
+    end = doc.find("\n\n", start)
+    if end < 0:  # the Args section ends the docstring
+        return doc.rstrip() + "\n" + _DTYPE_DOC + "    "
+    return doc[: end + 1] + _DTYPE_DOC + doc[end + 1 :]
 
 
 class Rows(NamedTuple):
@@ -62,6 +133,7 @@ class ArraySource:
     arrays: tuple
     names: tuple[str, ...]
     valid: np.ndarray | None = field(default=None, compare=False)
+    out_dtype: np.dtype | None = None
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -73,9 +145,15 @@ class ArraySource:
 
     @property
     def dtype(self) -> np.dtype:
+        if self.out_dtype is not None:
+            return self.out_dtype
         return float_dtype(np.result_type(*[np.dtype(a.dtype) for a in self.arrays]))
 
     reiterable = True
+
+    def with_dtype(self, dtype) -> ArraySource:
+        """The same arrays, read as ``dtype`` (``None``: follow the arrays; see :func:`read_dtype`)."""
+        return replace(self, out_dtype=read_dtype(dtype))
 
     def with_valid(self, valid) -> ArraySource:
         """The same arrays with validity mask ``valid`` (boolean, one entry per token)."""
@@ -96,7 +174,7 @@ class ArraySource:
     def parts(self, chunk_tokens: int, start: int = 0) -> Iterator[list[np.ndarray]]:
         """The chunks of :meth:`chunks` as each model's rows, not joined (views where no conversion is due)."""
         for begin in range(start, self.tokens, chunk_tokens):
-            yield [np.asarray(a[begin : begin + chunk_tokens]) for a in self.arrays]
+            yield [np.asarray(a[begin : begin + chunk_tokens], dtype=self.out_dtype) for a in self.arrays]
 
 
 @dataclass(frozen=True)
@@ -115,6 +193,12 @@ class IteratorSource:
     reiterable: bool
     tokens: int | None = None
     first: object = field(default=None, compare=False, repr=False)  # the first item (a checkpoint's binding)
+    out_dtype: np.dtype | None = None
+
+    def with_dtype(self, dtype) -> IteratorSource:
+        """The same chunks, read as ``dtype`` (``None``: follow each chunk; see :func:`read_dtype`)."""
+        chosen = read_dtype(dtype)
+        return replace(self, out_dtype=chosen, dtype=self.dtype if chosen is None else chosen)
 
     def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
         """Every row, in chunks of at most ``chunk_tokens`` rows."""
@@ -125,7 +209,7 @@ class IteratorSource:
         """Chunks of at most ``chunk_tokens`` rows (each item cut to size), with their validity masks."""
         for index, item in enumerate(self.make_iterator()):
             valid = item.valid if isinstance(item, Rows) else None
-            parts = _chunk_parts(item, index, self.names, self.widths)
+            parts = _chunk_parts(item, index, self.names, self.widths, self.out_dtype)
             joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
             if valid is not None:
                 valid = check_valid(valid, joined.shape[0], f"chunk {index}: valid")
@@ -150,7 +234,7 @@ def item_parts(item) -> list:
     return list(item) if isinstance(item, (tuple, list)) else [item]
 
 
-def _chunk_parts(item, index: int, names, widths) -> list[np.ndarray]:
+def _chunk_parts(item, index: int, names, widths, dtype=None) -> list[np.ndarray]:
     parts = item_parts(item)
     if len(parts) != len(names):
         raise JNeuronError(f"chunk {index}: expected {len(names)} model arrays, got {len(parts)}")
@@ -162,7 +246,8 @@ def _chunk_parts(item, index: int, names, widths) -> list[np.ndarray]:
     for array, name, width in zip(arrays, names, widths):
         if array.shape[1] != width:
             raise JNeuronError(f"chunk {index}, model '{name}': expected {width} neurons, got {array.shape[1]}")
-    dtype = float_dtype(np.result_type(*[a.dtype for a in arrays]))
+    if dtype is None:
+        dtype = float_dtype(np.result_type(*[a.dtype for a in arrays]))
     return [a.astype(dtype, copy=False) for a in arrays]
 
 
@@ -183,7 +268,7 @@ def _names(models, given: Sequence[str] | None, count: int) -> tuple[str, ...]:
     return names
 
 
-def as_source(models, *, names: Sequence[str] | None = None, valid=None) -> Source:
+def as_source(models, *, names: Sequence[str] | None = None, valid=None, dtype=None) -> Source:
     """Turn arrays, a mapping of name to array, an iterator of chunks, or a source into a source.
 
     Args:
@@ -194,7 +279,15 @@ def as_source(models, *, names: Sequence[str] | None = None, valid=None) -> Sour
       names: model names (defaults to the mapping's keys or ``model0, model1, ...``).
       valid: boolean ``(tokens,)`` mask of the rows that count (arrays and file sources only; chunks
         carry their own masks as :class:`Rows`). ``None``: every row counts.
+      dtype: read the chunks as this dtype (:func:`read_dtype`); ``None``: the dtype of the entry point
+        being run (its ``dtype=``), else follow the input.
     """
+    chosen = read_dtype(dtype) if dtype is not None else _READ_AS.get()
+    source = _as_source(models, names, valid)
+    return source if chosen is None or not hasattr(source, "with_dtype") else source.with_dtype(chosen)
+
+
+def _as_source(models, names, valid) -> Source:
     if isinstance(models, (ArraySource, IteratorSource)) or _is_source(models):
         if valid is None:
             return models

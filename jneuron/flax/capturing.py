@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jneuron.data.source import IteratorSource, as_source
+from jneuron.data.source import IteratorSource, as_source, reads_dtype
 from jneuron.errors import JNeuronError
 from jneuron.flax import paths
 from jneuron.results import NeuronIndex, Result, to_plain
@@ -365,6 +365,7 @@ class _Replay:
         return path
 
 
+@reads_dtype
 def capture_source(model: nnx.Module, inputs, layers: Sequence[str], *, batch_size: int = 256,
                    valid=None, cache: str | None = "auto", memory_bytes: int = MEMORY_CACHE_BYTES) -> IteratorSource:
     """A re-iterable chunk source over the captured layers (one "model" per layer), for streaming analyses.

@@ -36,7 +36,6 @@ _train = jax.jit(kp.train, static_argnames=("classes", "learning_rate", "squared
 _train_sharded = jax.jit(kp.train_sharded,
                          static_argnames=("mesh", "classes", "learning_rate", "squared", "regression"))
 _confusion = jax.jit(kp.confusion, static_argnames=("classes",))
-_squared_error = jax.jit(kp.squared_error)
 _all_finite = jax.jit(lambda x: jnp.isfinite(x).all())  # one fused pass: no (tokens, neurons) mask in memory
 
 
@@ -81,16 +80,38 @@ class Probe(Result):
         out = self.outputs(x)
         return out[:, 0] if self.task == "regression" else self.classes[np.argmax(out, axis=1)]
 
-    def evaluate(self, x, labels) -> dict:
-        """Accuracy, macro F1 and per-class accuracy (classification) or MSE and R^2 (regression)."""
-        x = _activations(x, self.weight.shape[1])
-        if self.task == "regression":
-            y = _real_labels(labels, x.shape[0])
-            sse, sst = np.asarray(_squared_error(self._params(), x, jnp.asarray(y, x.dtype), None), np.float64)[0]
-            return {"tokens": int(len(y)), "mse": sse / len(y), "r2": 1.0 - sse / sst if sst > 0 else float("nan")}
-        y = encode_labels(labels, self.classes, x.shape[0])
-        weight, bias = self._params()
-        return metrics(confusion_counts(weight, bias, x, jnp.asarray(y), None, len(self.classes))[0], self.classes)
+    def evaluate(self, x, labels=None, *, chunk_tokens: int | None = None, valid=None, devices=None, mesh=None,
+                 checkpoint=None, progress: bool = False, on_chunk=None) -> dict:
+        """Accuracy, macro F1 and per-class accuracy (classification) or MSE and R^2 (regression).
+
+        The probe is evaluated in one streamed pass: a classification probe's integer counts
+        (:func:`jneuron.probing.evaluation.evaluation_counts`) are the same for any chunking, sharding or
+        resumption; a regression probe's squared errors (:func:`jneuron.probing.evaluation.squared_errors`)
+        agree to rounding.
+
+        Args:
+          x: activations ``(tokens, neurons)``; a source (``jn.open_activations``, ``jn.as_source``) with
+            ``labels``; or (``labels=None``) ``(activations, labels)`` chunks (``activations`` may be
+            ``Rows(x, valid)``), a list or a callable returning them (re-iterable) or an iterator.
+          labels: one label per row (strings or integers; real targets for a regression probe).
+          chunk_tokens: rows per chunk of the pass.
+          valid: boolean ``(tokens,)`` mask of the rows that count (arrays and sources); the labels of
+            other rows are never read.
+          devices, mesh: shard the rows over these devices or this mesh (see :mod:`jneuron.streaming.mesh`).
+          checkpoint: a folder; the running counts are saved there, and a rerun resumes from them.
+          progress: draw a progress line on stderr. on_chunk: called with the rows of each chunk read.
+        """
+        if self.task == "classification":
+            from jneuron.probing.evaluation import evaluation_counts
+
+            counts = evaluation_counts(self, x, labels, chunk_tokens=chunk_tokens, valid=valid, devices=devices,
+                                       mesh=mesh, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
+            return metrics(counts, self.classes)
+        from jneuron.probing.evaluation import squared_errors
+
+        tokens, sse, sst = squared_errors(self, x, labels, chunk_tokens=chunk_tokens, valid=valid, devices=devices,
+                                          mesh=mesh, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
+        return {"tokens": tokens, "mse": sse / tokens, "r2": 1.0 - sse / sst if sst > 0 else float("nan")}
 
     def _params(self):
         return jnp.asarray(self.weight)[None], jnp.asarray(self.bias)[None]

@@ -25,7 +25,7 @@ import numpy as np
 from jneuron.data.checks import as_2d, check_valid
 from jneuron.data.labels import label_values
 from jneuron.data.models import parse_layers
-from jneuron.data.source import ArraySource, Rows, float_dtype, source_rows
+from jneuron.data.source import ArraySource, Rows, float_dtype, reads_dtype, requested_dtype, source_rows
 from jneuron.errors import JNeuronError
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
@@ -176,8 +176,9 @@ def _labelled_source(data, labels, names, chunk_tokens: int, valid):
         ids = np.searchsorted(classes, values) if len(classes) else np.zeros(tokens, np.int64)
         if mask is not None:
             ids = np.where(mask, ids, 0)
-        dtype = float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
-        source = ArraySource(tuple(arrays) + (ids.astype(dtype)[:, None],), tuple(layers.labels) + (LABELS,), mask)
+        dtype = requested_dtype(float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays])))
+        source = ArraySource(tuple(arrays) + (ids.astype(dtype)[:, None],), tuple(layers.labels) + (LABELS,), mask,
+                             out_dtype=dtype)
         return source, layers.neurons(), classes, max(1, min(chunk_tokens, tokens))
     if valid is not None:
         raise JNeuronError("valid=: give each chunk's mask with its activations, as (Rows(x, valid), y)")
@@ -210,7 +211,7 @@ class _LabelledChunks:
         self.neurons = NeuronIndex.from_widths((model,), (width,))
         self.names = (model, LABELS)
         self.widths = (width, 1)
-        self.dtype = float_dtype(np.asarray(x).dtype)
+        self.dtype = requested_dtype(float_dtype(np.asarray(x).dtype))
         self.tokens = None
 
     def labels_seen(self) -> list:
@@ -277,6 +278,7 @@ def pairwise_distance_sums(means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return per_class.sum(axis=0) / 2, per_class
 
 
+@reads_dtype
 def probeless(data, labels=None, *, names=None, chunk_tokens: int = 16384, valid=None, devices=None, mesh=None,
               checkpoint=None, progress: bool = False, on_chunk=None) -> Probeless:
     """Rank neurons by how far apart the class means are, overall and per class (higher first, ties by index).

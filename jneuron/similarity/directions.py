@@ -26,6 +26,7 @@ from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.similarity.measures import check_keep, eigenvalue_floor, prepare_side
 from jneuron.streaming.blocks import stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
+from jneuron.data.source import reads_dtype
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class DirectionRanking(Result):
         return {"method": self.method, "directions": out, "rho": to_plain(self.rho)}
 
 
+@reads_dtype
 def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, names: Sequence[str] = ("x",),
                       rtol: float | None = None, chunk_tokens: int | None = None,
                       valid=None, devices=None, mesh=None,

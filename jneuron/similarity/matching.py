@@ -36,6 +36,7 @@ from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.streaming.blocks import Blocks, stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
+from jneuron.data.source import reads_dtype
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class SparsePrediction(Result):
                 "kkt": to_plain(self.kkt), "neurons_y": self.neurons_y.records()}
 
 
+@reads_dtype
 def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, names: Sequence[str] = ("x", "y"),
                   chunk_tokens: int | None = None,
                   valid=None, devices=None, mesh=None,
@@ -133,6 +135,7 @@ def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, na
     return Matching(method, rows, cols, corr[rows, cols], corr, *neurons)
 
 
+@reads_dtype
 def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps: int = 200,
                       names: Sequence[str] = ("x", "y"), chunk_tokens: int | None = None,
                       valid=None, devices=None, mesh=None,

@@ -31,6 +31,7 @@ from jneuron.similarity.measures import (
 )
 from jneuron.streaming.blocks import stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
+from jneuron.data.source import reads_dtype
 
 METRICS = ("cca", "svcca", "pwcca", "cka", "cka_debiased")
 _SYMMETRIC = ("cca", "svcca", "cka", "cka_debiased")
@@ -75,6 +76,7 @@ def _widths(neurons: NeuronIndex) -> list[int]:
     return np.bincount(neurons.layer, minlength=len(neurons.layers)).tolist()
 
 
+@reads_dtype
 def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: float | int = 0.99,
                       rtol: float | None = None, chunk_tokens: int | None = None,
                       valid=None, devices=None, mesh=None,

@@ -40,6 +40,7 @@ from jneuron.kernels import hsic as khsic
 from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.streaming.blocks import Blocks, stream_blocks
 from jneuron.streaming.mesh import resolve_mesh
+from jneuron.data.source import reads_dtype
 
 RTOL_FLOAT32 = 1e-6  # relative eigenvalue floor when the co-moments were accumulated in float32 pairs
 RTOL_FLOAT64 = 1e-10  # ... and in float64
@@ -160,6 +161,7 @@ class CKAResult(Result):
         return {"method": "cka", "value": self.value, "debiased": self.debiased, "tokens": self.tokens}
 
 
+@reads_dtype
 def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None,
         valid=None, devices=None, mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> CCAResult:
     """Canonical correlation analysis of two layers over the same tokens, from one streamed pass.
@@ -185,6 +187,7 @@ def cca(x, y, *, rtol: float | None = None, chunk_tokens: int | None = None,
     return _cca_result(blocks, 0, 1, "cca", None, eigenvalue_floor(blocks, rtol))
 
 
+@reads_dtype
 def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
           chunk_tokens: int | None = None,
               valid=None, devices=None, mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> CCAResult:
@@ -210,6 +213,7 @@ def svcca(x, y, keep: float | int = 0.99, *, rtol: float | None = None,
     return _cca_result(blocks, 0, 1, "svcca", keep, eigenvalue_floor(blocks, rtol))
 
 
+@reads_dtype
 def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int | None = None,
           valid=None, devices=None, mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> PWCCAResult:
     """Projection-weighted CCA (Morcos et al., 2018).
@@ -235,6 +239,7 @@ def pwcca(x, y, *, side: str = "x", rtol: float | None = None, chunk_tokens: int
     return pwcca_result(blocks, 0, 1, side, eigenvalue_floor(blocks, rtol))
 
 
+@reads_dtype
 def cka(x, y, debiased: bool = False, *, chunk_tokens: int | None = None,
         valid=None, devices=None, mesh=None, checkpoint=None, progress: bool = False, on_chunk=None) -> CKAResult:
     """Linear CKA (Kornblith et al., 2019), feature-space form, from one streamed pass.

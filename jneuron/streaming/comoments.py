@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from jneuron.data.checks import as_2d, check_min_tokens
-from jneuron.data.source import Rows, as_source
+from jneuron.data.source import Rows, as_source, reads_dtype
 from jneuron.errors import JNeuronError
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
@@ -76,6 +76,7 @@ class CoMoments(Result):
         return np.clip(corr, -1.0, 1.0)
 
 
+@reads_dtype
 def comoments(data, *, chunk_tokens: int | None = None, valid=None, devices=None, mesh=None,
               checkpoint=None, progress: bool = False, on_chunk=None) -> CoMoments:
     """Stream ``data`` once and return its co-moments.
