@@ -303,10 +303,10 @@ def test_bad_input_errors(rng):
     labels = rng.integers(0, 2, 50)
     bad = x.copy()
     bad[17, 2] = np.nan
-    with pytest.raises(jn.JNeuronError, match="row 17, neuron model0/2"):
+    with pytest.raises(jn.JNeuronError, match="row 18, neuron model0/2"):
         jn.neuron_information(bad, labels, chunk_tokens=8)
     bad[17, 2] = np.inf
-    with pytest.raises(jn.JNeuronError, match="row 17, neuron model0/2"):
+    with pytest.raises(jn.JNeuronError, match="row 18, neuron model0/2"):
         jn.neuron_information(bad, labels, quantize="quantile", bins=3)
     with pytest.raises(jn.JNeuronError, match="expected 50 labels"):
         jn.neuron_information(x, labels[:49])
@@ -316,7 +316,7 @@ def test_bad_input_errors(rng):
         jn.neuron_information(x, labels - 1)
     with pytest.raises(jn.JNeuronError, match="integer classes"):
         jn.neuron_information(x, labels.astype(float))
-    with pytest.raises(jn.JNeuronError, match="label 5 at row 30 is out of range"):
+    with pytest.raises(jn.JNeuronError, match=r"label 5 at row 31 \(counted from 1\) is out of range"):
         jn.neuron_information(x, np.where(np.arange(50) == 30, 5, labels), classes=3)
     with pytest.raises(jn.JNeuronError, match="plain iterator"):
         jn.neuron_information(iter([(x, labels)]), classes=2, quantize="quantile", bins=3)

@@ -48,9 +48,10 @@ def check_valid(valid, tokens: int | None, what: str = "valid") -> np.ndarray:
 
 
 def non_finite(where: str, row: int, neuron) -> JNeuronError:
-    """The one error for a NaN or Inf in the data: where (model, layer), the caller's row and the neuron."""
+    """The one error for a NaN or Inf in the data: where (model, layer), the caller's row (``row`` counted from 0,
+    shown counted from 1) and the neuron."""
     prefix = f"{where}: " if where else ""
-    return JNeuronError(f"{prefix}non-finite value (NaN or Inf) at row {row}, neuron {neuron}")
+    return JNeuronError(f"{prefix}non-finite value (NaN or Inf) at row {row + 1}, neuron {neuron} (rows counted from 1)")
 
 
 def check_finite(values, what: str, row0: int = 0) -> None:

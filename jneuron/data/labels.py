@@ -47,10 +47,10 @@ def class_ids(labels, what: str = "labels", tokens: int | None = None, classes: 
         raise JNeuronError(f"{what}: expected integer classes, got dtype {values.dtype}")
     values = values.astype(np.int64, copy=False)
     if len(values) and values.min() < 0:
-        raise JNeuronError(f"{what}: negative class {int(values.min())} at row {row0 + int(np.argmin(values))}")
+        raise JNeuronError(f"{what}: negative class {int(values.min())} at row {row0 + int(np.argmin(values)) + 1} (counted from 1)")
     if classes is not None and len(values) and values.max() >= classes:
         bad = int(np.flatnonzero(values >= classes)[0])
-        raise JNeuronError(f"label {int(values[bad])} at row {row0 + bad} is out of range for classes={classes} "
+        raise JNeuronError(f"label {int(values[bad])} at row {row0 + bad + 1} (counted from 1) is out of range for classes={classes} "
                            f"(labels must lie in 0..{classes - 1})")
     return values
 

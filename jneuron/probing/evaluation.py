@@ -129,7 +129,7 @@ def _targets(values: np.ndarray, mask, start: int) -> np.ndarray:
     if mask is not None:
         values = np.where(np.asarray(mask, bool), values, 0.0)
     if not np.all(np.isfinite(values)):
-        raise JNeuronError(f"targets: row {start + int(np.flatnonzero(~np.isfinite(values))[0])} is NaN or infinite")
+        raise JNeuronError(f"targets: row {start + int(np.flatnonzero(~np.isfinite(values))[0]) + 1} (counted from 1) is NaN or infinite")
     return values
 
 
@@ -194,7 +194,7 @@ def _ids(values: np.ndarray, mask, start: int, classes: np.ndarray) -> np.ndarra
     try:
         return encode_labels(values, classes, len(values))
     except JNeuronError as error:
-        raise JNeuronError(f"{error} (chunk from row {start})") from None
+        raise JNeuronError(f"{error} (chunk from row {start + 1}, counted from 1)") from None
 
 
 @lru_cache(maxsize=16)

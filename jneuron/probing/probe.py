@@ -152,7 +152,7 @@ def encode_labels(labels, classes: np.ndarray, tokens: int) -> np.ndarray:
         raise JNeuronError(f"labels of dtype {values.dtype} do not match the probe's classes {classes.dtype}") from None
     if not known.all():
         first = int(np.flatnonzero(~known)[0])
-        raise JNeuronError(f"labels: row {first} has label {values[first].item()!r}, not one of the probe's classes")
+        raise JNeuronError(f"labels: row {first + 1} (counted from 1) has label {values[first].item()!r}, not one of the probe's classes")
     return index.astype(np.int32)
 
 
@@ -163,7 +163,7 @@ def _real_labels(labels, tokens: int) -> np.ndarray:
     if values.dtype.kind not in "fiub":
         raise JNeuronError(f"targets: a regression probe needs real numbers, got dtype {values.dtype}")
     if not np.all(np.isfinite(values)):
-        raise JNeuronError(f"targets: row {int(np.flatnonzero(~np.isfinite(values))[0])} is NaN or infinite")
+        raise JNeuronError(f"targets: row {int(np.flatnonzero(~np.isfinite(values))[0]) + 1} (counted from 1) is NaN or infinite")
     return values.astype(np.float32)
 
 

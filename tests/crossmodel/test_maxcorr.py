@@ -153,7 +153,7 @@ def test_bad_input_is_a_clear_error(models, message):
 def test_nan_names_model_and_row(rng):
     models = make_models(rng, (4, 4, 4))
     models[2][1234, 3] = np.nan
-    with pytest.raises(jn.JNeuronError, match="model 'model2'.*row 1234, neuron 3"):
+    with pytest.raises(jn.JNeuronError, match="model 'model2'.*row 1235, neuron 3"):
         jn.maxcorr(models)
 
 

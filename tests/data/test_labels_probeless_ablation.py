@@ -80,7 +80,7 @@ def test_probeless_streams_chunks_and_string_labels():
         jn.probeless(x, np.zeros(600, int))
     bad = x.copy()
     bad[321, 4] = np.inf
-    with pytest.raises(JNeuronError, match="row 321, neuron 4"):
+    with pytest.raises(JNeuronError, match="row 322, neuron 4"):
         jn.probeless(bad, y, chunk_tokens=100)
     with pytest.raises(JNeuronError, match="expected 600 labels"):
         jn.probeless(x, y[:10])

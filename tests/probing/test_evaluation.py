@@ -85,7 +85,7 @@ def test_bad_input_is_one_line(task):
     x, labels, probe = task
     bad = labels.copy()
     bad[9] = "PAD"
-    with pytest.raises(JNeuronError, match="row 9"):
+    with pytest.raises(JNeuronError, match=r"row 10 \(counted from 1\)"):
         probe.evaluate(x, bad)
     broken = x.copy()
     broken[40, 2] = np.nan
@@ -131,5 +131,5 @@ def test_regression_streams_to_the_in_memory_errors(tmp_path):
     with pytest.raises(Killed):
         probe.evaluate(x, padded, valid=valid, chunk_tokens=40, checkpoint=tmp_path, on_chunk=stop)
     assert probe.evaluate(x, padded, valid=valid, chunk_tokens=40, checkpoint=tmp_path) == whole
-    with pytest.raises(JNeuronError, match="row 3"):
+    with pytest.raises(JNeuronError, match=r"row 4 \(counted from 1\)"):
         probe.evaluate(x, np.where(np.arange(400) == 3, np.inf, target))

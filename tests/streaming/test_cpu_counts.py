@@ -208,7 +208,7 @@ def test_host_nan_report_names_layer_and_caller_row(rng, tmp_path):
     acts["m"]["l2"][5, 1] = np.nan  # an invalid row: ignored
     acts["m"]["l2"][41, 2] = np.inf
     for quantize in ("threshold", "quantile"):
-        with pytest.raises(jn.JNeuronError, match="model 'm', layer 'l2'.*row 41, neuron"):
+        with pytest.raises(jn.JNeuronError, match="model 'm', layer 'l2'.*row 42, neuron"):
             jn.neuron_information(acts, labels, valid=valid, quantize=quantize, bins=3, chunk_tokens=16,
                                   counting="host")
     with pytest.raises(jn.JNeuronError, match="counting='host'"):

@@ -286,7 +286,7 @@ def test_nan_and_inf_in_scaled_data_name_the_model_row_and_neuron(bad, mesh):
     x, y = layers(9, 900)
     x, y = (x * 1e30).astype(np.float32), (y * 1e-30).astype(np.float32)
     y[700, 3] = bad
-    with pytest.raises(JNeuronError, match=r"model 'model1'.*row 700, neuron 3"):
+    with pytest.raises(JNeuronError, match=r"model 'model1'.*row 701, neuron 3"):
         jn.maxcorr([x, y], chunk_tokens=128, devices=1 if mesh else None)
 
 

