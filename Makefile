@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 JOBS   ?= auto
 PYTEST := $(PY) -m pytest -q -n $(JOBS) --dist loadscope --durations=25
 
-.PHONY: demo test test-numerics chromium bench bench-gpu clean env
+.PHONY: demo test test-numerics test-slow chromium bench bench-gpu clean env
 
 env: $(STAMP)
 
@@ -44,6 +44,11 @@ SECOND_KERNEL += XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_cpu_m
 
 test-numerics: $(STAMP)
 	$(SECOND_KERNEL) $(PYTEST) -m "not slow" $(NUMERIC_TESTS)
+
+# The slow tests, apart from make test: the studies' claims at their test sizes (study-crosslm, study-probing
+# at its default size) and MiniLM extraction at 50 sentences. A few minutes on 2 cores.
+test-slow: $(STAMP)
+	$(PYTEST) -m slow tests
 
 # The report test renders the report in headless Chromium: installed here when missing and we are root.
 chromium:
