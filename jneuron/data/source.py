@@ -288,7 +288,7 @@ def as_source(models, *, names: Sequence[str] | None = None, valid=None, dtype=N
 
 
 def _as_source(models, names, valid) -> Source:
-    if isinstance(models, (ArraySource, IteratorSource)) or _is_source(models):
+    if isinstance(models, (ArraySource, IteratorSource)) or is_source(models):
         if valid is None:
             return models
         if not hasattr(models, "with_valid"):
@@ -315,7 +315,7 @@ def _as_source(models, names, valid) -> Source:
     raise JNeuronError(f"cannot read activations from {type(models).__name__}")
 
 
-def _is_source(value) -> bool:
+def is_source(value) -> bool:
     """Any object with the source interface (e.g. a file source from ``jn.open_activations``) is a source."""
     return all(hasattr(value, a) for a in ("names", "widths", "dtype", "reiterable", "chunks"))
 

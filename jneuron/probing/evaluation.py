@@ -1,6 +1,6 @@
 """A probe's evaluation through the one streamed pass: confusion counts of every chunk's valid rows.
 
-The labels travel beside the rows as a class-id column (:func:`jneuron.probing.probeless._labelled_source`);
+The labels travel beside the rows as a class-id column (:func:`jneuron.probing.probeless.labelled_source`);
 each chunk adds its ``(gold, predicted)`` table, so arrays, sources and chunks of any size, sharded and
 resumable, give the same integer counts as an in-memory evaluation.
 
@@ -23,7 +23,7 @@ import numpy as np
 from jneuron import config
 from jneuron.data.checks import check_valid
 from jneuron.data.labels import label_values
-from jneuron.data.source import Rows, _is_source, as_source, item_parts, source_rows
+from jneuron.data.source import Rows, is_source, as_source, item_parts, source_rows
 from jneuron.errors import JNeuronError
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import probe as kp
@@ -31,7 +31,7 @@ from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
-from jneuron.probing.probeless import STREAMED_CLASSES, _labelled_source
+from jneuron.probing.probeless import STREAMED_CLASSES, labelled_source
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import chunk_callback, raise_on_bad_value, run_pass
 
@@ -44,7 +44,7 @@ def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None,
     width = probe.weight.shape[1]
     data, labels = _encoded(x, labels, lambda *a: _ids(*a, classes), chunk_tokens, valid)
     rows = chunk_tokens or config.PROBE_EVALUATION_TOKENS
-    source, _, values, rows = _labelled_source(data, labels, None, rows, valid if hasattr(data, "shape") else None)
+    source, _, values, rows = labelled_source(data, labels, None, rows, valid if hasattr(data, "shape") else None)
     if source.widths[0] != width:
         raise JNeuronError(f"activations: the probe has {width} neurons, the input has {source.widths[0]} columns")
     mesh = resolve_mesh(devices, mesh)
@@ -134,14 +134,14 @@ def _targets(values: np.ndarray, mask, start: int) -> np.ndarray:
 
 
 def _encoded(x, labels, encode, chunk_tokens, valid):
-    """``(data, labels)`` for :func:`_labelled_source`: an array with its labels encoded, or
+    """``(data, labels)`` for :func:`labelled_source`: an array with its labels encoded, or
     ``(rows, encoded labels)`` chunks of a source or of given pairs. ``encode(values, mask, first row)``
     encodes one chunk's labels (the labels of rows outside ``mask`` are never read)."""
-    if hasattr(x, "shape") and not _is_source(x):
+    if hasattr(x, "shape") and not is_source(x):
         tokens = np.shape(x)[0]
         mask = None if valid is None else check_valid(valid, tokens)
         return x, encode(label_values(labels, "labels", tokens), mask, 0)
-    if _is_source(x):
+    if is_source(x):
         if labels is None:
             raise JNeuronError("labels: give one label per row of the source")
         source = x.with_valid(valid) if valid is not None else x

@@ -106,7 +106,7 @@ def class_means(data, labels=None, *, names=None, chunk_tokens: int = 16384, val
 
 
 def _class_means(data, labels, names, chunk_tokens, valid, mesh, checkpoint, progress, on_chunk):
-    source, neurons, values, rows = _labelled_source(data, labels, names, chunk_tokens, valid)
+    source, neurons, values, rows = labelled_source(data, labels, names, chunk_tokens, valid)
     width = len(neurons)
     callback = chunk_callback(progress, on_chunk, getattr(source, "tokens", None))
     with follow_dtype(source.dtype) as dtype:
@@ -159,7 +159,7 @@ def _first_rows(source, rows: int, width: int) -> np.ndarray:
     return values if first.valid is None else values[first.valid]
 
 
-def _labelled_source(data, labels, names, chunk_tokens: int, valid):
+def labelled_source(data, labels, names, chunk_tokens: int, valid):
     """The activations with class ids as one more column, the neurons, the sorted label values (None
     when they come with the chunks) and the rows per chunk."""
     if labels is not None:
