@@ -133,15 +133,6 @@ def sample_count(inputs) -> int:
     return int(np.shape(jax.tree.leaves(as_batch(inputs))[0])[0])
 
 
-def as_inputs(inputs) -> tuple:
-    """The model's positional inputs as a tuple of arrays sharing their first (batch) axis."""
-    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in inputs}
-    if len(sizes) != 1 or None in sizes:
-        raise JNeuronError(f"inputs must share their first (batch) axis; got shapes {[np.shape(x) for x in inputs]}")
-    return inputs
-
-
 def output_shapes(model: nnx.Module, inputs, layers: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """One sample's output shape per layer, traced abstractly (nothing is computed or compiled)."""
     layers = paths.check_layers(model, layers)

@@ -33,7 +33,16 @@ import numpy as np
 
 from jneuron.errors import JNeuronError
 from jneuron.flax.ablation import MODES, layer_means, mask_output, variants_per_step
-from jneuron.flax.capturing import Capture, as_inputs, batches, flatten
+from jneuron.flax.capturing import Capture, batches, flatten
+
+
+def as_inputs(inputs) -> tuple:
+    """A Linen model's positional inputs as a tuple of arrays sharing their first (batch) axis."""
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in inputs}
+    if len(sizes) != 1 or None in sizes:
+        raise JNeuronError(f"inputs must share their first (batch) axis; got shapes {[np.shape(x) for x in inputs]}")
+    return inputs
 
 
 @dataclass(frozen=True, eq=False)
