@@ -42,3 +42,8 @@ at once (:func:`jneuron.probing.probe.confusion_counts`)."""
 STORE_CHUNK_TOKENS = 8192
 """Rows per chunk of a written activation store (:func:`jneuron.write_store`, ``jneuron convert``): the unit
 read and decompressed at a time."""
+
+CONSTANT_ROUNDINGS = 8
+"""A neuron is constant (dead) when all its values lie within this many roundings of its own magnitude:
+``max - min <= CONSTANT_ROUNDINGS * eps(dtype) * max(|min|, |max|)``, the one rule of every analysis
+(:mod:`jneuron.streaming.constant`)."""

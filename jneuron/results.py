@@ -147,7 +147,8 @@ class Ranking(Result):
       scores: one score per neuron (flat, layer-major index).
       neurons: the identity of every neuron.
       descending: whether a higher score ranks first.
-      dead: flat indices of constant neurons (scored by convention, see the method).
+      dead: flat indices of constant neurons (:mod:`jneuron.streaming.constant`): given the method's neutral
+        score and ranked last.
       details: per-method arrays keyed by name, first axis over neurons (e.g. best partners).
     """
 
@@ -160,9 +161,11 @@ class Ranking(Result):
 
     @property
     def order(self) -> np.ndarray:
-        """Flat neuron indices, best first; equal scores keep index order."""
+        """Flat neuron indices, best first; equal scores keep index order; constant neurons come last."""
         key = -self.scores if self.descending else self.scores
-        return np.lexsort((np.arange(len(self.scores)), key))
+        last = np.zeros(len(self.scores), bool)
+        last[np.asarray(self.dead, np.int64)] = True
+        return np.lexsort((np.arange(len(self.scores)), key, last))
 
     def top(self, k: int) -> list[dict]:
         """The best ``k`` neurons as records: identity, score and per-method details."""
