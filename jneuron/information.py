@@ -54,6 +54,7 @@ from jneuron.kernels.sharded import NEURONS, TOKENS
 from jneuron.precision import follow_dtype, working_dtype
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 from jneuron.streaming import cpu_counts
+from jneuron.streaming.constant import constant_neurons, warn_constant, with_range
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import (
     HostReduction,
@@ -77,13 +78,15 @@ class NeuronInformation(Result):
 
     Attributes:
       neurons: identity (model, layer, unit) of every flat column.
-      counts: exact joint counts ``(neurons, bins, classes)``, int64.
+      counts: exact joint counts ``(neurons, bins, classes)``, int64 (a constant neuron's tokens are all
+        counted in the bin most of them fell in: :mod:`jneuron.streaming.constant`).
       class_means: mean raw activation per neuron and class ``(neurons, classes)`` (NaN for absent classes).
       entropy, mutual_information, kl_selectivity: ``H(T_j)``, ``I(T_j; Y)``, ``max_y D(P(T_j|y) || P(T_j))``.
       selectivity: Morcos et al.'s class selectivity index (``eps`` = ``jneuron.kernels.information.SELECTIVITY_EPS``).
       label_entropy: ``H(Y)``, the upper bound of every ``I(T_j; Y)``.
       unit: ``"bits"`` or ``"nats"``.
       quantization: how outputs were binned (mode, bins and the threshold, range or edges).
+      dead: constant neurons (:mod:`jneuron.streaming.constant`): every measure 0, ranked last.
     """
 
     neurons: NeuronIndex
@@ -96,10 +99,12 @@ class NeuronInformation(Result):
     label_entropy: float
     unit: str
     quantization: Mapping = field(default_factory=dict)
+    dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
-    def dead(self) -> np.ndarray:
-        """Neurons whose every token fell in one bin (``H = I = 0``)."""
+    def one_bin(self) -> np.ndarray:
+        """Neurons whose every token fell in one bin (``H = I = 0``): the constant ones and those the
+        quantizer does not split (a 0.5 threshold over values that never cross it)."""
         return np.flatnonzero(np.count_nonzero(self.counts.sum(axis=2), axis=1) <= 1)
 
     def measure(self, name: str) -> np.ndarray:
@@ -130,6 +135,7 @@ class NeuronInformation(Result):
             "quantization": to_plain(dict(self.quantization)),
             "class_counts": to_plain(self.counts[0].sum(axis=0)) if len(self.counts) else [],
             "dead": [self.neurons.record(int(i)) for i in self.dead],
+            "one_bin": len(self.one_bin),
             "neurons": self.table(),
         }
 
@@ -201,7 +207,8 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
                      counting == "host")
     with follow_dtype(source.dtype):
         mode, params, description = _quantizer(passes, quantize, threshold, bins, value_range, resolution)
-        counts, sums, shift = _tables(passes, mode, params, bins, counting)
+        counts, sums, shift, (low, high) = _tables(passes, mode, params, bins, counting)
+        dead = np.flatnonzero(constant_neurons(low, high, params[0].dtype))
     class_counts = counts[0].sum(axis=0) if len(counts) else np.zeros(classes, np.int64)
     if np.count_nonzero(class_counts) < 2:
         raise JNeuronError(f"need at least 2 classes among the labels, got {np.count_nonzero(class_counts)} "
@@ -209,7 +216,11 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     with np.errstate(invalid="ignore", divide="ignore"):
         means = np.where(class_counts > 0, sums / class_counts, np.nan) + shift[:, None]
     base = 2.0 if unit == "bits" else math.e
+    counts = _in_one_bin(counts, dead)
+    warn_constant("neuron_information", [neurons.label(int(i)) for i in dead], "score 0 (counted in one bin)", 3)
     tables = counts.astype(np.float64)
+    selectivity = np.asarray(kinfo.class_selectivity(np.nan_to_num(means), class_counts), np.float64)
+    selectivity[dead] = 0.0
     return NeuronInformation(
         neurons=neurons,
         counts=counts,
@@ -217,11 +228,25 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
         entropy=kinfo.entropy(tables, base),
         mutual_information=kinfo.mutual_information(tables, base),
         kl_selectivity=kinfo.kl_selectivity(tables, base),
-        selectivity=kinfo.class_selectivity(np.nan_to_num(means), class_counts),
+        selectivity=selectivity,
         label_entropy=float(kinfo.label_entropy(tables, base)),
         unit=unit,
         quantization={"mode": quantize, "bins": bins, **description},
+        dead=dead,
     )
+
+
+def _in_one_bin(counts: np.ndarray, dead: np.ndarray) -> np.ndarray:
+    """The counts with each constant neuron's tokens moved into the bin most of them fell in (its
+    rounding-level jitter split nothing real)."""
+    if not len(dead):
+        return counts
+    counts = counts.copy()
+    per_class = counts[dead].sum(axis=1)  # (dead, classes)
+    where = counts[dead].sum(axis=2).argmax(axis=1)
+    counts[dead] = 0
+    counts[dead, where] = per_class
+    return counts
 
 
 def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple[Source, NeuronIndex, int, int]:
@@ -470,8 +495,9 @@ def _host_histogram_reduction(width: int, resolution: int) -> HostReduction:
     return HostReduction(lambda: np.zeros((width, resolution), np.int64), chunk)
 
 
-def _tables(passes: _Passes, mode: str, params, bins: int, counting: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One pass: host int64 joint counts, float64 class sums of ``x - shift``, and the shift.
+def _tables(passes: _Passes, mode: str, params, bins: int, counting: str) -> tuple:
+    """One pass: host int64 joint counts, float64 class sums of ``x - shift``, the shift, and every neuron's
+    ``(min, max)`` (:func:`jneuron.streaming.constant.with_range`).
 
     Where the first chunk's first rows show a neuron whose mean is large against its spread (``|mean| >
     OFFSET_RATIO * std``), every neuron is shifted by its first-chunk mean before summing, so float32 sums
@@ -482,17 +508,20 @@ def _tables(passes: _Passes, mode: str, params, bins: int, counting: str) -> tup
     key = {"statistic": "information", "mode": mode, "bins": bins, "classes": passes.classes, "counting": counting,
            "params": [np.asarray(p, np.float64).tolist() for p in params], "shift": shift.tolist()}
     if counting == "host":
-        reduction = _host_counting_reduction(passes.width, bins, passes.classes, mode)
+        reduction = with_range(_host_counting_reduction(passes.width, bins, passes.classes, mode), passes.width,
+                               np.dtype(dtype))
         host_dtype = np.dtype(dtype)
         args = (shift.astype(host_dtype) if shift.any() else None,
                 *(np.asarray(p, host_dtype) for p in params))
     else:
-        reduction = _counting_reduction(passes.width, bins, passes.classes, jnp.dtype(dtype), mode, counting)
+        reduction = with_range(_counting_reduction(passes.width, bins, passes.classes, jnp.dtype(dtype), mode, counting),
+                               passes.width, jnp.dtype(dtype))
         args = (jnp.asarray(shift, dtype), *params)
-    total, position = passes.run(reduction, key, args)
+    ranged, position = passes.run(reduction, key, args)
+    total = ranged.state
     raise_on_bad_value(int(total.bad_row), int(total.bad_col), passes.source, position, passes.neurons)
     sums = total.sums if counting == "host" else comp.value64(total.sums)
-    return np.asarray(total.counts, np.int64), sums, shift
+    return np.asarray(total.counts, np.int64), sums, shift, (np.asarray(ranged.low), np.asarray(ranged.high))
 
 
 @lru_cache(maxsize=16)

@@ -125,7 +125,8 @@ def check_against_reference(info, codes, labels, classes, bins):
 @pytest.mark.parametrize("devices", [None, 2])  # None: unsharded; 2: tokens over the 2 devices of every test process
 def test_threshold_matches_reference_on_random_and_planted(rng, devices):
     x, labels = planted(rng)
-    info = jn.neuron_information(x, labels, devices=devices)
+    with pytest.warns(jn.DeadNeuronWarning, match="2 constant neuron.*model0/1, model0/2"):
+        info = jn.neuron_information(x, labels, devices=devices)
     check_against_reference(info, (x > 0.5).astype(int), labels, 4, 2)
     means = class_means(x, labels, 4)
     assert_close(info.selectivity, reference_selectivity(x, labels), 1.0,
@@ -160,6 +161,7 @@ def test_uniform_and_quantile_bins_match_reference(rng):
     assert np.all(np.abs(edges - exact) <= (high - low)[:, None] / 1024 * 2)
 
 
+@pytest.mark.filterwarnings("ignore::jneuron.DeadNeuronWarning")  # planted constant neurons
 def test_identities_on_planted_label_copy_and_constant(rng):
     labels = rng.integers(0, 5, 1000)
     x = np.stack([labels / 4, np.full(1000, 0.3), rng.random(1000)], axis=1)
@@ -197,6 +199,7 @@ def test_information_identities(seed, classes, bins, tokens):
         assert_close(fn(relabelled), fn(c), slack, what=f"{fn.__name__} relabelled")
 
 
+@pytest.mark.filterwarnings("ignore::jneuron.DeadNeuronWarning")  # planted constant neurons
 def test_chunked_equals_whole_and_iterators(rng):
     x, labels = planted(rng, tokens=1003, classes=5)
     whole = jn.neuron_information(x, labels, quantize="quantile", bins=3)
@@ -248,6 +251,7 @@ def test_layers_models_identity_and_json(rng, tmp_path):
     assert set(info.rankings()) == set(jn.information.MEASURES)
 
 
+@pytest.mark.filterwarnings("ignore::jneuron.DeadNeuronWarning")  # planted constant neurons
 def test_absent_classes_and_tiny_samples():
     x = np.array([[0.9, 0.1], [0.2, 0.1], [0.8, 0.1]], np.float32)
     labels = np.array([3, 0, 3])
@@ -326,6 +330,7 @@ def test_bad_input_errors(rng):
         jn.neuron_information(x, labels, quantize="kmeans")
 
 
+@pytest.mark.filterwarnings("ignore::jneuron.DeadNeuronWarning")  # planted constant neurons
 def test_counts_flush_to_host_and_float64_input(rng):
     x, labels = planted(rng, tokens=700)
     whole = jn.neuron_information(x, labels, chunk_tokens=128)

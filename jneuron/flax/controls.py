@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import jax
@@ -38,6 +38,7 @@ from jneuron.kernels.moments import count_dtype
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Result, to_plain
+from jneuron.streaming.constant import constant_neurons, warn_constant, with_range
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import (
     chunk_callback,
@@ -58,6 +59,7 @@ class NeuronStats(Result):
       shapes: per layer, one sample's output shape (e.g. ``(time, d)``).
       classes: the sorted label values (``None`` without labels).
       class_mean: per layer, ``(classes, d)`` mean output over the rows of each class.
+      dead: per layer, the constant units (:mod:`jneuron.streaming.constant`): their std is 0.
     """
 
     layers: tuple[str, ...]
@@ -67,6 +69,7 @@ class NeuronStats(Result):
     shapes: Mapping[str, tuple[int, ...]]
     classes: np.ndarray | None = None
     class_mean: Mapping[str, np.ndarray] | None = None
+    dead: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def neurons(self) -> NeuronIndex:
@@ -79,6 +82,7 @@ class NeuronStats(Result):
                 "std": to_plain(dict(self.std)), "shapes": to_plain(dict(self.shapes)),
                 "classes": to_plain(self.classes),
                 "class_mean": None if self.class_mean is None else to_plain(dict(self.class_mean)),
+                "dead": to_plain(dict(self.dead)),
                 "neurons": self.neurons.records()}
 
 
@@ -121,22 +125,25 @@ def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=Non
         if np.shape(labels)[0] != samples:
             raise JNeuronError(f"labels cover {np.shape(labels)[0]} samples, the inputs {samples}")
     mesh = resolve_mesh(devices, mesh)
-    count, mean, std, class_mean = {}, {}, {}, {}
+    count, mean, std, class_mean, dead = {}, {}, {}, {}, {}
     shapes = output_shapes(model, inputs, layers)
     for group in _groups_by_positions(shapes, layers):
-        source = _layer_source(model, inputs, group, labels, classes, batch_size, valid)
+        source, held_in = _layer_source(model, inputs, group, labels, classes, batch_size, valid)
         width = sum(source.widths) - (classes is not None)
         first = len(source.first[0])  # rows of one batch: chunks as long as a batch (never padded far past it)
         rows = chunk_tokens or min(default_chunk_tokens(sum(source.widths)), first)
         with follow_dtype(np.float64) as dtype:
-            reduction = _moments_reduction(width, 0 if classes is None else len(classes), jnp.dtype(dtype))
+            reduction = with_range(_moments_reduction(width, 0 if classes is None else len(classes), jnp.dtype(dtype)),
+                                   width, jnp.dtype(dtype))
             done = run_pass(source, reduction, rows, mesh=mesh, checkpoint=checkpoint,
                             on_chunk=chunk_callback(progress, on_chunk, None),
                             key={"statistic": "neuron_stats", "classes": 0 if classes is None else len(classes)})
-            total = jax.tree.map(np.asarray, done.state)
+            ranged = jax.tree.map(np.asarray, done.state)
         if mesh is not None and NEURONS in mesh.axis_names:
-            total = jax.tree.map(lambda a: a[0], total)
+            ranged = jax.tree.map(lambda a: a[0], ranged)
+        total = ranged.state
         raise_on_bad_value(int(total.bad_row), int(total.bad_col), source, done.position)
+        constant = constant_neurons(ranged.low, ranged.high, np.result_type(np.float32, *held_in.values()))
         edges = np.cumsum([0] + [source.widths[i] for i in range(len(group))])
         n = int(total.count)
         if n == 0:
@@ -144,10 +151,13 @@ def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=Non
         for i, layer in enumerate(group):
             cut = slice(int(edges[i]), int(edges[i + 1]))
             count[layer], mean[layer] = n, np.asarray(total.mean[cut], np.float64)
+            dead[layer] = np.flatnonzero(constant[cut])
             std[layer] = np.sqrt(np.asarray(total.m2[cut], np.float64) / max(n, 1))
+            std[layer][dead[layer]] = 0.0  # not their rounding-level jitter
             if classes is not None:
                 class_mean[layer] = total.sums[:, cut] / np.maximum(total.totals, 1)[:, None]
-    return NeuronStats(layers, count, mean, std, shapes, classes, None if classes is None else class_mean)
+    warn_constant("neuron_stats", [f"{layer}/{unit}" for layer in layers for unit in dead[layer]], "get std 0", 2)
+    return NeuronStats(layers, count, mean, std, shapes, classes, None if classes is None else class_mean, dead)
 
 
 class _Moments(NamedTuple):
@@ -209,10 +219,13 @@ def _groups_by_positions(shapes, layers) -> list[list[str]]:
 
 def _layer_source(model, inputs, group, labels, classes, batch_size, valid):
     """A re-iterable source over the group's valid rows (float64), with class ids as a last column when
-    labelled (batches without a valid row are left out)."""
+    labelled (batches without a valid row are left out), and the dtype each layer computes in (filled as
+    the source is read)."""
+    held_in = {}
 
     def batches():
         for acts, where in capture_batches(model, inputs, group, batch_size=batch_size, valid=valid):
+            held_in.update({layer: np.asarray(acts[layer]).dtype for layer in group})
             if not len(acts[group[0]]):
                 continue
             parts = tuple(np.asarray(acts[layer], np.float64) for layer in group)
@@ -222,7 +235,7 @@ def _layer_source(model, inputs, group, labels, classes, batch_size, valid):
             yield parts
 
     names = tuple(group) + (("labels",) if classes is not None else ())
-    return as_source(batches, names=names)
+    return as_source(batches, names=names), held_in
 
 
 def _neuron_list(neurons, width: int, layer: str) -> np.ndarray:

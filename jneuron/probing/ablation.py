@@ -115,7 +115,7 @@ def retrain_ablation(x_train, labels_train, x_test, labels_test, ordering: Ranki
     ``devices``/``mesh`` shard the training tokens (see :func:`jneuron.train_probe`).
     """
     shares, counts, masks = selection_masks(ordering, percentages, seed)
-    device, y, classes = jprobe._prepare(x_train, labels_train, "classification")
+    device, y, classes, _ = jprobe._prepare(x_train, labels_train, "classification")
     stack = len(masks)
     masks_ = jnp.asarray(masks, device.dtype)
     weights, biases = jprobe._fit(device, y, masks_, np.full(stack, l1), np.full(stack, l2), len(classes),

@@ -25,11 +25,13 @@ from jneuron.data.checks import as_2d, check_finite
 from jneuron.data.labels import label_values
 from jneuron.errors import JNeuronError
 from jneuron.kernels import probe as kp
+from jneuron.kernels import quantize as kquant
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.sharded import TOKENS
 from jneuron.precision import working_dtype
 from jneuron.probing import selection as probe_rankings
 from jneuron.results import NeuronIndex, Result, to_plain
+from jneuron.streaming.constant import constant_neurons, warn_constant
 from jneuron.streaming.mesh import resolve_mesh
 
 _train = jax.jit(kp.train, static_argnames=("classes", "learning_rate", "squared", "regression"))
@@ -61,6 +63,7 @@ class Probe(Result):
       task: ``"classification"`` or ``"regression"``.
       neurons: identity of every input column.
       settings: the training settings (penalties, epochs, batch size, learning rate, seed).
+      dead: constant neurons of the training data (:mod:`jneuron.streaming.constant`): weight 0, ranked last.
     """
 
     weight: np.ndarray
@@ -69,6 +72,7 @@ class Probe(Result):
     task: str
     neurons: NeuronIndex
     settings: dict = field(default_factory=dict)
+    dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def outputs(self, x) -> np.ndarray:
         """Logits ``(tokens, classes)`` (or regression outputs ``(tokens, 1)``)."""
@@ -119,7 +123,8 @@ class Probe(Result):
     def to_dict(self) -> dict:
         """Settings, classes, weights and the neurons (the weights' columns) as JSON-ready plain Python."""
         return {"task": self.task, "classes": to_plain(self.classes), "settings": to_plain(self.settings),
-                "weight": to_plain(self.weight), "bias": to_plain(self.bias), "neurons": self.neurons.records()}
+                "weight": to_plain(self.weight), "bias": to_plain(self.bias), "neurons": self.neurons.records(),
+                "dead": [self.neurons.record(int(i)) for i in self.dead]}
 
 
 def metrics(counts: np.ndarray, classes: np.ndarray) -> dict:
@@ -181,16 +186,28 @@ def _activations(x, neurons: int | None = None) -> jax.Array:
 
 
 def _prepare(x, labels, task: str):
-    """Device activations, device targets and the sorted classes (empty for regression)."""
+    """Device activations (constant neurons' columns zeroed), device targets, the sorted classes (empty for
+    regression) and the constant neurons."""
     if task not in ("classification", "regression"):
         raise JNeuronError(f"task: expected 'classification' or 'regression', got {task!r}")
-    device = _activations(x)
+    device, dead = _without_constant(_activations(x))
     if task == "regression":
-        return device, jnp.asarray(_real_labels(labels, device.shape[0]), device.dtype), np.zeros(0)
+        return device, jnp.asarray(_real_labels(labels, device.shape[0]), device.dtype), np.zeros(0), dead
     classes = class_index(labels)
     if len(classes) < 2:
         raise JNeuronError(f"labels: a classification probe needs at least 2 classes, got {classes.tolist()}")
-    return device, jnp.asarray(encode_labels(labels, classes, device.shape[0])), classes
+    return device, jnp.asarray(encode_labels(labels, classes, device.shape[0])), classes, dead
+
+
+def _without_constant(device: jax.Array) -> tuple[jax.Array, np.ndarray]:
+    """The activations with their constant neurons' columns set to 0, and those neurons: a constant input
+    would act as a second bias (at an offset of 1e4, a large one) and take weight from the penalties'
+    trade-off; a zero column gets no gradient, so its weight stays at its starting 0."""
+    low, high = kquant.minmax(device, device.shape[0])
+    dead = np.flatnonzero(constant_neurons(low, high, device.dtype))
+    if len(dead):
+        device = device.at[:, dead].set(0)
+    return device, dead
 
 
 def batch_rows(tokens: int, epochs: int, batch_size: int, seed: int = 0, shuffle: bool = True):
@@ -298,15 +315,18 @@ def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10
     np.int64(0)
     """
     l1v, l2v = float(_penalties(l1, "l1")[0]), float(_penalties(l2, "l2")[0])
-    device, y, classes = _prepare(x, labels, task)
+    device, y, classes, dead = _prepare(x, labels, task)
     weight, bias = _fit(device, y, None, [l1v], [l2v], len(classes),
                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, squared=squared, shuffle=shuffle,
                         regression=task == "regression", mesh=resolve_mesh(devices, mesh))
-    return _probe(weight[0], bias[0], classes, task, device.shape[1], names, l1=l1v, l2=l2v, squared=squared,
-                  epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, shuffle=shuffle)
+    probe = _probe(weight[0], bias[0], classes, task, device.shape[1], names, dead, l1=l1v, l2=l2v,
+                   squared=squared, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                   shuffle=shuffle)
+    warn_constant("train_probe", [probe.neurons.label(int(i)) for i in dead], "get weight 0", 2)
+    return probe
 
 
-def _probe(weight, bias, classes, task, width, names, **settings) -> Probe:
+def _probe(weight, bias, classes, task, width, names, dead, **settings) -> Probe:
     if isinstance(names, NeuronIndex):
         neurons = names
     else:
@@ -316,7 +336,7 @@ def _probe(weight, bias, classes, task, width, names, **settings) -> Probe:
         neurons = NeuronIndex.from_widths(model, (width,))
     if len(neurons) != width:
         raise JNeuronError(f"names: the index names {len(neurons)} neurons, the activations have {width}")
-    return Probe(np.asarray(weight), np.asarray(bias), classes, task, neurons, settings)
+    return Probe(np.asarray(weight), np.asarray(bias), classes, task, neurons, settings, dead)
 
 
 @dataclass(frozen=True)
@@ -388,7 +408,7 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
         held[np.random.default_rng(seed).permutation(tokens)[: max(1, int(round(validation * tokens)))]] = True
         values = np.asarray(labels)
         x_train, y_train, x_val, y_val = np.asarray(x)[~held], values[~held], np.asarray(x)[held], values[held]
-    device, y, classes = _prepare(x_train, y_train, "classification")
+    device, y, classes, dead = _prepare(x_train, y_train, "classification")
     grid_l1 = np.repeat(l1s, len(l2s))
     grid_l2 = np.tile(l2s, len(l1s))
     weights, biases = _fit(device, y, None, grid_l1, grid_l2, len(classes), epochs=epochs, batch_size=batch_size,
@@ -402,8 +422,9 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
     close = accuracy >= accuracy.max() - tolerance
     flat = np.lexsort((np.arange(accuracy.size), -accuracy.ravel(), np.where(close, needed, np.inf).ravel()))[0]
     probes = [[_probe(weights[i * len(l2s) + j], biases[i * len(l2s) + j], classes, "classification",
-                      device.shape[1], names, l1=float(a), l2=float(b), squared=squared, epochs=epochs,
+                      device.shape[1], names, dead, l1=float(a), l2=float(b), squared=squared, epochs=epochs,
                       batch_size=batch_size, learning_rate=learning_rate, seed=seed, shuffle=shuffle)
                for j, b in enumerate(l2s)] for i, a in enumerate(l1s)]
     best = (int(flat // len(l2s)), int(flat % len(l2s)))
+    warn_constant("train_probes", [probes[0][0].neurons.label(int(i)) for i in dead], "get weight 0", 2)
     return ProbeGrid(l1s, l2s, accuracy, needed, probes, best, float(tolerance), float(mass))

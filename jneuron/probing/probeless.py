@@ -34,6 +34,7 @@ from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
+from jneuron.streaming.constant import constant_neurons, warn_constant, with_range
 from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import chunk_callback, raise_on_bad_value, run_pass
 
@@ -58,6 +59,11 @@ class Probeless(Result):
     def neurons(self) -> NeuronIndex:
         """The identity of every neuron (the columns of ``means``)."""
         return self.overall.neurons
+
+    @property
+    def dead(self) -> np.ndarray:
+        """Constant neurons (:mod:`jneuron.streaming.constant`): score 0, ranked last."""
+        return self.overall.dead
 
     def to_dict(self) -> dict:
         """Classes, counts, means and every ranking, as JSON-ready plain Python."""
@@ -100,8 +106,8 @@ def class_means(data, labels=None, *, names=None, chunk_tokens: int = 16384, val
     >>> classes.tolist(), counts.tolist(), means[:, 0].tolist()
     (['a', 'b'], [2, 1], [10002.0, 9998.0])
     """
-    classes, counts, means, _ = _class_means(data, labels, names, chunk_tokens, valid, resolve_mesh(devices, mesh),
-                                             checkpoint, progress, on_chunk)
+    classes, counts, means, _, _ = _class_means(data, labels, names, chunk_tokens, valid,
+                                                resolve_mesh(devices, mesh), checkpoint, progress, on_chunk)
     return classes, counts, means
 
 
@@ -116,13 +122,14 @@ def _class_means(data, labels, names, chunk_tokens, valid, mesh, checkpoint, pro
         shift = first.mean(axis=0).astype(dtype)
         capacity = len(values) if values is not None else STREAMED_CLASSES
         counting = "segment" if jax.default_backend() == "cpu" else "contract"
-        reduction = _reduction(width, capacity, jnp.dtype(dtype), counting)
+        reduction = with_range(_reduction(width, capacity, jnp.dtype(dtype), counting), width, jnp.dtype(dtype))
         key = {"statistic": "class_sums", "classes": capacity, "shift": np.asarray(shift, np.float64).tolist()}
         done = run_pass(source, reduction, rows, mesh=mesh, args=(jnp.asarray(shift),),
                         on_chunk=callback, checkpoint=checkpoint, key=key)
-        total = jax.tree.map(np.asarray, done.state)
+        ranged = jax.tree.map(np.asarray, done.state)
         if mesh is not None and NEURONS in mesh.axis_names:
-            total = jax.tree.map(lambda a: a[0], total)
+            ranged = jax.tree.map(lambda a: a[0], ranged)
+        total = ranged.state
         raise_on_bad_value(int(total.bad_row), int(total.bad_col), source, done.position)
     counts = np.asarray(total.counts, np.int64)[0].sum(axis=0)
     sums = comp.value64(total.sums).T
@@ -133,7 +140,7 @@ def _class_means(data, labels, names, chunk_tokens, valid, mesh, checkpoint, pro
     classes = np.asarray(labels_seen)[keep]
     count = counts[keep]
     means = sums[keep] / count[:, None] + np.asarray(shift, np.float64)[None, :]
-    return classes, count, means, neurons
+    return classes, count, means, neurons, np.flatnonzero(constant_neurons(ranged.low, ranged.high, dtype))
 
 
 @lru_cache(maxsize=16)
@@ -294,8 +301,9 @@ def probeless(data, labels=None, *, names=None, chunk_tokens: int = 16384, valid
         :func:`class_means`).
     """
     index = names if isinstance(names, NeuronIndex) else None
-    classes, counts, means, neurons = _class_means(data, labels, None if index else names, chunk_tokens, valid,
-                                                   resolve_mesh(devices, mesh), checkpoint, progress, on_chunk)
+    classes, counts, means, neurons, dead = _class_means(data, labels, None if index else names, chunk_tokens,
+                                                         valid, resolve_mesh(devices, mesh), checkpoint, progress,
+                                                         on_chunk)
     if index is not None:
         if len(index) != len(neurons):
             raise JNeuronError(f"names: the index names {len(index)} neurons, the activations have {len(neurons)}")
@@ -303,6 +311,8 @@ def probeless(data, labels=None, *, names=None, chunk_tokens: int = 16384, valid
     if len(classes) < 2:
         raise JNeuronError(f"labels: probeless ranking needs at least 2 classes, got {classes.tolist()}")
     overall, per_class = pairwise_distance_sums(means)
+    overall[dead], per_class[:, dead] = 0.0, 0.0  # rounding-level differences of a constant neuron's means
+    warn_constant("probeless", [neurons.label(int(i)) for i in dead], "score 0", 3)
     return Probeless(
-        classes, counts, means, Ranking("probeless", overall, neurons),
-        {c: Ranking(f"probeless[{c}]", per_class[i], neurons) for i, c in enumerate(classes.tolist())})
+        classes, counts, means, Ranking("probeless", overall, neurons, dead=dead),
+        {c: Ranking(f"probeless[{c}]", per_class[i], neurons, dead=dead) for i, c in enumerate(classes.tolist())})

@@ -192,7 +192,8 @@ def neuron_ordering(probe, stride: int = 100) -> Ranking:
     step, share = _entry_steps(abs_w, int(stride))
     order = np.lexsort((np.arange(len(share)), share))
     step[order] = np.maximum.accumulate(step[order])  # rounding can never put a later neuron in an earlier step
-    return Ranking("probe_ordering", share, neurons, descending=False, details={"step": step.astype(np.int64)})
+    return Ranking("probe_ordering", share, neurons, descending=False, dead=getattr(probe, "dead", np.zeros(0, np.int64)),
+                   details={"step": step.astype(np.int64)})
 
 
 def neuron_ordering_granular(probe, granularity: int = 50, stride: int = 100) -> Ranking:
@@ -210,7 +211,7 @@ def neuron_ordering_granular(probe, granularity: int = 50, stride: int = 100) ->
     slides = [int(np.argmax(size >= i)) for i in range(0, len(step) + 1, granularity) if i <= size[-1]]
     ends = np.unique(np.asarray(slides))
     chunk = np.where(step <= stride, np.searchsorted(ends, step), -1)
-    return Ranking("probe_ordering_granular", ranking.scores, ranking.neurons, descending=False,
+    return Ranking("probe_ordering_granular", ranking.scores, ranking.neurons, descending=False, dead=ranking.dead,
                    details={"step": step, "chunk": chunk.astype(np.int64)})
 
 

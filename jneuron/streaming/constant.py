@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import jax
@@ -65,6 +66,7 @@ class Ranged(NamedTuple):
     high: Any
 
 
+@lru_cache(maxsize=32)  # one object per statistic, so its compiled pass is reused
 def with_range(reduction, width: int, dtype):
     """``reduction`` (a :class:`jneuron.kernels.sharded.Reduction`, or a host one) with the minimum and
     maximum of the chunk's first ``width`` columns kept beside its statistic (a :class:`Ranged` state), in

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jneuron import JNeuronError
+from jneuron import DeadNeuronWarning, JNeuronError
 from jneuron import flax as jnf
 from jneuron.flax import controls as ctl
 from jneuron.models import MLP
@@ -93,10 +93,13 @@ def test_control_sets_mean_plus_v_std(mlp, data):
 
 def test_class_conditional_control(mlp, data):
     x, y = data
-    stats = ctl.neuron_stats(mlp, x, ["layers/1"], labels=y)
+    with pytest.warns(DeadNeuronWarning, match="neuron_stats: 1 constant neuron.*layers/1/2"):  # a dead ReLU
+        stats = ctl.neuron_stats(mlp, x, ["layers/1"], labels=y)
     variant = ctl.control(mlp, {"layers/1": [0]}, stats, target=2, alpha=3.0)
     got = jnf.capture(variant, x, ["layers/1"])["layers/1"][:, 0]
     hidden = np.asarray(mlp.hidden(jnp.asarray(x))[1], np.float64)
+    assert stats.dead["layers/1"].tolist() == np.flatnonzero(np.ptp(hidden, axis=0) == 0).tolist() == [2]
+    assert stats.std["layers/1"][2] == 0.0
     # the statistics' activations and these are two float32 passes (fan-in 12 then 10); the class mean of
     # their error scale, times alpha; then one rounding to float32
     e = forward_error_scale(dense_chain(mlp)[:2], x)[1]
@@ -196,6 +199,7 @@ def test_erased_output_has_no_component_in_the_subspace(mlp, data, rng):
         ctl.erase(mlp, {"layers/0": np.ones((1, 5))})(jnp.asarray(x))
 
 
+@pytest.mark.filterwarnings("ignore::jneuron.DeadNeuronWarning")  # layers/1 has a dead ReLU unit
 def test_neuron_stats_resume_and_share_one_run_per_shape(mlp, data, tmp_path):
     """Interrupted mid-pass and rerun equals an uninterrupted run (layers of different widths share the pass)."""
     x, y = data
@@ -219,4 +223,5 @@ def test_neuron_stats_resume_and_share_one_run_per_shape(mlp, data, tmp_path):
         np.testing.assert_array_equal(resumed.mean[layer], whole.mean[layer])
         np.testing.assert_array_equal(resumed.std[layer], whole.std[layer])
         np.testing.assert_array_equal(resumed.class_mean[layer], whole.class_mean[layer])
+        np.testing.assert_array_equal(resumed.dead[layer], whole.dead[layer])
         assert resumed.count[layer] == 90 and resumed.shapes[layer] == whole.shapes[layer]

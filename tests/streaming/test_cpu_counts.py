@@ -13,6 +13,8 @@ from jneuron.streaming import cpu_counts
 from tests.tolerance import assert_close, tolerance
 
 
+pytestmark = pytest.mark.filterwarnings("ignore::jneuron.DeadNeuronWarning")  # nasty() plants a constant neuron
+
 def reference_counts(codes: np.ndarray, labels: np.ndarray, bins: int, classes: int) -> np.ndarray:
     """``(neurons, bins, classes)`` int64 by np.add.at, one token at a time."""
     counts = np.zeros((codes.shape[1], bins, classes), np.int64)
