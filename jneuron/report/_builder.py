@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jneuron import config
 from jneuron.errors import JNeuronError
 from jneuron.report import plots
 from jneuron.report.neuron_view import neuron_view_html
@@ -176,7 +177,8 @@ class Report:
                 + ([escape(_partners(r))] if partners else []) for i, r in enumerate(records)]
         dead = len(data.get("dead") or ())
         note = f'<p class="note">The top {len(records)} of {total}; every neuron is in the result files.' + (
-            f" {dead} constant neurons (zero variance) are scored by convention, as in every analysis." if dead
+            f" {dead} constant neurons (every value within {config.CONSTANT_ROUNDINGS} roundings of their magnitude)"
+            " get the method's neutral score and rank last, as in every analysis." if dead
             else "") + "</p>"
         self._add("ranking", title, caption or data.get("caption") or CAPTIONS.get(method), [png],
                   _table(header, rows) + note)

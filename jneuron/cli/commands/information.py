@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         info = neuron_information(models, labels, quantize=args.quantize, threshold=args.threshold, bins=args.bins,
                                   classes=args.classes, unit="nats" if args.nats else "bits", **options)
     progress.close()
-    print(f"{len(info.neurons)} neurons, H(Y) = {info.label_entropy:.4f} {info.unit}, {len(info.dead)} in one bin")
+    print(f"{len(info.neurons)} neurons, H(Y) = {info.label_entropy:.4f} {info.unit}, {len(info.dead)} constant, "
+          f"{len(info.one_bin)} with every token in one bin")
     for measure in MEASURES:
         ranking = info.ranking(measure)
         print(f"\n{measure}: top {args.top}")

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     summary = {"zero": result.summary("zero"), "mean": result.summary("mean")}
     facts = {"train_accuracy": accuracy(model, train.images, train.labels), "test_accuracy": result.baseline,
              "hidden": list(args.hidden), "epochs": args.epochs, "l2": args.l2, "seed": args.seed,
-             "label_entropy_bits": info.label_entropy, "dead": len(info.dead)}
+             "label_entropy_bits": info.label_entropy, "one_bin": len(info.one_bin)}
     written.append(atomic_write_text(out / "summary.json", json.dumps({**facts, "summary": summary}, indent=1)))
     written.append(atomic_write_text(out / "summary.md", render_summary(result, facts)))
     print(f"test accuracy {result.baseline:.3f}; {len(info.neurons)} hidden neurons measured and ablated")
@@ -90,7 +90,7 @@ def render_summary(result: CumulativeAblation, facts: dict) -> str:
         f"Network: 64 -> {facts['hidden'][0]} -> {facts['hidden'][1]} sigmoid -> 10 on the bundled digits, "
         f"{facts['epochs']} epochs, L2 {facts['l2']:g}, seed {facts['seed']}. Train accuracy "
         f"{facts['train_accuracy']:.3f}, test accuracy {facts['test_accuracy']:.3f}. Measures on the training "
-        f"data (1 bit at 0.5, H(Y) = {facts['label_entropy_bits']:.3f} bits, {facts['dead']} neurons in one bin); "
+        f"data (1 bit at 0.5, H(Y) = {facts['label_entropy_bits']:.3f} bits, {facts['one_bin']} neurons in one bin); "
         "ablation on the test data. A curve's score is its mean test accuracy over the removal steps; "
         "the gap is (lowest-first) - (highest-first): the larger, the better the measure tells the neurons "
         "that matter from those that do not.",
