@@ -10,6 +10,7 @@ from flax import nnx
 
 import jneuron as jn
 from jneuron import flax as jnf
+from jneuron.streaming.constant import constant_neurons
 
 TOKENS = 600
 ULP_1E4 = float(np.spacing(np.float32(1e4)))
@@ -54,7 +55,7 @@ def quietly(fn, *args, **kwargs):
 def test_rule_on_the_nasty_columns(rng):
     models, _, dead = nasty(rng)
     for name, x in models.items():
-        found = np.flatnonzero(jn.streaming.constant.constant_neurons(x.min(0), x.max(0), np.float32))
+        found = np.flatnonzero(constant_neurons(x.min(0), x.max(0), np.float32))
         assert found.tolist() == dead[name]
 
 
