@@ -148,13 +148,16 @@ class Conductance(Result):
 
     def ranking(self, model: str = "model") -> Ranking:
         """Neurons ranked by mean absolute conductance over the inputs (details: mean signed conductance);
-        a layer with positions is ranked per neuron by its :meth:`totals` over valid positions."""
+        a layer with positions is ranked per neuron by its :meth:`totals` over valid positions.
+
+        No neuron is set aside as constant (``dead`` is empty): conductance is measured against the
+        baseline, so a neuron constant over the inputs still carries its difference from the baseline (the
+        completeness sum needs it); one with no flow scores 0 and ranks last by its score."""
         values = self.values if len(self.layer_shape) == 1 else self.totals()
         width = values.shape[1]
         scores = np.abs(values).mean(axis=0)
-        dead = np.flatnonzero(np.abs(values).max(axis=0) == 0)
         return Ranking("conductance", scores, NeuronIndex.from_layers([(model, [(self.layer, width)])]),
-                       dead=dead, details={"mean_conductance": values.mean(axis=0)})
+                       details={"mean_conductance": values.mean(axis=0)})
 
     def to_dict(self) -> dict:
         """Everything, the completeness gap and the neurons, as JSON-ready plain Python."""

@@ -181,7 +181,7 @@ def test_summary_is_computed_from_the_curves(trained, ablated):
     assert_close(network[0]["balancing_gain"], expected, bound, 4.0, "balancing gain")
     text = render_summary(result, {"hidden": [12, 8], "epochs": 3, "l2": 1e-4, "seed": 0, "train_accuracy": 0.5,
                                    "test_accuracy": result.baseline, "label_entropy_bits": info.label_entropy,
-                                   "dead": len(info.dead)})
+                                   "one_bin": len(info.one_bin)})
     assert f"**{network[0]['measure']}** predicts best (gap {network[0]['gap']:.3f})" in text
     assert f"**{network[-1]['measure']}** predicts worst" in text and text.count("| layers/1 |") == 4
 
