@@ -79,9 +79,17 @@ def test_similarity_gives_constant_neurons_weight_zero(rng, devices):
     moments = jn.comoments(np.hstack(list(models.values())))
     assert sorted(moments.dead.tolist()) == flat(dead, models)
     result, said = quietly(jn.cca, models["a"], models["b"], devices=devices)
+    assert result.dead_x.tolist() == dead["a"] and result.dead_y.tolist() == dead["b"] and said
     assert np.all(np.asarray(result.directions_x)[dead["a"]] == 0)
     assert np.all(np.asarray(result.directions_y)[dead["b"]] == 0)
-    assert said
+    directions, _ = quietly(jn.direction_ranking, models["a"], models["b"], devices=devices)
+    assert directions.dead.tolist() == dead["a"] and np.all(directions.weights[dead["a"]] == 0)
+    matching, _ = quietly(jn.match_neurons, models["a"], models["b"], devices=devices)
+    assert matching.dead_x.tolist() == dead["a"] and matching.dead_y.tolist() == dead["b"]
+    assert np.all(matching.correlation[dead["a"]] == 0) and np.all(matching.correlation[:, dead["b"]] == 0)
+    sparse, _ = quietly(jn.sparse_prediction, models["a"], models["b"], devices=devices)
+    assert sparse.dead_x.tolist() == dead["a"] and np.all(sparse.coef[:, dead["a"]] == 0)
+    assert np.all(sparse.r2[:, dead["b"]] == 0)
 
 
 @pytest.mark.parametrize("devices", [None, 2])

@@ -134,7 +134,8 @@ class Side(NamedTuple):
 
     Attributes:
       whitening: the :class:`Whitening` of the (rescaled) covariance.
-      scale: per-neuron factor applied before whitening (``1 / sd``, 0 for dead neurons; or all 1).
+      scale: per-neuron factor applied before whitening (``1 / sd``, or 1 without rescaling; 0 for dead
+        neurons either way, so their weights are exactly 0, not the eigenvectors' rounding).
     """
 
     whitening: Whitening
@@ -152,7 +153,7 @@ def prepare(cov, rtol: float, keep=None, rescale: bool = True) -> Side:
         only improves conditioning; SVCCA's PCA step needs the raw covariance (``rescale=False``).
     """
     xp = _xp(cov)
-    scale = _inv_scale(cov, xp) if rescale else xp.ones(cov.shape[0], cov.dtype)
+    scale = _inv_scale(cov, xp) if rescale else (xp.diagonal(cov) > 0).astype(cov.dtype)
     return Side(whiten(cov * scale[:, None] * scale[None, :], rtol, keep), scale)
 
 

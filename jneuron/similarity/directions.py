@@ -42,6 +42,7 @@ class DirectionRanking(Result):
         decompose as ``x = mean + sum_i h_i patterns[:, i] + rest`` with ``rest`` uncorrelated with every ``h_i``.
       mean: the neurons' means.
       neurons: the identity of x's neurons.
+      dead: x's constant neurons (:mod:`jneuron.streaming.constant`): weight 0 in every direction.
     """
 
     method: str
@@ -50,6 +51,7 @@ class DirectionRanking(Result):
     patterns: np.ndarray
     mean: np.ndarray
     neurons: NeuronIndex
+    dead: np.ndarray
 
     def erasure(self, k: int) -> np.ndarray:
         """``(dx, dx)`` matrix ``E`` with ``mean + (x - mean) @ E`` erasing the top ``k`` directions."""
@@ -71,7 +73,8 @@ class DirectionRanking(Result):
             order = np.lexsort((np.arange(len(self.mean)), -np.abs(self.patterns[:, i])))[:top_neurons]
             out.append({"rank": i, "rho": float(rho), "neurons": [
                 {**self.neurons.record(int(j)), "pattern": float(self.patterns[j, i])} for j in order]})
-        return {"method": self.method, "directions": out, "rho": to_plain(self.rho)}
+        return {"method": self.method, "directions": out, "rho": to_plain(self.rho),
+                "dead": [self.neurons.record(int(i)) for i in self.dead]}
 
 
 @reads_dtype
@@ -113,4 +116,5 @@ def direction_ranking(x, y, *, method: str = "svcca", keep: float | int = 0.99, 
     if isinstance(names, str) or not len(names):
         raise JNeuronError(f"names: expected a sequence of model names, x's first, got {names!r}")
     neurons = NeuronIndex.from_widths((str(names[0]),), (blocks.widths[0],))
-    return DirectionRanking(method, r.rho[:valid], weights, patterns, blocks.mean[blocks.columns(0)], neurons)
+    return DirectionRanking(method, r.rho[:valid], weights, patterns, blocks.mean[blocks.columns(0)], neurons,
+                            blocks.dead_in(0))

@@ -50,6 +50,7 @@ class Matching(Result):
       correlation: the full ``(dx, dy)`` between-net correlation matrix (dead units: 0), clipped to
         ``[-1, 1]`` (rounding can put ``|rho|`` a hair above 1).
       neurons_x, neurons_y: the units' identities.
+      dead_x, dead_y: each side's constant units (:mod:`jneuron.streaming.constant`): correlation 0.
     """
 
     method: str
@@ -59,6 +60,8 @@ class Matching(Result):
     correlation: np.ndarray
     neurons_x: NeuronIndex
     neurons_y: NeuronIndex
+    dead_x: np.ndarray
+    dead_y: np.ndarray
 
     @property
     def total(self) -> float:
@@ -69,7 +72,7 @@ class Matching(Result):
         """JSON-ready pairs (the correlation matrix is left out)."""
         pairs = [{"x": self.neurons_x.record(int(i)), "y": self.neurons_y.record(int(j)), "rho": float(r)}
                  for i, j, r in zip(self.x_units, self.y_units, self.rho)]
-        return {"method": self.method, "total": self.total, "pairs": pairs}
+        return {"method": self.method, "total": self.total, "pairs": pairs, **_dead_records(self)}
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class SparsePrediction(Result):
       nonzero: ``(P, dy)`` how many ``x`` units each prediction uses.
       kkt: ``(P,)`` the largest violation of the LASSO optimality conditions (convergence check).
       neurons_x, neurons_y: the units' identities (``y``'s order the columns of ``r2`` and ``nonzero``).
+      dead_x, dead_y: each side's constant units (:mod:`jneuron.streaming.constant`): coefficient 0, R^2 0.
     """
 
     penalties: np.ndarray
@@ -94,11 +98,19 @@ class SparsePrediction(Result):
     kkt: np.ndarray
     neurons_x: NeuronIndex
     neurons_y: NeuronIndex
+    dead_x: np.ndarray
+    dead_y: np.ndarray
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no coefficients)."""
         return {"penalties": to_plain(self.penalties), "r2": to_plain(self.r2), "nonzero": to_plain(self.nonzero),
-                "kkt": to_plain(self.kkt), "neurons_y": self.neurons_y.records()}
+                "kkt": to_plain(self.kkt), "neurons_y": self.neurons_y.records(), **_dead_records(self)}
+
+
+def _dead_records(result) -> dict:
+    """Both sides' constant units as neuron records."""
+    return {f"dead_{side}": [getattr(result, f"neurons_{side}").record(int(i)) for i in getattr(result, f"dead_{side}")]
+            for side in ("x", "y")}
 
 
 @reads_dtype
@@ -132,7 +144,7 @@ def match_neurons(x, y, method: str = "bipartite", *, absolute: bool = False, na
     else:
         rows, cols = np.arange(corr.shape[0]), np.argmax(score, axis=1)
     neurons = [NeuronIndex.from_widths((n,), (w,)) for n, w in zip(names, blocks.widths)]
-    return Matching(method, rows, cols, corr[rows, cols], corr, *neurons)
+    return Matching(method, rows, cols, corr[rows, cols], corr, *neurons, blocks.dead_in(0), blocks.dead_in(1))
 
 
 @reads_dtype
@@ -166,7 +178,8 @@ def sparse_prediction(x, y, penalties: Sequence[float] | None = None, *, sweeps:
         coef, kkt = np.asarray(coef, np.float64), np.asarray(kkt, np.float64)
     r2 = np.clip(2 * np.einsum("xy,pxy->py", cross, coef) - np.einsum("pxy,xz,pzy->py", coef, gram, coef), 0, 1)
     neurons = [NeuronIndex.from_widths((n,), (w,)) for n, w in zip(names, blocks.widths)]
-    return SparsePrediction(penalties, coef, r2, np.count_nonzero(coef, axis=1), kkt, *neurons)
+    return SparsePrediction(penalties, coef, r2, np.count_nonzero(coef, axis=1), kkt, *neurons, blocks.dead_in(0),
+                            blocks.dead_in(1))
 
 
 def _standardised(blocks: Blocks, i: int, j: int) -> np.ndarray:

@@ -65,6 +65,7 @@ class CCAResult(Result):
         eigenvalue floor for CCA).
       tokens: tokens seen.
       neurons_x, neurons_y: the identity of each side's neurons (the rows of ``directions_x``, ``directions_y``).
+      dead_x, dead_y: each side's constant neurons (:mod:`jneuron.streaming.constant`): weight 0.
     """
 
     method: str
@@ -76,6 +77,8 @@ class CCAResult(Result):
     tokens: int
     neurons_x: NeuronIndex
     neurons_y: NeuronIndex
+    dead_x: np.ndarray
+    dead_y: np.ndarray
     _problem: tuple[kcca.Side, kcca.Side, np.ndarray] = field(repr=False, compare=False)  # prepared sides, cov_xy
 
     @cached_property
@@ -104,7 +107,9 @@ class CCAResult(Result):
     def to_dict(self, directions: bool = False) -> dict:
         """JSON-ready summary (the direction matrices, with the neurons of their rows, only if asked)."""
         out = {"method": self.method, "mean": self.mean, "r2": self.r2, "rho": to_plain(self.rho),
-               "kept_x": self.kept_x, "kept_y": self.kept_y, "tokens": self.tokens}
+               "kept_x": self.kept_x, "kept_y": self.kept_y, "tokens": self.tokens,
+               "dead_x": [self.neurons_x.record(int(i)) for i in self.dead_x],
+               "dead_y": [self.neurons_y.record(int(i)) for i in self.dead_y]}
         if directions:
             out.update(directions_x=to_plain(self.directions_x), directions_y=to_plain(self.directions_y),
                        neurons_x=self.neurons_x.records(), neurons_y=self.neurons_y.records())
@@ -334,7 +339,7 @@ def _cca_result(blocks: Blocks, i: int, j: int, method: str, keep, rtol: float,
     neurons = [NeuronIndex.from_widths((blocks.names[g],), (blocks.widths[g],)) for g in (i, j)]
     return CCAResult(method, kcca.correlations(sx, sy, cxy)[:valid], blocks.mean[blocks.columns(i)],
                      blocks.mean[blocks.columns(j)], int(sx.whitening.kept), int(sy.whitening.kept), blocks.count,
-                     *neurons, (sx, sy, cxy))
+                     *neurons, blocks.dead_in(i), blocks.dead_in(j), (sx, sy, cxy))
 
 
 def pwcca_result(blocks: Blocks, i: int, j: int, side: str, rtol: float,

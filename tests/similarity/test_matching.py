@@ -134,7 +134,8 @@ def test_sparse_prediction_tells_local_from_distributed_codes(rng):
     assert p.nonzero[k, 0] == 1 and p.nonzero[k, 1] >= 6 and p.nonzero[k, 2] == 0
     assert p.r2[k, 0] > 0.95 and p.r2[k, 1] > 0.9 and p.r2[k, 2] == 0  # statistics of the planted codes
     assert p.nonzero[0].tolist() == [0, 0, 0]  # the largest default penalty zeroes everything
-    assert set(p.to_dict()) == {"penalties", "r2", "nonzero", "kkt", "neurons_y"}
+    assert set(p.to_dict()) == {"penalties", "r2", "nonzero", "kkt", "neurons_y", "dead_x", "dead_y"}
+    assert p.dead_y.tolist() == [2] and [n["label"] for n in p.to_dict()["dead_y"]] == ["y/2"]
     assert [n["label"] for n in p.to_dict()["neurons_y"]] == [f"y/{j}" for j in range(p.r2.shape[1])]
 
 
