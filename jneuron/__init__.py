@@ -34,6 +34,7 @@ _LAZY = {
     "Float64UnavailableWarning": "jneuron.errors",
     "JNeuronError": "jneuron.errors",
     "StaleCheckpointWarning": "jneuron.errors",
+    "QuantizationWarning": "jneuron.errors",
     # Information measures and cumulative ablation (Amjad et al., 2018)
     "CumulativeAblation": "jneuron.flax.cumulative_ablation",
     "balance_bias": "jneuron.flax.ablation",
@@ -89,6 +90,7 @@ __version__ = "0.1.0"
 __all__ = [
     # errors and warnings
     "JNeuronError", "DeadNeuronWarning", "FewTokensWarning", "Float64UnavailableWarning", "StaleCheckpointWarning",
+    "QuantizationWarning",
     # results
     "NeuronIndex", "Ranking",
     # data

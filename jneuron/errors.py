@@ -6,7 +6,13 @@ class JNeuronError(ValueError):
 
 
 class DeadNeuronWarning(UserWarning):
-    """Some neurons are constant over the tokens; they score 0 and are listed in the result."""
+    """Some neurons are constant over the tokens (:mod:`jneuron.streaming.constant`); they get the method's
+    neutral score, rank last and are listed in the result's ``dead``."""
+
+
+class QuantizationWarning(UserWarning):
+    """A quantization or measure does not suit the activations: a 1-bit cut at 0.5 (for sigmoid outputs) on
+    signed values, or class selectivity (bounded only for non-negative outputs) on signed values."""
 
 
 class FewTokensWarning(UserWarning):

@@ -19,6 +19,7 @@ class selectivity index on the raw activations' class means. See :mod:`jneuron.k
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -44,7 +45,7 @@ from jneuron.data.source import (
     reads_dtype,
     source_rows,
 )
-from jneuron.errors import JNeuronError
+from jneuron.errors import JNeuronError, QuantizationWarning
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import quantize as kquant
@@ -87,6 +88,9 @@ class NeuronInformation(Result):
       unit: ``"bits"`` or ``"nats"``.
       quantization: how outputs were binned (mode, bins and the threshold, range or edges).
       dead: constant neurons (:mod:`jneuron.streaming.constant`): every measure 0, ranked last.
+      warnings: what makes a measure misleading on these activations: class selectivity on signed values
+        (unbounded there), and a 1-bit cut above 0 on signed values (also given as a
+        :class:`~jneuron.errors.QuantizationWarning`).
     """
 
     neurons: NeuronIndex
@@ -100,6 +104,7 @@ class NeuronInformation(Result):
     unit: str
     quantization: Mapping = field(default_factory=dict)
     dead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    warnings: tuple[str, ...] = ()
 
     @property
     def one_bin(self) -> np.ndarray:
@@ -136,6 +141,7 @@ class NeuronInformation(Result):
             "class_counts": to_plain(self.counts[0].sum(axis=0)) if len(self.counts) else [],
             "dead": [self.neurons.record(int(i)) for i in self.dead],
             "one_bin": len(self.one_bin),
+            "warnings": list(self.warnings),
             "neurons": self.table(),
         }
 
@@ -221,6 +227,9 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
     tables = counts.astype(np.float64)
     selectivity = np.asarray(kinfo.class_selectivity(np.nan_to_num(means), class_counts), np.float64)
     selectivity[dead] = 0.0
+    cautions = _cautions(low, counts, quantize, np.asarray(threshold, np.float64))
+    if len(cautions) == 2:  # a cut meant for sigmoid outputs on signed values
+        warnings.warn(" ".join(cautions), QuantizationWarning, stacklevel=3)
     return NeuronInformation(
         neurons=neurons,
         counts=counts,
@@ -233,7 +242,26 @@ def neuron_information(acts, labels=None, *, quantize: str = "threshold", thresh
         unit=unit,
         quantization={"mode": quantize, "bins": bins, **description},
         dead=dead,
+        warnings=cautions,
     )
+
+
+def _cautions(low: np.ndarray, counts: np.ndarray, quantize: str, threshold: np.ndarray) -> tuple[str, ...]:
+    """What makes the measures misleading on these activations (some neuron's minimum below 0): a 1-bit cut
+    above 0, then class selectivity (the cut's caution first)."""
+    signed = int(np.count_nonzero(np.asarray(low) < 0))
+    if not signed:
+        return ()
+    cautions = []
+    if quantize == "threshold" and np.any(threshold > 0):
+        above = counts[:, 1:].sum() / max(int(counts.sum()), 1)
+        cut = f"{float(threshold.max()):g}" if threshold.ndim == 0 or np.ptp(threshold) == 0 else "above 0"
+        cautions.append(f"{signed} of {len(low)} neurons take negative values (signed units), but the 1-bit cut is at "
+                        f"{cut} (meant for sigmoid outputs): {100 * above:.0f}% of values fall above it; use "
+                        "threshold=0 (--threshold 0) or quantize='quantile' for signed activations.")
+    cautions.append("class selectivity divides by the sum of class means; on signed activations that sum can be "
+                    "near 0 and the index unbounded, so rank signed units by mutual information or KL selectivity")
+    return tuple(cautions)
 
 
 def _in_one_bin(counts: np.ndarray, dead: np.ndarray) -> np.ndarray:

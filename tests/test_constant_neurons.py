@@ -97,7 +97,8 @@ def test_information_and_probeless_agree(rng, devices):
     models, labels, dead = nasty(rng)
     expected = flat(dead, models)
     for quantize in ("threshold", "uniform", "quantile"):
-        info, said = quietly(jn.neuron_information, models, labels, quantize=quantize, bins=4, devices=devices)
+        info, said = quietly(jn.neuron_information, models, labels, quantize=quantize, threshold=0.0, bins=4,
+                             devices=devices)
         assert info.dead.tolist() == expected and said
         for measure in ("entropy", "mutual_information", "kl_selectivity", "selectivity"):
             assert np.all(info.measure(measure)[expected] == 0), measure

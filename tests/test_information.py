@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -395,3 +396,19 @@ def test_sharded_over_four_devices_equals_single_device(cpu_devices_env):
     done = subprocess.run([sys.executable, "-c", SHARDED, repr(2 * tolerance(64))], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_signed_activations_are_flagged(rng):
+    """A 0.5 cut on signed values warns (and says how class selectivity behaves there); a 0 cut only notes the
+    selectivity; non-negative values raise nothing."""
+    labels = rng.integers(0, 3, 400)
+    signed = rng.normal(size=(400, 4)).astype(np.float32)
+    with pytest.warns(jn.QuantizationWarning, match=r"4 of 4 neurons take negative values.*cut is at 0.5.*unbounded"):
+        info = jn.neuron_information(signed, labels)
+    assert len(info.warnings) == 2 and info.to_dict()["warnings"] == list(info.warnings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        at_zero = jn.neuron_information(signed, labels, threshold=0.0)
+        positive = jn.neuron_information(np.abs(signed), labels)
+    assert len(at_zero.warnings) == 1 and "unbounded" in at_zero.warnings[0]
+    assert positive.warnings == ()

@@ -29,7 +29,7 @@ CALLS = {
     "direction_ranking": (lambda x, y, **k: jn.direction_ranking(x, y, **k), "rho"),
     "match_neurons": (lambda x, y, **k: jn.match_neurons(x, y, **k), "correlation"),
     "sparse_prediction": (lambda x, y, **k: jn.sparse_prediction(x, y, **k), "coef"),
-    "neuron_information": (lambda x, y, **k: jn.neuron_information(x, LABELS, **k), "mutual_information"),
+    "neuron_information": (lambda x, y, **k: jn.neuron_information(x, LABELS, threshold=0.0, **k), "mutual_information"),
     "probeless": (lambda x, y, **k: jn.probeless(x, LABELS, **k), "means"),
 }
 QUANTIZED = {"neuron_information"}  # binned values: float32 and float64 agree exactly on these inputs

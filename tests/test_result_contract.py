@@ -44,7 +44,7 @@ def _hidden(model, x):
 
 # name -> (build(x, z, y, model), {neuron attribute: expected number of neurons(result, x, z)})
 CASES = {
-    "Ranking": (lambda x, z, y, m: jn.neuron_information({"m": {"l": x}}, y).ranking(),
+    "Ranking": (lambda x, z, y, m: jn.neuron_information({"m": {"l": x}}, y, threshold=0.0).ranking(),
                 {"neurons": lambda r, x, z: x.shape[1]}),
     "CrossModelRanking": (lambda x, z, y, m: jn.maxcorr([x, z]), {"neurons": lambda r, x, z: x.shape[1] + z.shape[1]}),
     "CCAResult": (lambda x, z, y, m: jn.cca(x, z),
@@ -67,7 +67,7 @@ CASES = {
                   {"neurons": lambda r, x, z: x.shape[1]}),
     "AblationTable": (lambda x, z, y, m: jn.zero_out_ablation(jn.train_probe(x, y, epochs=1), x, y, [0.5]), {}),
     "Probeless": (lambda x, z, y, m: jn.probeless(x, y), {"neurons": lambda r, x, z: x.shape[1]}),
-    "NeuronInformation": (lambda x, z, y, m: jn.neuron_information({"m": {"a": x, "b": z}}, y),
+    "NeuronInformation": (lambda x, z, y, m: jn.neuron_information({"m": {"a": x, "b": z}}, y, threshold=0.0),
                           {"neurons": lambda r, x, z: x.shape[1] + z.shape[1]}),
     "CumulativeAblation": (lambda x, z, y, m: jn.cumulative_ablation(
         m, x, y, jn.neuron_information({"mlp": _hidden(m, x)}, y), LAYERS, random=1, steps=2),

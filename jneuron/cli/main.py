@@ -107,14 +107,20 @@ def _run(args: argparse.Namespace, shown: dict[str, str]) -> int:
 
 @contextlib.contextmanager
 def _one_line_warnings() -> Iterator[None]:
-    """Every warning an analysis gives (dead neurons, few tokens, float64 unavailable) as one line on stderr."""
+    """Every warning an analysis gives (constant neurons, few tokens, float64 unavailable, an unsuitable
+    quantization) as one line on stderr, each time it is given."""
     import warnings
+
+    from jneuron import errors
 
     def show(message, category, filename, lineno, file=None, line=None):
         print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
 
     with warnings.catch_warnings():
         warnings.showwarning = show
+        for category in (errors.DeadNeuronWarning, errors.FewTokensWarning, errors.Float64UnavailableWarning,
+                         errors.StaleCheckpointWarning, errors.QuantizationWarning):
+            warnings.simplefilter("always", category)
         yield
 
 

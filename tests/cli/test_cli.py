@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from jneuron.cli.main import main
-from tests.cli.test_cli_io import demo_run  # noqa: F401  (a fixture: the demo runs once for both files)
 
 
 def test_help_lists_commands(capsys):

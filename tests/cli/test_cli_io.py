@@ -1,7 +1,6 @@
 """The command line on small stores and files: outputs, progress, and one-line errors with exit codes."""
 
 import argparse
-import contextlib
 import io
 import json
 
@@ -22,22 +21,6 @@ def files(tmp_path, rng):
         x = np.hstack([rng.normal(size=(600, 5)), shared * (i + 1)]).astype(np.float32)
         np.save(tmp_path / f"m{i}.npy", x)
     return tmp_path
-
-
-_DEMO = {}
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    """The demo (3 models, 1 epoch, top 3), run once for the whole session: ``(exit code, stdout, output
-    folder)``. tests/cli/test_cli.py imports this fixture; the cache makes one run serve both files."""
-    if "run" not in _DEMO:
-        out = tmp_path_factory.mktemp("demo") / "demo"
-        stdout = io.StringIO()
-        with contextlib.redirect_stdout(stdout):
-            code = main(["demo", "--models", "3", "--epochs", "1", "--out", str(out), "--top", "3"])
-        _DEMO["run"] = (code, stdout.getvalue(), out)
-    return _DEMO["run"]
 
 
 def run_cli(capsys, *argv):

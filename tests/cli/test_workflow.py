@@ -82,8 +82,8 @@ def test_the_whole_workflow_with_the_command_line(neurox, capsys):
     run(capsys, "similarity", store, "--metric", "svcca", "cca", "pwcca", "cka", "--out", out)
     run(capsys, "probe", store, "--labels", d / "labels.txt", "--tokens", d / "tokens.txt", "--epochs", "3",
         "--out", out)
-    text, _ = run(capsys, "information", store, "--labels", d / "labels.txt", "--out", out)
-    assert "warning:" in text and "--threshold 0" in text  # a 0.5 cut on signed activations
+    _, err = run(capsys, "information", store, "--labels", d / "labels.txt", "--out", out)
+    assert "warning:" in err and "--threshold 0" in err  # a 0.5 cut on signed activations
     run(capsys, "report", out, "--activations", store, "--out", out)
 
     maxcorr = json.loads((out / "maxcorr.json").read_text())

@@ -1,7 +1,6 @@
 """Ablation by masking and its sweeps: equal to weight surgery, one compilation for any mask values."""
 
 import chex
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """jneuron.kernels.quantize, jitted and not, against numpy: the codes are integers, so they must match exactly."""
 
 import chex
-import jax.numpy as jnp
 import numpy as np
 
 from jneuron.kernels import quantize

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flax import nnx
 from scipy.special import erf
 
 from jneuron import flax as jnf

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import warnings
 
 from jneuron.cli.options import (
     add_input_arguments,
@@ -33,7 +32,6 @@ def run(args: argparse.Namespace, method: str) -> int:
         mincorr,
         passes_needed,
     )
-    from jneuron.errors import DeadNeuronWarning
     from jneuron.streaming.passes import default_chunk_tokens
 
     source = load_source(args.inputs, args)
@@ -42,12 +40,9 @@ def run(args: argparse.Namespace, method: str) -> int:
     args.chunk_tokens = args.chunk_tokens or default_chunk_tokens(sum(source.widths), source.tokens)
     progress = progress_for(args, source.tokens * passes)
     rank = maxcorr if method == "maxcorr" else mincorr
-    with device_scope(args), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DeadNeuronWarning)
+    with device_scope(args):
         ranking = rank(source, **streaming_options(rank, args, progress))
     progress.close()
-    for warning in caught:
-        print(f"note: {warning.message}")
     written = write_ranking(ranking, args.out, method, top=args.top, plot=not args.no_plot)
     if args.checkpoint:
         shutil.rmtree(args.checkpoint, ignore_errors=True)  # the run finished: nothing left to resume

@@ -55,9 +55,6 @@ def run(args: argparse.Namespace) -> int:
     labels, classes = read_labels(args, source)
     x = source.read(0, source.tokens)
     check_finite(x, source)
-    notes = guardrails(x, args.quantize, args.threshold)
-    for note in notes:
-        print(f"warning: {note}")
     edges = np.cumsum((0,) + source.widths)
     models = {name: {layer: x[:, lo + start:lo + start + width] for layer, width, start in _layers(source, name)}
               for name, lo in zip(source.names, edges[:-1])}
@@ -75,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         for record in ranking.top(args.top):
             print(f"{record['rank'] + 1:>4}  {record['label']:<24} {record['score']:.4f}")
         ranking.to_json(args.out / f"ranking_{measure}.json")
-    data = {**info.to_dict(), "classes": classes, "warnings": notes}
+    data = {**info.to_dict(), "classes": classes}
     print(f"\nwrote {atomic_write_json(args.out / 'information.json', data)} and ranking_<measure>.json")
     return 0
 
@@ -86,17 +83,3 @@ def _layers(source, model: str):
         yield layer or "", width, start
         start += width
 
-
-def guardrails(x: np.ndarray, quantize: str, threshold: float) -> list[str]:
-    """Warnings for settings that make the information measures misleading on these activations."""
-    notes = []
-    negative = float(np.mean(x < 0)) if x.size else 0.0
-    if quantize == "threshold" and negative > 0.01:
-        above = float(np.mean(x > threshold))
-        if threshold > 0:
-            notes.append(f"{100 * negative:.0f}% of the activations are negative (signed units), but the 1-bit cut "
-                         f"is at {threshold:g} (meant for sigmoid outputs): {100 * above:.0f}% of values fall above "
-                         "it; use --threshold 0 or --quantize quantile for signed activations")
-        notes.append("class selectivity divides by the sum of class means; on signed activations that sum can be "
-                     "near 0 and the index unbounded, so rank signed units by mutual information or KL selectivity")
-    return notes
