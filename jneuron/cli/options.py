@@ -20,6 +20,7 @@ import numpy as np
 
 from jneuron.cli.progress import Progress
 from jneuron.data.atomic import atomic_write_json, atomic_write_text
+from jneuron.data.checks import non_finite
 from jneuron.errors import JNeuronError
 
 if TYPE_CHECKING:
@@ -242,8 +243,7 @@ def check_finite(x: np.ndarray, source: FileSource, start: int = 0) -> None:
         return
     row, column = (int(v[0]) for v in np.nonzero(bad))
     labels = [f"{c.label}/{u}" for c in source.columns for u in range(c.width)]
-    raise JNeuronError(f"{source.path}: activation row {start + row + 1} (counted from 1), neuron {labels[column]}, "
-                       f"is {x[row, column]} (not finite)")
+    raise non_finite(str(source.path), start + row, labels[column])
 
 
 def streaming_options(analysis, args: argparse.Namespace, progress=None) -> dict:
