@@ -16,8 +16,8 @@ products about ``p`` exceed the centred products by ``rows * drift drift^T`` (a 
 nothing cancels), which the merge takes off: the statistics are those of a chunk centred on its own
 mean, with one pass over the chunk. Arrays given model by model are centred straight into the buffer,
 never joined first; each block of them is subtracted and its exact minima and maxima taken (which
-decide the constant neurons, :mod:`jneuron.streaming.constant`) while it is in cache. A chunk holding a NaN or Inf goes through the compiled centring, which records
-where the first one is.
+decide the constant neurons, :mod:`jneuron.streaming.constant`) while it is in cache. A chunk holding a
+NaN or Inf goes through the compiled centring, which records where the first one is.
 
 Data too large or too small for float32 products (see :mod:`jneuron.kernels.moments`, scaling) are
 found from the centred chunk's own sums of squares (no extra pass over ordinary data): such a chunk
