@@ -51,9 +51,10 @@ class CoMoments(Result):
             raise JNeuronError(f"neurons: the index names {len(self.neurons)} neurons, the moments have {len(self.mean)}")
 
     def to_dict(self) -> dict:
-        """Count, means, the centred cross-products, minima, maxima and the neurons, as JSON-ready plain Python."""
+        """Count, means, centred cross-products, minima, maxima and the neurons, as JSON-ready plain Python."""
         return {"count": self.count, "mean": to_plain(self.mean), "cross": to_plain(self.cross),
-                "low": to_plain(self.low), "high": to_plain(self.high), "accumulated_in": str(self.accumulated_in), "neurons": self.neurons.records()}
+                "low": to_plain(self.low), "high": to_plain(self.high), "accumulated_in": str(self.accumulated_in),
+                "neurons": self.neurons.records()}
 
     def covariance(self, ddof: int = 1) -> np.ndarray:
         """The covariance matrix, ``cross / (count - ddof)``."""
