@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -35,19 +34,15 @@ from jneuron.crossmodel.tilereduce import tile_reducer
 from jneuron.data.checks import check_min_tokens
 from jneuron.data.models import parse_layers
 from jneuron.data.source import Source, as_source, reads_dtype
-from jneuron.errors import DeadNeuronWarning, JNeuronError
+from jneuron.errors import JNeuronError
 from jneuron.kernels import maxcorr as kmax
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Ranking, to_plain
+from jneuron.streaming.constant import constant_neurons, warn_constant
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import (
-    accumulate,
-    chunk_callback,
-    constant_columns,
-    default_chunk_tokens,
-)
+from jneuron.streaming.passes import accumulate, chunk_callback, default_chunk_tokens
 
 _BYTES_PER_ENTRY = 24  # compensated pair (8) + chunk product (4) + merge outer product (4) + reduction (8)
 
@@ -143,10 +138,7 @@ def _rank(models, names, chunk_tokens, memory_budget, method: str, mesh, checkpo
     with follow_dtype(source.dtype):
         best, unit, rho, dead = _best_partners(source, model_widths, chunk_tokens, memory_budget, mesh, checkpoint,
                                                on_chunk)
-    if len(dead):
-        shown = ", ".join(neurons.label(int(i)) for i in dead[:10])
-        more = f" and {len(dead) - 10} more" if len(dead) > 10 else ""
-        warnings.warn(f"{len(dead)} constant neuron(s) score 0: {shown}{more}", DeadNeuronWarning, stacklevel=3)
+    warn_constant(method, [neurons.label(int(i)) for i in dead], "score 0", stacklevel=3)
     return CrossModelRanking(method, _reduce(best, method), neurons, True, dead, {}, best, unit, rho)
 
 
@@ -262,8 +254,8 @@ def _best_partners(source: Source, widths, chunk_tokens: int, memory_budget: int
         # correlations are read where the pass kept them: in the scaled domain of data whose range needed
         # scaling (kernels.moments.Scale), where cross / sqrt(m2_i m2_j) is the same and nothing overflows
         m2 = kmoments.m2_64(stats, scaled=True)
-        if dead is None:
-            dead = constant_columns(count, kmoments.mean64(stats, scaled=True), m2, stats.mean.hi.dtype)
+        if dead is None:  # every pass reads the same rows, and keeps every neuron's range
+            dead = constant_neurons(*kmoments.range64(stats, scaled=True), stats.mean.hi.dtype)
         inv_sd = np.where(dead, 0.0, 1.0 / np.sqrt(np.where(dead, 1.0, m2))).astype(stats.mean.hi.dtype)
         for tile, cross in zip(tiles, stats.cross):
             model = int(owner[tile.r0])

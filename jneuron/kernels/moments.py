@@ -16,8 +16,14 @@ beyond about ``2**±42``: ``x * 1e20``, ``x * 1e-30``, one entry of ``1e30``) ar
 is multiplied by a power of two chosen from its magnitude (:func:`choose_exponents`), which is exact
 in binary floating point, and the statistics kept are those of the scaled data, with the exponents in
 ``Stats.scale``. Scale-invariant quantities (correlations) are read in the scaled domain
-(``scaled=True``); :func:`mean64`, :func:`m2_64` and :func:`cross_value64` undo the scaling in host
-float64, which holds every float32 value's products. Ordinary data are never scaled (``scale`` is None).
+(``scaled=True``); :func:`mean64`, :func:`m2_64`, :func:`range64` and :func:`cross_value64` undo the
+scaling in host float64, which holds every float32 value's products. Ordinary data are never scaled
+(``scale`` is None).
+
+Beside the moments, every feature's exact minimum and maximum over the rows read (``low``, ``high``)
+decide which neurons are constant (:mod:`jneuron.streaming.constant`): a minimum rounds nothing, merges
+exactly, and scales exactly by a power of two, so the verdict is the same however the rows were chunked,
+sharded or scaled.
 
 Which cross-product blocks are kept is static: a tuple of :class:`Tile` ``(r0, r1, c0, c1)`` selects
 ``X[:, r0:r1]^T X[:, c0:c1]``. The full covariance is one tile ``(0, D, 0, D)``; MaxCorr keeps only
@@ -91,6 +97,8 @@ class Stats(NamedTuple):
       count: number of tokens seen (integer).
       mean: per-feature mean, compensated, shape ``(D,)``.
       m2: per-feature centred sum of squares, compensated, shape ``(D,)``.
+      low, high: per-feature minimum and maximum of the finite values read, shape ``(D,)`` (``+inf`` and
+        ``-inf`` before any).
       cross: one compensated centred cross-product block per :class:`Tile`.
       bad_row, bad_col: position of the first non-finite input value seen (``-1`` if none).
       scale: None, or the :class:`Scale` of data that needed scaling (the other fields are then the
@@ -100,6 +108,8 @@ class Stats(NamedTuple):
     count: Array
     mean: Pair
     m2: Pair
+    low: Array
+    high: Array
     cross: tuple[Pair, ...]
     bad_row: Array
     bad_col: Array
@@ -112,6 +122,8 @@ def init(dim: int, tiles: tuple[Tile, ...], dtype=jnp.float32) -> Stats:
         count=jnp.zeros((), count_dtype()),
         mean=comp.zeros((dim,), dtype),
         m2=comp.zeros((dim,), dtype),
+        low=jnp.full((dim,), jnp.inf, dtype),
+        high=jnp.full((dim,), -jnp.inf, dtype),
         cross=tuple(comp.zeros((t.r1 - t.r0, t.c1 - t.c0), dtype) for t in tiles),
         bad_row=jnp.full((), NO_BAD_ROW, count_dtype()),
         bad_col=jnp.full((), NO_BAD_ROW, count_dtype()),
@@ -133,7 +145,8 @@ def centred_chunk(x: Array, n_valid: Array | int, dtype=jnp.float32) -> tuple[St
     n = jnp.asarray(n_valid, count_dtype())
     denominator = jnp.maximum(n, 1).astype(dtype)
     finite = jnp.isfinite(x)
-    clean = jnp.where(rows & finite, x, 0)
+    read = rows & finite
+    clean = jnp.where(read, x, 0)
     # The residual below must be taken about exactly the rough mean it corrects, but XLA may fuse the
     # division into each use and contract it into a fused multiply-add there (not rounded, so each use sees
     # a different value). Rounding it to one bit less than the dtype's mantissa (an exact, bitwise op that
@@ -152,6 +165,8 @@ def centred_chunk(x: Array, n_valid: Array | int, dtype=jnp.float32) -> tuple[St
         count=n,
         mean=Pair(mean_hi, mean_lo),
         m2=Pair(m2, jnp.zeros_like(m2)),
+        low=jnp.min(jnp.where(read, x, jnp.inf), axis=0),
+        high=jnp.max(jnp.where(read, x, -jnp.inf), axis=0),
         cross=(),
         bad_row=jnp.where(any_bad, first_row, NO_BAD_ROW).astype(count_dtype()),
         bad_col=jnp.where(any_bad, first_col, NO_BAD_ROW).astype(count_dtype()),
@@ -185,7 +200,9 @@ def _merge_vectors(a: Stats, b: Stats) -> tuple[Stats, Array, Array]:
     b_has_bad = b.bad_row != NO_BAD_ROW
     bad_row = jnp.where(a_has_bad, a.bad_row, jnp.where(b_has_bad, b.bad_row + a.count, NO_BAD_ROW))
     bad_col = jnp.where(a_has_bad, a.bad_col, b.bad_col)
-    return Stats(n, mean, m2, (), bad_row.astype(count_dtype()), bad_col.astype(count_dtype())), weight, delta
+    merged = Stats(n, mean, m2, jnp.fmin(a.low, b.low), jnp.fmax(a.high, b.high), (), bad_row.astype(count_dtype()),
+                   bad_col.astype(count_dtype()))
+    return merged, weight, delta
 
 
 @partial(jax.jit, static_argnames=("tiles",), donate_argnums=(0,))
@@ -273,7 +290,7 @@ def choose_exponents(current: np.ndarray, running: np.ndarray, peak: np.ndarray)
 
 
 def rescale(stats: Stats, shift: Array, tiles: tuple[Tile, ...]) -> Stats:
-    """The statistics multiplied by ``2**shift`` per feature (means), ``2**(2 shift)`` (sums of squares)
+    """The statistics multiplied by ``2**shift`` per feature (means, minima, maxima), ``2**(2 shift)`` (sums of squares)
     and ``2**(shift_row + shift_col)`` (cross-products): exact in binary floating point, but for parts
     that leave the dtype's range (negligible next to the values the new scale was chosen for).
     ``scale`` is left as it is (pure; jit- and vmap-able)."""
@@ -283,7 +300,8 @@ def rescale(stats: Stats, shift: Array, tiles: tuple[Tile, ...]) -> Stats:
         return Pair(jnp.ldexp(pair.hi, e), jnp.ldexp(pair.lo, e))
 
     cross = tuple(times(c, shift[t.r0 : t.r1, None] + shift[None, t.c0 : t.c1]) for t, c in zip(tiles, stats.cross))
-    return stats._replace(mean=times(stats.mean, shift), m2=times(stats.m2, 2 * shift), cross=cross)
+    return stats._replace(mean=times(stats.mean, shift), m2=times(stats.m2, 2 * shift), low=jnp.ldexp(stats.low, shift),
+                          high=jnp.ldexp(stats.high, shift), cross=cross)
 
 
 _rescale = jax.jit(rescale, static_argnames=("tiles",))
@@ -321,6 +339,15 @@ def m2_64(stats: Stats, scaled: bool = False) -> np.ndarray:
     """The per-feature centred sums of squares as host float64 (``scaled``: of the scaled data)."""
     value = comp.value64(stats.m2)
     return value if scaled or stats.scale is None else np.ldexp(value, -2 * exponents(stats))
+
+
+def range64(stats: Stats, scaled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The per-feature minima and maxima as host float64 (``scaled``: of the scaled data; exact either way)."""
+    low, high = (np.asarray(a, np.float64) for a in (stats.low, stats.high))
+    if scaled or stats.scale is None:
+        return low, high
+    e = -exponents(stats)
+    return np.ldexp(low, e), np.ldexp(high, e)
 
 
 def cross_value64(stats: Stats, tile: int, scaled: bool = False) -> np.ndarray:

@@ -212,6 +212,8 @@ def stats_from_state(total: Stats, dim: int, tiles: tuple[Tile, ...], mesh: Mesh
         count=first(total.count),
         mean=Pair(total.mean.hi[0, :dim], total.mean.lo[0, :dim]),
         m2=Pair(total.m2.hi[0, :dim], total.m2.lo[0, :dim]),
+        low=total.low[0, :dim],
+        high=total.high[0, :dim],
         cross=tuple(crop(pair, tile) for pair, tile in zip(total.cross, tiles)),
         bad_row=first(total.bad_row),
         bad_col=first(total.bad_col),

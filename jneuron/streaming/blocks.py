@@ -25,17 +25,13 @@ from jax.sharding import Mesh
 
 from jneuron.data.checks import as_2d, check_min_tokens
 from jneuron.data.source import Source, as_source
-from jneuron.errors import DeadNeuronWarning, FewTokensWarning, JNeuronError
+from jneuron.errors import FewTokensWarning, JNeuronError
 from jneuron.kernels import hsic as khsic
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
-from jneuron.streaming.passes import (
-    accumulate,
-    chunk_callback,
-    constant_columns,
-    default_chunk_tokens,
-)
+from jneuron.streaming.constant import constant_neurons, warn_constant
+from jneuron.streaming.passes import accumulate, chunk_callback, default_chunk_tokens
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,8 @@ class Blocks:
       names, widths: the groups, in column order.
       count: tokens seen.
       mean: per-column means.
-      dead: per-column mask of constant neurons (their rows and columns read as 0).
+      dead: per-column mask of constant neurons (:mod:`jneuron.streaming.constant`; their rows and
+        columns read as 0).
       accumulated_in: the dtype the co-moments were accumulated in (``float32`` pairs or ``float64``).
       row_norms: for the debiased CKA, ``(Q, U, reference)`` (see :mod:`jneuron.kernels.hsic`), or None.
     """
@@ -137,15 +134,11 @@ def stream_blocks(groups: Sequence[tuple[str, object]], pairs: Iterable[tuple[in
             warnings.warn(
                 f"{what}: {count} tokens for up to {widest} neurons; the covariance is rank deficient, so "
                 "correlations overfit (CCA and R^2 approach 1)", FewTokensWarning, stacklevel=3)
-        dead = constant_columns(count, kmoments.mean64(stats, scaled=True), kmoments.m2_64(stats, scaled=True),
-                                stats.mean.hi.dtype)
-        if dead.any():
-            owner = np.searchsorted(starts, np.flatnonzero(dead), side="right") - 1
-            shown = ", ".join(f"'{names[g]}' unit {c - starts[g]}"
-                              for g, c in zip(owner[:10], np.flatnonzero(dead)))
-            more = f" and {int(dead.sum()) - 10} more" if dead.sum() > 10 else ""
-            warnings.warn(f"{what}: {int(dead.sum())} constant neuron(s) get weight 0: {shown}{more}",
-                          DeadNeuronWarning, stacklevel=3)
+        dead = constant_neurons(*kmoments.range64(stats, scaled=True), stats.mean.hi.dtype)
+        columns = np.flatnonzero(dead)
+        owner = np.searchsorted(starts, columns, side="right") - 1
+        warn_constant(what, [f"{names[g]}/{c - starts[g]}" for g, c in zip(owner, columns)], "get weight 0",
+                      stacklevel=3)
         live = (~dead).astype(np.float64)
         cross = {}
         for tile in range(len(tiles)):

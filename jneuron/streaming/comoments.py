@@ -21,27 +21,26 @@ from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Tile
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Result, to_plain
+from jneuron.streaming.constant import constant_neurons
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import (
-    accumulate,
-    chunk_callback,
-    constant_columns,
-    default_chunk_tokens,
-)
+from jneuron.streaming.passes import accumulate, chunk_callback, default_chunk_tokens
 
 
 @dataclass(frozen=True)
 class CoMoments(Result):
-    """Count, mean and centred cross-product of ``(tokens, neurons)`` data, in host float64.
+    """Count, mean, centred cross-product, minimum and maximum of ``(tokens, neurons)`` data, in host float64.
 
-    ``cross[i, j] = sum_t (x[t, i] - mean[i]) * (x[t, j] - mean[j])``; ``accumulated_in`` is the dtype
-    of the streamed arithmetic (float64 for float64 data, else float32 with compensated sums);
-    ``neurons`` names the columns (default: one model ``"data"``).
+    ``cross[i, j] = sum_t (x[t, i] - mean[i]) * (x[t, j] - mean[j])``; ``low`` and ``high`` are each
+    neuron's smallest and largest value (which say whether it is constant, :attr:`dead`);
+    ``accumulated_in`` is the dtype of the streamed arithmetic (float64 for float64 data, else float32
+    with compensated sums); ``neurons`` names the columns (default: one model ``"data"``).
     """
 
     count: int
     mean: np.ndarray
     cross: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
     accumulated_in: np.dtype = np.dtype(np.float32)
     neurons: NeuronIndex | None = None
 
@@ -52,9 +51,10 @@ class CoMoments(Result):
             raise JNeuronError(f"neurons: the index names {len(self.neurons)} neurons, the moments have {len(self.mean)}")
 
     def to_dict(self) -> dict:
-        """Count, means, the centred cross-products and the neurons, as JSON-ready plain Python."""
+        """Count, means, centred cross-products, minima, maxima and the neurons, as JSON-ready plain Python."""
         return {"count": self.count, "mean": to_plain(self.mean), "cross": to_plain(self.cross),
-                "accumulated_in": str(self.accumulated_in), "neurons": self.neurons.records()}
+                "low": to_plain(self.low), "high": to_plain(self.high), "accumulated_in": str(self.accumulated_in),
+                "neurons": self.neurons.records()}
 
     def covariance(self, ddof: int = 1) -> np.ndarray:
         """The covariance matrix, ``cross / (count - ddof)``."""
@@ -63,8 +63,9 @@ class CoMoments(Result):
 
     @property
     def dead(self) -> np.ndarray:
-        """Indices of constant neurons (zero spread, up to the rounding of their mean in ``accumulated_in``)."""
-        return np.flatnonzero(constant_columns(self.count, self.mean, np.diag(self.cross), self.accumulated_in))
+        """Indices of constant neurons: range within a few roundings of their magnitude in ``accumulated_in``
+        (:func:`jneuron.streaming.constant.constant_neurons`)."""
+        return np.flatnonzero(constant_neurons(self.low, self.high, self.accumulated_in))
 
     def correlation(self) -> np.ndarray:
         """Pearson correlations, clipped to ``[-1, 1]`` (rounding can put ``|rho|`` a hair above 1); a
@@ -111,5 +112,5 @@ def comoments(data, *, chunk_tokens: int | None = None, valid=None, devices=None
                            on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
         count = int(stats.count)
         check_min_tokens(count, "comoments", 1)
-        return CoMoments(count, kmoments.mean64(stats), kmoments.cross_value64(stats, 0),
+        return CoMoments(count, kmoments.mean64(stats), kmoments.cross_value64(stats, 0), *kmoments.range64(stats),
                          np.dtype(stats.mean.hi.dtype))

@@ -15,8 +15,9 @@ it: Sterbenz), so offsets of 1e6 cost no digits, and ``p`` is off the chunk's me
 products about ``p`` exceed the centred products by ``rows * drift drift^T`` (a small rank-1 part, so
 nothing cancels), which the merge takes off: the statistics are those of a chunk centred on its own
 mean, with one pass over the chunk. Arrays given model by model are centred straight into the buffer,
-never joined first. A chunk holding a NaN or Inf goes through the compiled centring, which records
-where the first one is.
+never joined first; each block of them is subtracted and its exact minima and maxima taken (which
+decide the constant neurons, :mod:`jneuron.streaming.constant`) while it is in cache. A chunk holding a
+NaN or Inf goes through the compiled centring, which records where the first one is.
 
 Data too large or too small for float32 products (see :mod:`jneuron.kernels.moments`, scaling) are
 found from the centred chunk's own sums of squares (no extra pass over ordinary data): such a chunk
@@ -46,7 +47,8 @@ from jneuron.kernels.compensated import Pair
 from jneuron.kernels.moments import Stats, Tile
 
 ALIGNMENT = 64  # bytes: JAX's CPU client adopts a host buffer starting on this boundary without a copy
-BLOCK_ROWS = 512  # rows summed in float32 at a time (the blocks' sums are added in float64): bounds the rounding
+BLOCK_ROWS = 512  # rows at a time: summed in float32 (the blocks' sums are added in float64, which bounds the
+# rounding), and subtracted with their extremes taken while in cache
 SAMPLE_ROWS = 512  # rows (at least, strided over the chunk) whose float64 mean is the centring point
 
 
@@ -78,7 +80,8 @@ class HostFold:
         part, centred, drift = self.centre(_scaled(parts, scale, dtype), rows, dtype)
         if self._needs_scaling(stats, part, rows, dtype):
             current = kmoments.exponents(stats)
-            peak = np.concatenate([np.fmax(p.max(axis=0), -p.min(axis=0)).astype(np.float64) for p in parts])
+            largest = np.fmax(np.asarray(part.high, np.float64), -np.asarray(part.low, np.float64))
+            peak = np.ldexp(largest, -current)  # of the values as given (the chunk was read at the current scale)
             new = kmoments.choose_exponents(current, kmoments.magnitude(stats), peak)
             if stats.scale is None or (new != current).any():
                 stats = kmoments.rescaled(stats, new, tiles)
@@ -108,13 +111,15 @@ class HostFold:
 
     def centre(self, chunk: np.ndarray | Sequence[np.ndarray], rows: int,
                dtype: np.dtype) -> tuple[Stats, np.ndarray, np.ndarray]:
-        """The chunk's count, mean and centred sums of squares; its first ``rows`` rows less a point
-        ``p`` near their mean; and ``drift = mean - p`` (see :func:`jneuron.kernels.moments.merge_products`).
+        """The chunk's count, mean, centred sums of squares, minima and maxima; its first ``rows`` rows
+        less a point ``p`` near their mean; and ``drift = mean - p`` (see
+        :func:`jneuron.kernels.moments.merge_products`).
 
         ``p`` is the float64 mean of a strided sample of about ``SAMPLE_ROWS`` rows, rounded to the dtype.
         In one subtraction each value keeps all its digits about ``p`` (exact where ``x`` is within a
         factor of 2 of ``p``); the small drift of the result is corrected in the statistics rather than
-        by a second pass over the chunk.
+        by a second pass over the chunk. The minima and maxima are taken of the values themselves (exact),
+        block by block while each block is in cache for its subtraction.
         """
         parts = [p[:rows] for p in (chunk if isinstance(chunk, (list, tuple)) else [chunk])]
         width = sum(p.shape[1] for p in parts)
@@ -123,6 +128,7 @@ class HostFold:
         shifted, point = self._buffers((rows, width), dtype)
         step = max(1, rows // SAMPLE_ROWS)
         self._sample_spread = np.zeros(width)
+        low, high = np.full(width, np.inf, dtype), np.full(width, -np.inf, dtype)
         start = 0
         for p in parts:
             columns = slice(start, start + p.shape[1])
@@ -131,7 +137,12 @@ class HostFold:
                 centre = sample.sum(axis=0) / len(sample)
                 point[columns] = centre
                 self._sample_spread[columns] = np.sqrt(np.mean((sample - centre) ** 2, axis=0))
-            np.subtract(p, point[columns], out=shifted[:, columns], dtype=dtype, casting="same_kind")
+            for first in range(0, rows, BLOCK_ROWS):
+                block = p[first : first + BLOCK_ROWS]
+                np.subtract(block, point[columns], out=shifted[first : first + BLOCK_ROWS, columns], dtype=dtype,
+                            casting="same_kind")
+                np.minimum(low[columns], block.min(axis=0), out=low[columns], casting="same_kind")
+                np.maximum(high[columns], block.max(axis=0), out=high[columns], casting="same_kind")
             start = columns.stop
         drift, squares = np.zeros(width, np.float64), np.zeros(width, np.float64)
         for first in range(0, rows, BLOCK_ROWS):
@@ -150,7 +161,7 @@ class HostFold:
         m2 = squares.astype(dtype)
         count = np.asarray(rows, kmoments.count_dtype())
         none = np.asarray(kmoments.NO_BAD_ROW, kmoments.count_dtype())
-        part = Stats(count, mean, Pair(m2, (squares - m2).astype(dtype)), (), none, none)
+        part = Stats(count, mean, Pair(m2, (squares - m2).astype(dtype)), low, high, (), none, none)
         return part, shifted, drift.astype(dtype)
 
     def _buffers(self, shape: tuple[int, int], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:

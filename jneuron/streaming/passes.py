@@ -276,17 +276,6 @@ def rows_after(source: Source, chunk_tokens: int, done: int) -> Iterator[Rows]:
     return itertools.islice(source_rows(source, chunk_tokens), done, None)
 
 
-def constant_columns(count: int, mean: np.ndarray, m2: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """Boolean mask of constant (dead) columns: spread at the level of ``dtype``'s rounding of the mean.
-
-    Constant relative to the neuron's own magnitude: a neuron of values about ``1e-30`` that vary is
-    alive; one whose values are all equal (zero included) is dead. ``mean`` and ``m2`` may be read in
-    the scaled domain of :class:`jneuron.kernels.moments.Scale` (the test is scale-free).
-    """
-    spread = np.sqrt(np.maximum(m2, 0.0) / max(count, 1))
-    return spread <= 8 * np.finfo(dtype).eps * np.abs(mean)
-
-
 def raise_on_bad_value(row: int, column: int, source: Source, position: Position, neurons=None) -> None:
     """The error naming the model (and layer), the caller's row and the neuron of the first NaN or Inf
     (``row`` as the kernels count it, < 0 for none); ``neurons``: a NeuronIndex naming every column."""

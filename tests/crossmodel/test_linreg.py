@@ -95,7 +95,7 @@ def test_layered_models_and_json(rng, tmp_path):
 def test_linreg_degenerate_inputs(rng):
     a, b, c = _models(rng)
     a = np.hstack([a, a[:, :2], np.full((TOKENS, 1), 5.0, np.float32)])  # duplicates and a dead neuron
-    with pytest.warns(jn.DeadNeuronWarning, match="unit 8"):
+    with pytest.warns(jn.DeadNeuronWarning, match="model0/8"):
         r = jn.linreg_ranking([a, b, c], chunk_tokens=C)
     assert np.all(np.isfinite(r.scores)) and r.scores[8] == 0 and 8 in r.dead
     assert_close(r.details["r2"][9:14, 0], ref_r2(b, a[:, :8]), r2_bound(a[:, :8]), what="R^2 from duplicates")

@@ -289,7 +289,7 @@ def test_rank_deficient_layer_is_whitened_with_a_floor(rng):
 def test_duplicated_and_dead_neurons(rng):
     x, y = _pair(rng, offset=1e3)
     x = np.hstack([x, x[:, :2], np.full((TOKENS, 1), 7.0, np.float32)])  # 2 duplicates, 1 dead
-    with pytest.warns(jn.DeadNeuronWarning, match="'x'.*unit 9"):
+    with pytest.warns(jn.DeadNeuronWarning, match="cca: 1 constant neuron.*: x/9$"):
         r = jn.cca(x, y, chunk_tokens=C)
     assert r.kept_x == DX and np.all(np.isfinite(r.rho))
     assert_rho_close(r.rho, ref_cca(x[:, :DX], y), cca_bound(x, y))  # floored: duplicates and the dead unit drop
