@@ -21,7 +21,8 @@ def nasty(rng) -> tuple[dict, np.ndarray, dict]:
 
     Model ``a``: 0 alive; 1 exactly 5.0; 2 zeros; 3 at 1e4 moving by 3 units of its rounding (constant by the
     rule); 4 values about 1e-30 that vary (alive: the rule is scale-free); 5 constant but for one spike
-    (alive); 6 follows the labels; 7 an offset of 1e4 with a real spread. Model ``b``: 5 random, 2 constant.
+    (alive); 6 follows the labels; 7 an offset of 1e4 with a real spread. Model ``b``: 5 random, 2 constant,
+    3 at 1e4 but for one token 0.125 higher (alive, though its standard deviation is below 8 roundings of 1e4).
     """
     labels = rng.integers(0, 3, TOKENS)
     a = rng.normal(size=(TOKENS, 8)).astype(np.float32)
@@ -35,6 +36,8 @@ def nasty(rng) -> tuple[dict, np.ndarray, dict]:
     a[:, 7] += np.float32(1e4)
     b = rng.normal(size=(TOKENS, 7)).astype(np.float32)
     b[:, 2] = -3.25
+    b[:, 3] = 1e4
+    b[5, 3] += 0.125
     b[:, 0] += a[:, 0]
     return {"a": a, "b": b}, labels, {"a": [1, 2, 3], "b": [2]}
 

@@ -33,6 +33,8 @@ from jneuron.errors import JNeuronError, StaleCheckpointWarning
 from jneuron.kernels import moments as kmoments
 from jneuron.kernels.moments import Stats
 
+FORMAT = 2  # of the saved statistics: raised whenever their leaves change (2: every pass keeps the neurons' range),
+# so a file of an older jneuron is never read as this one's (it is not found, and the pass starts over)
 CONTENT_ROWS = 1024  # rows at each end of the data whose bytes a checkpoint is bound to (with files' sizes and times)
 
 
@@ -140,7 +142,7 @@ def checkpoint_file(folder, source: Source, tiles, chunk_tokens: int, dtype,
     else the statistic depends on (an analysis's name and parameters)."""
     identity, state = checkpoint_binding(source, chunk_tokens)
     layout = {**identity, "tiles": [list(t) for t in tiles], "chunk_tokens": int(chunk_tokens),
-              "dtype": str(np.dtype(dtype))}
+              "dtype": str(np.dtype(dtype)), "format": FORMAT}
     if key is not None:
         layout["statistic"] = key
     if mesh is not None:  # the running state has one statistic per device
