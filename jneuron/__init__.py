@@ -72,6 +72,7 @@ _LAZY = {
     "sparse_prediction": "jneuron.similarity.matching",
     "SimilarityMatrix": "jneuron.similarity.matrix",
     "similarity_matrix": "jneuron.similarity.matrix",
+    "similarity_matrices": "jneuron.similarity.matrix",
     "CCAResult": "jneuron.similarity.measures",
     "CKAResult": "jneuron.similarity.measures",
     "PWCCAResult": "jneuron.similarity.measures",
@@ -102,7 +103,7 @@ __all__ = [
     "maxcorr", "mincorr", "CrossModelRanking", "linreg_ranking",
     # similarity
     "cca", "svcca", "pwcca", "cka", "CCAResult", "PWCCAResult", "CKAResult", "similarity_matrix",
-    "SimilarityMatrix", "direction_ranking", "DirectionRanking", "match_neurons", "Matching",
+    "similarity_matrices", "SimilarityMatrix", "direction_ranking", "DirectionRanking", "match_neurons", "Matching",
     "sparse_prediction", "SparsePrediction",
     # probing
     "train_probe", "train_probes", "Probe", "ProbeGrid", "top_neurons", "bottom_neurons", "random_neurons",

@@ -34,7 +34,6 @@ from jneuron.streaming.mesh import resolve_mesh
 from jneuron.data.source import reads_dtype
 
 METRICS = ("cca", "svcca", "pwcca", "cka", "cka_debiased")
-_SYMMETRIC = ("cca", "svcca", "cka", "cka_debiased")
 
 
 @dataclass(frozen=True)
@@ -98,9 +97,36 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
         checkpoint folder to resume from, a progress line on stderr, a callback with each chunk's rows
         (the one pass's keywords, see :func:`jneuron.maxcorr`).
     """
-    if metric not in METRICS:
-        raise JNeuronError(f"unknown similarity metric {metric!r}; expected one of {', '.join(METRICS)}")
-    if metric == "svcca":
+    return similarity_matrices(layers_a, layers_b, (metric,), keep=keep, rtol=rtol, chunk_tokens=chunk_tokens,
+                               valid=valid, devices=devices, mesh=mesh, checkpoint=checkpoint, progress=progress,
+                               on_chunk=on_chunk)[metric]
+
+
+@reads_dtype
+def similarity_matrices(layers_a, layers_b=None, metrics=("svcca", "cka"), *, keep: float | int = 0.99,
+                        rtol: float | None = None, chunk_tokens: int | None = None,
+                        valid=None, devices=None, mesh=None,
+                        checkpoint=None, progress: bool = False, on_chunk=None) -> dict[str, SimilarityMatrix]:
+    """:func:`similarity_matrix` for several metrics from the same one pass: ``{metric: matrix}``.
+
+    The covariance blocks are accumulated once; each layer is whitened once per method, and PWCCA takes
+    both directions of a pair (weights from either layer) from one CCA.
+
+    Args:
+      metrics: a sequence of :data:`METRICS`; the other arguments as :func:`similarity_matrix`.
+
+    >>> import numpy as np, jneuron as jn
+    >>> rng = np.random.default_rng(0)
+    >>> layers = {"l0": rng.normal(size=(500, 6)), "l1": rng.normal(size=(500, 6))}
+    >>> sorted(jn.similarity_matrices(layers, metrics=["cca", "pwcca"]))
+    ['cca', 'pwcca']
+    """
+    metrics = tuple(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise JNeuronError(f"unknown similarity metric {unknown[0] if unknown else metrics!r}; expected one of "
+                           f"{', '.join(METRICS)}")
+    if "svcca" in metrics:
         check_keep(keep)
     names_a, data_a = _layers(layers_a, "layers_a")
     same = layers_b is None
@@ -114,33 +140,50 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
         groups = [(f"a:{n}", d) for n, d in zip(names_a, data_a)] + [(f"b:{n}", d) for n, d in zip(names_b, data_b)]
         rows, cols = list(range(la)), list(range(la, la + lb))
         pairs = [(g, g) for g in range(la + lb)] + [(i, j) for i in rows for j in cols]
-    blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, row_norms=metric == "cka_debiased",
-                           what=f"similarity_matrix ({metric})", mesh=resolve_mesh(devices, mesh),
+    blocks = stream_blocks(groups, pairs, chunk_tokens=chunk_tokens, row_norms="cka_debiased" in metrics,
+                           what=f"similarity_matrix ({', '.join(metrics)})", mesh=resolve_mesh(devices, mesh),
                            valid=valid, checkpoint=checkpoint, progress=progress, on_chunk=on_chunk)
-    values = np.zeros((la, lb))
-    kept = np.zeros(len(groups), np.int64)
+    neurons_a = NeuronIndex.from_layers([("a", [(n, blocks.widths[g]) for n, g in zip(names_a, rows)])])
+    neurons_b = neurons_a if same else NeuronIndex.from_layers(
+        [("b", [(n, blocks.widths[g]) for n, g in zip(names_b, cols)])])
+    rtol = eigenvalue_floor(blocks, rtol)
+    sides = {}  # method -> every group's prepared side, once
+    matrices = {}
+    for metric in metrics:
+        values, kept = _values(blocks, metric, rows, cols, same, keep, rtol, sides)
+        matrices[metric] = SimilarityMatrix(metric, values, names_a, names_b, blocks.count, neurons_a, neurons_b,
+                                            kept[rows], kept[cols])
+    return matrices
+
+
+def _values(blocks, metric: str, rows: list, cols: list, same: bool, keep, rtol: float, sides: dict):
+    """One metric's ``(rows, cols)`` values, and every group's kept dimensions (0 for CKA)."""
+    values = np.zeros((len(rows), len(cols)))
+    kept = np.zeros(len(blocks.widths), np.int64)
     if metric in ("cca", "svcca", "pwcca"):
-        rtol = eigenvalue_floor(blocks, rtol)
         method = "svcca" if metric == "svcca" else "cca"
-        sides = [prepare_side(blocks, g, method, keep, rtol) for g in range(len(groups))]
-        kept = np.array([int(s.whitening.kept) for s in sides], np.int64)
+        if method not in sides:
+            sides[method] = [prepare_side(blocks, g, method, keep, rtol) for g in range(len(blocks.widths))]
+        prepared = sides[method]
+        kept = np.array([int(s.whitening.kept) for s in prepared], np.int64)
     for a, i in enumerate(rows):
         for b, j in enumerate(cols):
-            if same and metric in _SYMMETRIC and j < i:
+            if same and j < i and metric != "pwcca":
                 values[a, b] = values[b, a]
             elif metric == "pwcca":
-                values[a, b] = pwcca_result(blocks, i, j, "x", rtol, (sides[i], sides[j])).value
+                if same and j < i:
+                    continue  # filled with the pair (j, i)'s weights from the other layer
+                result = pwcca_result(blocks, i, j, "x", rtol, (prepared[i], prepared[j]))
+                values[a, b] = result.value_x
+                if same:
+                    values[b, a] = result.value_y
             elif metric in ("cca", "svcca"):
-                rho = np.asarray(kcca.correlations(sides[i], sides[j], blocks.cov(i, j)))
+                rho = np.asarray(kcca.correlations(prepared[i], prepared[j], blocks.cov(i, j)))
                 valid = min(kept[i], kept[j])
                 values[a, b] = float(rho[:valid].mean()) if valid else 0.0
             else:
                 values[a, b] = cka_value(blocks, i, j, metric == "cka_debiased")
-    neurons_a = NeuronIndex.from_layers([("a", [(n, blocks.widths[g]) for n, g in zip(names_a, rows)])])
-    neurons_b = neurons_a if same else NeuronIndex.from_layers(
-        [("b", [(n, blocks.widths[g]) for n, g in zip(names_b, cols)])])
-    return SimilarityMatrix(metric, values, names_a, names_b, blocks.count, neurons_a, neurons_b, kept[rows],
-                            kept[cols])
+    return values, kept
 
 
 def _source_layers(source) -> tuple[tuple[str, ...], list]:

@@ -397,6 +397,22 @@ def _metric_bound(metric, a, b, terms=TOKENS, dtype=np.float32):
     return bound
 
 
+def test_several_metrics_come_from_one_pass(rng):
+    """similarity_matrices reads the data once and gives each metric the matrix similarity_matrix gives."""
+    x, y = _pair(rng, offset=1e3)
+    layers = {"x": x, "y": y, "w": np.tanh((y - y.mean(0)) @ rng.normal(size=(DY, 6))).astype(np.float32)}
+    chunks = []
+    metrics = ("svcca", "cca", "pwcca", "cka", "cka_debiased")
+    together = jn.similarity_matrices(layers, metrics=metrics, keep=MATRIX_KEEP, chunk_tokens=C, on_chunk=chunks.append)
+    assert list(together) == list(metrics) and sum(chunks) == TOKENS  # one pass over the tokens
+    for metric in metrics:
+        alone = jn.similarity_matrix(layers, metric=metric, keep=MATRIX_KEEP, chunk_tokens=C)
+        np.testing.assert_array_equal(together[metric].values, alone.values)  # the same blocks, the same steps
+        np.testing.assert_array_equal(together[metric].kept_a, alone.kept_a)
+    with pytest.raises(jn.JNeuronError, match="unknown similarity metric 'rsa'"):
+        jn.similarity_matrices(layers, metrics=["cka", "rsa"], chunk_tokens=C)
+
+
 def test_similarity_matrix_matches_pairwise_calls(rng, tmp_path):
     x, y = _pair(rng, offset=1e3)
     w = np.tanh((y - y.mean(0)) @ rng.normal(size=(DY, 6))).astype(np.float32)

@@ -1,7 +1,8 @@
 """Layer-by-layer similarity: ``jneuron similarity acts.zarr --metric svcca cka --out results/``.
 
 Every layer of every input is one row and column of the matrix (a store's layers are expanded), so one
-store compares its layers with each other. Writes ``similarity_<metric>.json`` and ``.png`` per metric.
+store compares its layers with each other. All metrics come from one streamed pass over the data. Writes
+``similarity_<metric>.json`` and ``.png`` per metric.
 """
 
 from __future__ import annotations
@@ -37,22 +38,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jneuron.similarity.matrix import similarity_matrix
+    from jneuron.similarity.matrix import similarity_matrices
 
     layers = source_models(load_source(args.inputs, args, layers_as_models=True))
     against = source_models(load_source(args.against, args, layers_as_models=True)) if args.against else None
+    progress = progress_for(args, len(next(iter(layers.values()))))
+    with device_scope(args):
+        options = streaming_options(similarity_matrices, args, progress)
+        matrices = similarity_matrices(layers, against, metrics=list(args.metric), keep=args.keep, **options)
+    progress.close()
     written = []
-    for metric in dict.fromkeys(args.metric):
-        progress = progress_for(args, len(next(iter(layers.values()))))
-        with device_scope(args):
-            options = streaming_options(similarity_matrix, args, progress)
-            matrix = similarity_matrix(layers, against, metric=metric, keep=args.keep, **options)
-        progress.close()
-        width = max(len(n) for n in matrix.names_a)
-        print(f"{matrix.metric} over {matrix.tokens} tokens")
-        print(" " * width + "".join(f" {n[-8:]:>8}" for n in matrix.names_b))
-        for name, row in zip(matrix.names_a, matrix.values):
-            print(f"{name:<{width}}" + "".join(f" {v:8.4f}" for v in row))
+    for metric, matrix in matrices.items():
+        _print_matrix(matrix)
         written.append(matrix.to_json(args.out / f"similarity_{metric}.json") if hasattr(matrix, "to_json") else
                        _write_json(args.out / f"similarity_{metric}.json", matrix.to_dict()))
         png = args.out / f"similarity_{metric}.png"
@@ -60,6 +57,17 @@ def run(args: argparse.Namespace) -> int:
         written.append(png)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _print_matrix(matrix) -> None:
+    """The matrix as text: one row per layer, the columns numbered (their names listed above them)."""
+    width = max(len(n) for n in matrix.names_a)
+    print(f"\n{matrix.metric} over {matrix.tokens} tokens; columns:")
+    for k, name in enumerate(matrix.names_b, start=1):
+        print(f"  [{k}] {name}")
+    print(" " * width + "".join(f" {f'[{k}]':>7}" for k in range(1, len(matrix.names_b) + 1)))
+    for name, row in zip(matrix.names_a, matrix.values):
+        print(f"{name:<{width}}" + "".join(f" {v:7.4f}" for v in row))
 
 
 def _write_json(path, data):
