@@ -62,35 +62,33 @@ def test_rule_on_the_nasty_columns(rng):
         assert found.tolist() == dead[name]
 
 
-@pytest.mark.parametrize("devices", [None, 2])
-def test_cross_model_rankings_agree(rng, devices):
+def test_cross_model_rankings_agree(rng):  # sharded: tests/streaming/test_comoment_constant.py
     models, _, dead = nasty(rng)
     expected = flat(dead, models)
     for method in (jn.maxcorr, jn.mincorr):
-        ranking, said = quietly(method, models, devices=devices)
+        ranking, said = quietly(method, models)
         assert sorted(ranking.dead.tolist()) == expected
         assert np.all(ranking.scores[expected] == 0) and sorted(ranking.order[-len(expected):].tolist()) == expected
         assert len(said) == 1 and f"{len(expected)} constant neuron" in said[0]
-    ranking, said = quietly(jn.linreg_ranking, models, devices=devices)
+    ranking, said = quietly(jn.linreg_ranking, models)
     assert sorted(ranking.dead.tolist()) == expected and np.all(ranking.scores[expected] == 0)
     assert said
 
 
-@pytest.mark.parametrize("devices", [None, 2])
-def test_similarity_gives_constant_neurons_weight_zero(rng, devices):
+def test_similarity_gives_constant_neurons_weight_zero(rng):
     models, _, dead = nasty(rng)
     moments = jn.comoments(np.hstack(list(models.values())))
     assert sorted(moments.dead.tolist()) == flat(dead, models)
-    result, said = quietly(jn.cca, models["a"], models["b"], devices=devices)
+    result, said = quietly(jn.cca, models["a"], models["b"])
     assert result.dead_x.tolist() == dead["a"] and result.dead_y.tolist() == dead["b"] and said
     assert np.all(np.asarray(result.directions_x)[dead["a"]] == 0)
     assert np.all(np.asarray(result.directions_y)[dead["b"]] == 0)
-    directions, _ = quietly(jn.direction_ranking, models["a"], models["b"], devices=devices)
+    directions, _ = quietly(jn.direction_ranking, models["a"], models["b"])
     assert directions.dead.tolist() == dead["a"] and np.all(directions.weights[dead["a"]] == 0)
-    matching, _ = quietly(jn.match_neurons, models["a"], models["b"], devices=devices)
+    matching, _ = quietly(jn.match_neurons, models["a"], models["b"])
     assert matching.dead_x.tolist() == dead["a"] and matching.dead_y.tolist() == dead["b"]
     assert np.all(matching.correlation[dead["a"]] == 0) and np.all(matching.correlation[:, dead["b"]] == 0)
-    sparse, _ = quietly(jn.sparse_prediction, models["a"], models["b"], devices=devices)
+    sparse, _ = quietly(jn.sparse_prediction, models["a"], models["b"])
     assert sparse.dead_x.tolist() == dead["a"] and np.all(sparse.coef[:, dead["a"]] == 0)
     assert np.all(sparse.r2[:, dead["b"]] == 0)
 
