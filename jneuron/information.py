@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jneuron.data.checks import as_2d, check_valid
+from jneuron.data.labelled import LABELS, LabelledSource, source_neurons
 from jneuron.data.labels import class_ids
 from jneuron.data.models import parse_layers
 from jneuron.data.source import (
@@ -41,8 +42,10 @@ from jneuron.data.source import (
     _names,
     as_source,
     float_dtype,
+    is_source,
     item_parts,
     reads_dtype,
+    requested_dtype,
     source_rows,
 )
 from jneuron.errors import JNeuronError, QuantizationWarning
@@ -281,14 +284,22 @@ def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple
     """The activations with their class ids as one more column (labels stream beside the rows), the
     neurons' identities, the number of classes and the rows per chunk."""
     if labels is not None:
-        layers = parse_layers(acts, names, what="activations")
-        arrays = [as_2d(a, f"model '{layers.models[m]}'" + (f", layer '{l}'" if l else ""))
-                  for a, m, l in zip(layers.data, layers.model_of, layers.layers)]
-        tokens = {a.shape[0] for a in arrays}
-        if len(tokens) != 1:
-            raise JNeuronError(f"all activation arrays must cover the same tokens; token counts differ: {sorted(tokens)}")
-        tokens = tokens.pop()
-        mask = None if valid is None else check_valid(valid, tokens)
+        if is_source(acts):  # files and stores stay on disk
+            source = acts if valid is None else acts.with_valid(valid)
+            neurons = source_neurons(source, names)
+        else:
+            layers = parse_layers(acts, names, what="activations")
+            arrays = [as_2d(a, f"model '{layers.models[m]}'" + (f", layer '{l}'" if l else ""))
+                      for a, m, l in zip(layers.data, layers.model_of, layers.layers)]
+            tokens = {a.shape[0] for a in arrays}
+            if len(tokens) != 1:
+                raise JNeuronError(f"all activation arrays must cover the same tokens; token counts differ: "
+                                   f"{sorted(tokens)}")
+            mask = None if valid is None else check_valid(valid, tokens.pop())
+            dtype = requested_dtype(float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays])))
+            source = ArraySource(tuple(arrays), tuple(layers.labels), mask, out_dtype=dtype)
+            neurons = layers.neurons()
+        tokens, mask = source.tokens, source.valid
         ids = np.asarray(labels)
         if mask is not None and ids.shape == mask.shape:  # the labels of invalid rows are never read
             ids = np.where(mask, ids, 0)
@@ -297,12 +308,10 @@ def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple
             raise JNeuronError("no tokens to analyse")
         classes = int(ids.max()) + 1 if classes is None else int(classes)
         class_ids(ids, "labels", tokens, classes)
-        dtype = float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays]))
-        source = ArraySource(tuple(arrays) + (ids.astype(dtype)[:, None],), tuple(layers.labels) + (LABELS,), mask)
-        neurons = layers.neurons()
-        rows = min(chunk_tokens or default_chunk_tokens(sum(source.widths), tokens), tokens, kinfo.MAX_CHUNK_TOKENS)
-        return _check_classes(classes), source, neurons, rows
-    if hasattr(acts, "shape") or isinstance(acts, (Mapping, list, tuple)) and _looks_like_arrays(acts):
+        labelled = LabelledSource(source, ids)
+        rows = min(chunk_tokens or default_chunk_tokens(sum(labelled.widths), tokens), tokens, kinfo.MAX_CHUNK_TOKENS)
+        return _check_classes(classes), labelled, neurons, rows
+    if hasattr(acts, "shape") or is_source(acts) or isinstance(acts, (Mapping, list, tuple)) and _looks_like_arrays(acts):
         raise JNeuronError("labels are required when activations are given as arrays")
     if valid is not None:
         raise JNeuronError("valid=: give each chunk's mask with its activations, as (Rows(x, valid), y)")
@@ -341,9 +350,6 @@ def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple
     neurons = NeuronIndex.from_widths(model_names, source.widths[:-1])
     rows = chunk_tokens or min(default_chunk_tokens(sum(source.widths)), max(len(first[-1]), 1))
     return classes, source, neurons, min(rows, kinfo.MAX_CHUNK_TOKENS)
-
-
-LABELS = "labels"  # the name of the class-id column that travels beside the activations
 
 
 def _check_classes(classes: int) -> int:

@@ -32,6 +32,7 @@ import numpy as np
 from jneuron import config
 from jneuron.crossmodel.tilereduce import tile_reducer
 from jneuron.data.checks import check_min_tokens
+from jneuron.data.labelled import source_neurons
 from jneuron.data.models import parse_layers
 from jneuron.data.source import Source, as_source, reads_dtype
 from jneuron.errors import JNeuronError
@@ -160,13 +161,7 @@ def _prepare(models, names, valid=None) -> tuple[Source, NeuronIndex, tuple[int,
     else:
         source = as_source(models, names=names, valid=valid)
         widths = source.widths
-        if hasattr(source, "layers"):  # a file source knows each model's layers
-            model_names = tuple(names) if names is not None else source.names
-            if len(model_names) != len(source.names):
-                raise JNeuronError(f"got {len(model_names)} names for {len(source.names)} models")
-            neurons = NeuronIndex.from_layers([(n, list(source.layers[m])) for n, m in zip(model_names, source.names)])
-        else:
-            neurons = NeuronIndex.from_widths(source.names, source.widths)
+        neurons = source_neurons(source, names if hasattr(source, "layers") else None)
     if len(widths) < 2:
         raise JNeuronError(f"cross-model rankings need at least 2 models, got {len(widths)}")
     return source, neurons, widths

@@ -97,9 +97,8 @@ def similarity_matrix(layers_a, layers_b=None, metric: str = "svcca", *, keep: f
         checkpoint folder to resume from, a progress line on stderr, a callback with each chunk's rows
         (the one pass's keywords, see :func:`jneuron.maxcorr`).
     """
-    return similarity_matrices(layers_a, layers_b, (metric,), keep=keep, rtol=rtol, chunk_tokens=chunk_tokens,
-                               valid=valid, devices=devices, mesh=mesh, checkpoint=checkpoint, progress=progress,
-                               on_chunk=on_chunk)[metric]
+    return _matrices(layers_a, layers_b, (metric,), keep, rtol, chunk_tokens, valid, devices, mesh, checkpoint,
+                     progress, on_chunk)[metric]
 
 
 @reads_dtype
@@ -121,6 +120,13 @@ def similarity_matrices(layers_a, layers_b=None, metrics=("svcca", "cka"), *, ke
     >>> sorted(jn.similarity_matrices(layers, metrics=["cca", "pwcca"]))
     ['cca', 'pwcca']
     """
+    return _matrices(layers_a, layers_b, metrics, keep, rtol, chunk_tokens, valid, devices, mesh, checkpoint,
+                     progress, on_chunk)
+
+
+def _matrices(layers_a, layers_b, metrics, keep, rtol, chunk_tokens, valid, devices, mesh, checkpoint, progress,
+              on_chunk) -> dict[str, SimilarityMatrix]:
+    """:func:`similarity_matrices` (both entry points' body: each sets the read dtype once)."""
     metrics = tuple(dict.fromkeys([metrics] if isinstance(metrics, str) else metrics))
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:

@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jneuron.data.atomic import atomic_write_bytes
+from jneuron.data.labelled import LabelledSource
 from jneuron.data.source import ArraySource, IteratorSource, Rows, Source, item_parts
 from jneuron.errors import JNeuronError, StaleCheckpointWarning
 from jneuron.kernels import moments as kmoments
@@ -49,8 +50,14 @@ def checkpoint_binding(source: Source, chunk_tokens: int) -> tuple[dict, dict]:
     ``CONTENT_ROWS`` rows; for numpy arrays in memory also a checksum over all their bytes (about
     0.15 s per GiB), so a value changed anywhere counts. An iterator that can be read only once is
     bound to its first chunk only (the one it has already given), a re-iterable callable or other
-    source to its first ``chunk_tokens`` rows, read once more.
+    source to its first ``chunk_tokens`` rows, read once more. A :class:`~jneuron.data.labelled.LabelledSource`
+    is bound to its source's binding and a checksum of every label.
     """
+    if isinstance(source, LabelledSource):
+        identity, state = checkpoint_binding(source.source, chunk_tokens)
+        identity.update(kind=f"LabelledSource/{identity['kind']}", names=list(source.names),
+                        widths=[int(w) for w in source.widths])
+        return identity, {**state, "labels": _checksum(np.ascontiguousarray(source.ids))}
     identity = {"kind": type(source).__name__, "names": list(source.names),
                 "widths": [int(w) for w in source.widths], "tokens": getattr(source, "tokens", None),
                 "source_dtype": str(np.dtype(source.dtype))}

@@ -1,0 +1,82 @@
+"""A source and its labels as one source: each row's class id travels as one more column.
+
+Labelled analyses (information measures, probeless class means, probe evaluation) fold the class ids in
+the same pass as the activations; a file or store source stays on disk and is read chunk by chunk.
+
+>>> import numpy as np, jneuron as jn
+>>> labelled = LabelledSource(jn.as_source([np.arange(6.0).reshape(3, 2)]), np.array([1, 0, 1]))
+>>> labelled.names, labelled.widths, next(labelled.rows(2)).parts.tolist()
+(('model0', 'labels'), (2, 1), [[0.0, 1.0, 1.0], [2.0, 3.0, 0.0]])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from jneuron.data.source import Rows, source_rows
+from jneuron.errors import JNeuronError
+from jneuron.results import NeuronIndex
+
+LABELS = "labels"  # the name of the class-id column
+
+
+@dataclass(frozen=True)
+class LabelledSource:
+    """``source``'s models, then ``labels``: the class id of every row (``ids``, one per token)."""
+
+    source: object
+    ids: np.ndarray
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.source.names) + (LABELS,)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(self.source.widths) + (1,)
+
+    @property
+    def tokens(self) -> int:
+        return self.source.tokens
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    @property
+    def valid(self) -> np.ndarray | None:
+        return getattr(self.source, "valid", None)
+
+    @property
+    def layers(self) -> dict:
+        return getattr(self.source, "layers", {})
+
+    reiterable = True
+
+    def rows(self, chunk_tokens: int, start: int = 0) -> Iterator[Rows]:
+        """The source's chunks from token ``start`` on, each with its rows' class ids as the last column."""
+        row = start
+        for rows in source_rows(self.source, chunk_tokens, start):
+            values = np.asarray(rows.parts)
+            ids = self.ids[row : row + len(values)].astype(values.dtype)[:, None]
+            row += len(values)
+            yield Rows(np.concatenate([values, ids], axis=1), rows.valid)
+
+    def chunks(self, chunk_tokens: int, start: int = 0) -> Iterator[np.ndarray]:
+        for rows in self.rows(chunk_tokens, start):
+            yield rows.parts
+
+
+def source_neurons(source, names: Sequence[str] | None = None) -> NeuronIndex:
+    """Who a source's columns are: its models (renamed by ``names``) with their layers where the source
+    knows them (files and stores), else one unnamed layer per model."""
+    models = tuple(names) if names is not None else tuple(source.names)
+    if len(models) != len(source.names):
+        raise JNeuronError(f"got {len(models)} names for {len(source.names)} models")
+    layers = getattr(source, "layers", None)
+    if isinstance(layers, dict) and all(m in layers for m in source.names):
+        return NeuronIndex.from_layers([(n, list(layers[m])) for n, m in zip(models, source.names)])
+    return NeuronIndex.from_widths(models, source.widths)
