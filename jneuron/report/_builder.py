@@ -17,8 +17,9 @@ jneuron command writes:
 - a command's run record (``{"jneuron_run": {...}}``): shown in the run metadata table.
 
 Every shape may carry ``"title"`` and ``"caption"``; further shapes plug in with :func:`register`. Every
-string that comes from data is escaped. The page has sortable tables, a neuron search box and a view per
-neuron (its rank in each analysis), in plain JavaScript.
+string that comes from data is escaped. The page has sortable tables, a neuron search box and a view of
+every neuron a table or chart shows (its rank in each analysis; its top tokens in context with
+:meth:`Report.add_store_views`), opened by the neuron's links, in plain JavaScript.
 
 >>> import numpy as np, tempfile, os
 >>> report = Report("demo")
@@ -131,7 +132,20 @@ class Report:
         self.neurons: dict[str, dict[str, str]] = {}  # label -> analysis -> "rank r of n, score s"
         self.views: dict[str, str] = {}  # label -> top-tokens HTML
         self.covered: set[str] = set()  # ranking methods already shown (information.json's measures)
-        self.leaders: dict[str, None] = {}  # the top neurons of every ranking, in order (for their views)
+        self.shown: dict[str, str] = {}  # label -> anchor of its view: every neuron the page shows, in order
+
+    def neuron_link(self, label, *, partner: bool = False) -> str:
+        """A link to the view of neuron ``label`` (the page gets that view); ``partner``: a link that does not
+        name its table row for the search box (a partner listed beside the row's neuron)."""
+        label = str(label)
+        if label not in self.shown:
+            taken, anchor, k = set(self.shown.values()), _anchor(label), 1
+            while anchor in taken:  # "m0/3" and "m0-3" both clean to n-m0-3
+                k += 1
+                anchor = f"{_anchor(label)}-{k}"
+            self.shown[label] = anchor
+        kind = "neuron-link partner" if partner else "neuron-link"
+        return f'<a class="{kind}" href="#{escape(self.shown[label])}">{escape(label)}</a>'
 
     # --- sections -------------------------------------------------------------------------------------
     def _add(self, kind: str, title: str, caption: str | None, images: Sequence[bytes] = (), html_body: str = ""):
@@ -140,8 +154,10 @@ class Report:
             body += f'<img class="plot" src="{{img:{k}}}" alt="{escape(title)}">'
         self.sections.append(_Section(title, body + html_body, list(images), kind))
 
-    def add_ranking(self, ranking, *, title: str | None = None, top: int = TOP, caption: str | None = None) -> None:
-        """Bars and a sortable table of the ``top`` neurons of a ranking (a Ranking or its ``to_dict()``)."""
+    def add_ranking(self, ranking, *, title: str | None = None, top: int = TOP, caption: str | None = None,
+                    chart: bool = True) -> None:
+        """Bars (unless not ``chart``) and a sortable table of the ``top`` neurons of a ranking (a Ranking or its
+        ``to_dict()``)."""
         if hasattr(ranking, "top"):  # a Ranking object: only its top records are built
             data = {"method": ranking.method, "descending": ranking.descending, "neurons": ranking.top(top),
                     "total": len(ranking.scores)}
@@ -154,7 +170,6 @@ class Report:
         method = str(data.get("method", "ranking"))
         total = int(data.get("total", len(every)))
         title = title or data.get("title") or f"{_display(method)}: top {len(records)} of {total} neurons"
-        self.leaders.update(dict.fromkeys(str(r["label"]) for r in records[:3]))
         for r in every:
             self.neurons.setdefault(str(r["label"]), {})[_display(method)] = \
                 f"rank {r.get('rank', 0) + 1} of {total}, score {_number(r.get('score'))}"
@@ -163,25 +178,26 @@ class Report:
         if not data.get("descending", True) and method.startswith("probe_ordering"):
             scores, xlabel = 1.0 - scores, "1 - weight-mass share at entry (longer: joins earlier)"
             score_name = "weight-mass share at entry"
-        if data.get("clip") is not None:
-            low, high = data["clip"]
-            scores = np.clip(scores, low, high)
-            xlabel += f", clipped to [{low:g}, {high:g}]"
-        png = plots.bars([str(r["label"]) for r in records], scores, title=title, xlabel=xlabel,
-                         groups=[str(r.get("model", "")) for r in records])
+        pngs = [plots.bars([str(r["label"]) for r in records], scores, title=title, xlabel=xlabel,
+                           groups=[str(r.get("model", "")) for r in records])] if chart else []
         extra = [k for k in ("step", "mutual_information", "kl_selectivity", "entropy", "selectivity")
                  if k in records[0] and k != method]
         partners = any(r.get("partners") for r in records)
         header = ["rank", "neuron", score_name, *extra] + (["partners (every other model)"] if partners else [])
-        rows = [[r.get("rank", i) + 1, _neuron(r["label"]), _number(r["score"]), *(_number(r.get(k)) for k in extra)]
-                + ([escape(_partners(r))] if partners else []) for i, r in enumerate(records)]
+        rows = [[r.get("rank", i) + 1, self.neuron_link(r["label"]), _number(r["score"]),
+                 *(_number(r.get(k)) for k in extra)] + ([self._partners(r)] if partners else [])
+                for i, r in enumerate(records)]
         dead = len(data.get("dead") or ())
         note = f'<p class="note">The top {len(records)} of {total}; every neuron is in the result files.' + (
             f" {dead} constant neurons (every value within {config.CONSTANT_ROUNDINGS} roundings of their magnitude)"
             " get the method's neutral score and rank last, as in every analysis." if dead
             else "") + "</p>"
-        self._add("ranking", title, caption or data.get("caption") or CAPTIONS.get(method), [png],
+        self._add("ranking", title, caption or data.get("caption") or CAPTIONS.get(method), pngs,
                   _table(header, rows) + note)
+
+    def _partners(self, record: Mapping) -> str:
+        return ", ".join(f"{self.neuron_link(p['label'], partner=True)} ({_number(p.get('rho'))})"
+                         for p in record.get("partners") or [])
 
     def add_heatmap(self, title: str, matrix, rows: Sequence[str], columns: Sequence[str], *,
                     caption: str | None = None, vmin: float | None = None, vmax: float | None = None) -> None:
@@ -210,6 +226,7 @@ class Report:
                         caption: str | None = None, **options) -> None:
         """Top-activating tokens of one neuron in context (options: sentence, labels, images, top, window)."""
         body = neuron_view_html(neuron, tokens, values, **options)
+        self.neuron_link(neuron)  # listed with the other neurons, found by the search box
         self.views[str(neuron)] = body
         self._add("neuron-view", title or f"Top inputs of {neuron}", caption, (), body)
 
@@ -261,18 +278,19 @@ class Report:
                 raise JNeuronError(f"{path}: holds no jneuron result files (.json from maxcorr, similarity, probe, ...)")
         return skipped
 
-    def add_store_views(self, store: str | Path, *, top: int = 8, neurons: int = 24) -> None:
-        """Top tokens in context of the top 3 neurons of every ranking (at most ``neurons``), from an activation
-        store with token text."""
+    def add_store_views(self, store: str | Path, *, top: int = 8) -> None:
+        """Top ``top`` tokens in context of every neuron the page shows (that has no view yet), from an
+        activation store with token text; each of the store's layers is read once."""
         from jneuron.data.files import open_activations
 
         source = open_activations(store)
         if source.text is None:
             return
         text = source.text()
-        wanted = [label for label in self.leaders if label not in self.views][:neurons]
+        wanted = [label for label in self.shown if label not in self.views]
         for column in source.columns:
-            units = {int(l.rsplit("/", 1)[1]): l for l in wanted if l.rsplit("/", 1)[0] == column.label}
+            units = {int(unit): label for label, (layer, _, unit) in ((l, l.rpartition("/")) for l in wanted)
+                     if layer == column.label and unit.isdigit() and int(unit) < column.width}
             if not units:
                 continue
             values = column.read(0, source.tokens)
@@ -293,9 +311,10 @@ class Report:
             parts.append(f'<section id="{anchor}" class="{section.kind}"><h2>{escape(section.title)}</h2>'
                          f"{body}</section>")
         intro = f"<p>{escape(self.intro)}</p>" if self.intro else ""
+        example = next(iter(self.shown), "a neuron's label")
         return _PAGE.format(title=escape(self.title), intro=intro, meta=self._metadata_html(), toc="".join(toc),
                             body="\n".join(parts), neurons=self._neurons_html(), script=_SCRIPT, style=_STYLE,
-                            script_hash=_SCRIPT_HASH)
+                            script_hash=_SCRIPT_HASH, example=escape(example))
 
     def _metadata_html(self) -> str:
         from jneuron import __version__
@@ -311,19 +330,22 @@ class Report:
         return f'<details class="metadata" open><summary>Run metadata</summary>{page}</details>'
 
     def _neurons_html(self) -> str:
-        if not self.neurons:
+        """The view of every neuron the page shows: its rank and score in every analysis, its top inputs."""
+        if not self.shown:
             return ""
         items = []
-        for label, where in list(self.neurons.items())[:400]:
-            ranks = "".join(f"<li>{escape(a)}: {escape(v)}</li>" for a, v in where.items())
-            view = self.views.get(label, "")
-            items.append(f'<details class="neuron" id="{escape(_anchor(label))}" data-neuron="{escape(label)}">'
-                         f"<summary>{escape(label)}</summary><ul>{ranks}</ul>{view}</details>")
-        more = len(self.neurons) - len(items)
-        tail = f'<p class="note">{more} more neurons are in the result files.</p>' if more > 0 else ""
-        return (f'<section id="neurons" class="neurons"><h2>Neurons</h2><p class="caption">Each neuron of the '
-                "tables above: its rank and score in every analysis, and its top inputs where the activations "
-                f"came with text. Type in the search box to find one.</p>{''.join(items)}{tail}</section>")
+        for label, anchor in self.shown.items():
+            ranks = "".join(f"<li>{escape(a)}: {escape(v)}</li>" for a, v in self.neurons.get(label, {}).items())
+            ranks = f"<ul>{ranks}</ul>" if ranks else '<p class="note">In none of the rankings on this page.</p>'
+            items.append(f'<details class="neuron" id="{escape(anchor)}" data-neuron="{escape(label)}">'
+                         f"<summary>{escape(label)}</summary>{ranks}{self.views.get(label, '')}</details>")
+        more = len(self.neurons.keys() - self.shown.keys())
+        tail = f'<p class="note">{_count(more, "more ranked neuron")} not shown here: see the result files.</p>' \
+            if more else ""
+        return (f'<section id="neurons" class="neurons"><h2>Neurons</h2><p class="caption">The '
+                f"{_count(len(items), 'neuron')} the tables and charts above show: each one's rank and score in "
+                "every analysis, and its top inputs where the activations came with text. A neuron's link opens "
+                f"its view; type in the search box to find one.</p>{''.join(items)}{tail}</section>")
 
     def write(self, path: str | Path) -> Path:
         """Write the page to ``path`` (``.html``; any other path is a folder, given ``index.html``), atomically."""
@@ -388,16 +410,13 @@ def _fact(value) -> str:
     return str(value)
 
 
-def _partners(record: Mapping) -> str:
-    return ", ".join(f"{p['label']} ({_number(p.get('rho'))})" for p in record.get("partners") or [])
+def _count(n: int, noun: str) -> str:
+    """``"1 neuron"``, ``"3 neurons"``: a count with its noun."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _anchor(label) -> str:
     return "n-" + "".join(c if c.isalnum() else "-" for c in str(label))
-
-
-def _neuron(label) -> str:
-    return f'<a class="neuron-link" href="#{escape(_anchor(label))}">{escape(label)}</a>'
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence], *, escaped: bool = True) -> str:
@@ -429,7 +448,8 @@ def _similarity(report: Report, data: Mapping, name: str) -> None:
 
 def _match(report: Report, data: Mapping, name: str) -> None:
     pairs = sorted(data["pairs"], key=lambda p: -abs(p["rho"]))
-    rows = [[str(p["x"]["label"]), str(p["y"]["label"]), float(p["rho"])] for p in pairs]
+    rows = [[report.neuron_link(p["x"]["label"]), report.neuron_link(p["y"]["label"]), _number(float(p["rho"]))]
+            for p in pairs[:TOP]]
     png = plots.histogram([p["rho"] for p in pairs], title="correlation of the matched pairs", xlabel="rho",
                           ylabel="pairs")
     images = [png]
@@ -440,9 +460,10 @@ def _match(report: Report, data: Mapping, name: str) -> None:
         images.append(plots.curves({"mean R\u00b2": (nonzero, np.nanmean(r2, axis=1))},
                                    title="sparse prediction: R\u00b2 against units used",
                                    xlabel="mean units used per prediction", ylabel="mean R\u00b2"))
-    report.add_table(data.get("title") or f"Neuron matching ({data['method']}), total rho {data['total']:.3f}",
-                     ["x unit", "y unit", "rho"], rows, caption=data.get("caption") or CAPTIONS["match"],
-                     images=images)
+    note = f'<p class="note">The {len(rows)} pairs of highest |rho| of {len(pairs)}; every pair is in the result ' \
+        "files.</p>"
+    report._add("table", data.get("title") or f"Neuron matching ({data['method']}), total rho {data['total']:.3f}",
+                data.get("caption") or CAPTIONS["match"], images, _table(["x unit", "y unit", "rho"], rows) + note)
 
 
 def _probe(report: Report, data: Mapping, name: str) -> None:
@@ -485,28 +506,33 @@ def _probe_ablation(report: Report, data: Mapping, name: str) -> None:
 
 
 def _information(report: Report, data: Mapping, name: str) -> None:
+    """The four measures, each with its own cautions: a cut meant for sigmoid outputs under the quantized
+    measures, the unbounded index on signed activations under class selectivity (a table, no chart)."""
     from jneuron.information import MEASURES
 
     neurons = data["neurons"]
-    quantization = data.get("quantization") or {}
-    notes = list(data.get("warnings") or [])
-    signed = "selectivity" in neurons[0] and any(not -1e-9 <= (n.get("selectivity") or 0) <= 1.0 + 1e-9 for n in neurons)
-    if signed and not notes:
-        notes.append("some class selectivity values lie outside [0, 1]: the activations are signed, where the index "
-                     "is unbounded")
+    notes = [n if n.rstrip().endswith(".") else n.rstrip() + "." for n in map(str, data.get("warnings") or [])]
+    cautions = {"selectivity": [n for n in notes if "class selectivity" in n]}
+    cautions["quantized"] = [n for n in notes if n not in cautions["selectivity"]]
+    if "selectivity" in neurons[0] and not cautions["selectivity"] and \
+            any(not -1e-9 <= (n.get("selectivity") or 0) <= 1.0 + 1e-9 for n in neurons):
+        cautions["selectivity"].append("Some class selectivity values lie outside [0, 1]: the activations are signed, "
+                                       "where the index is unbounded.")
+    facts = f" Unit: {data.get('unit', 'bits')}; H(Y) = {_number(data.get('label_entropy'))}; quantization: " \
+        f"{_fact(data.get('quantization') or {})}."
     for measure in MEASURES:
         if measure not in neurons[0]:
             continue
         ranked = sorted(range(len(neurons)), key=lambda i: (-(neurons[i][measure] if neurons[i][measure] is not None
                                                               else -np.inf), i))
         records = [{**neurons[i], "rank": r, "score": neurons[i][measure]} for r, i in enumerate(ranked)]
-        caption = CAPTIONS[measure] + f" Unit: {data.get('unit', 'bits')}; H(Y) = {_number(data.get('label_entropy'))}; " \
-            f"quantization: {_fact(quantization)}."
-        if measure == "selectivity" and notes:
-            caption += " Caution: " + " ".join(notes)
-        clip = (-1.0, 1.0) if measure == "selectivity" and (signed or notes) else None
-        report.add_ranking({"method": measure, "neurons": records, "total": len(records), "clip": clip},
-                           caption=caption)
+        selectivity = measure == "selectivity"
+        caution = cautions["selectivity" if selectivity else "quantized"]
+        caption = CAPTIONS[measure] + ("" if selectivity else facts) + \
+            (" Caution: " + " ".join(caution) if caution else "") + \
+            (" No chart: the largest values of an unbounded index say little." if selectivity and caution else "")
+        report.add_ranking({"method": measure, "neurons": records, "total": len(records)}, caption=caption,
+                           chart=not (selectivity and caution))
         report.covered.add(measure)
 
 
@@ -628,8 +654,9 @@ table.sortable th[aria-sort=descending]::after { content: " \\25BC"; }
 table.meta th { background: #f4f4f4; } table.meta caption { text-align: left; font-weight: bold; }
 .caption { color: #444; } .note { color: #777; font-size: 0.85em; }
 #search { position: sticky; top: 0; background: #fff; padding: 0.5em 0; z-index: 1; }
+section, details.neuron { scroll-margin-top: 3.5em; }  /* anchors land below the search bar */
 #search input { width: 22em; font-size: 1em; padding: 3px 6px; }
-tr.hidden, details.neuron.hidden { display: none; }
+tr.hidden, table.hidden, details.neuron.hidden { display: none; }
 details.neuron { margin: 0.2em 0; } details.neuron summary { cursor: pointer; font-family: ui-monospace, monospace; }
 ol.contexts li { margin: 0.4em 0; }
 .neuron-view.images ol.contexts { display: flex; flex-wrap: wrap; gap: 0.3em 2.5em; padding-left: 2em; }
@@ -647,48 +674,96 @@ _SCRIPT = """
   window.addEventListener("error", function () {
     status.dataset.errors = String(Number(status.dataset.errors || 0) + 1);
   });
+  var each = function (list, f) { Array.prototype.forEach.call(list, f); };
+  var NUMBER = /^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$/;
   function key(cell) {
     var text = cell.textContent.trim();
-    var number = parseFloat(text);
-    return isNaN(number) || !/^[-+]?[0-9.]/.test(text) ? text.toLowerCase() : number;
+    return NUMBER.test(text) ? parseFloat(text) : text;
   }
-  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, column) {
+  function compare(x, y) {  // numbers first; text in natural order (m0/2 before m0/10)
+    if (typeof x !== typeof y) { return typeof x === "number" ? -1 : 1; }
+    if (typeof x === "number") { return x < y ? -1 : x > y ? 1 : 0; }
+    return x.localeCompare(y, undefined, {numeric: true, sensitivity: "base"});
+  }
+  var tables = Array.prototype.slice.call(document.querySelectorAll("table.sortable"));
+  tables.forEach(function (table) {
+    each(table.tHead.rows[0].cells, function (th, column) {
       th.addEventListener("click", function () {
         var down = th.getAttribute("aria-sort") !== "descending";
-        Array.prototype.forEach.call(table.tHead.rows[0].cells, function (o) { o.removeAttribute("aria-sort"); });
+        each(table.tHead.rows[0].cells, function (o) { o.removeAttribute("aria-sort"); });
         th.setAttribute("aria-sort", down ? "descending" : "ascending");
         var rows = Array.prototype.slice.call(table.tBodies[0].rows);
         rows.sort(function (a, b) {
-          var x = key(a.cells[column]), y = key(b.cells[column]);
-          var order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
+          var order = compare(key(a.cells[column]), key(b.cells[column]));
           return down ? -order : order;
         });
         rows.forEach(function (row) { table.tBodies[0].appendChild(row); });
       });
     });
+    var none = document.createElement("p");  // said in place of a table the search empties
+    none.className = "note no-match";
+    none.hidden = true;
+    none.textContent = "No row of this table matches the search.";
+    table.parentNode.insertBefore(none, table.nextSibling);
   });
   var box = document.getElementById("neuron-search");
-  box.addEventListener("input", function () {
-    var query = box.value.trim().toLowerCase();
-    var shown = 0;
-    Array.prototype.forEach.call(document.querySelectorAll("table.sortable tbody tr"), function (row) {
-      var cell = row.querySelector("a.neuron-link") || row;  // rows of neurons: match the neuron itself
-      var hide = query !== "" && cell.textContent.toLowerCase().indexOf(query) < 0;
-      row.classList.toggle("hidden", hide);
-    });
-    Array.prototype.forEach.call(document.querySelectorAll("details.neuron"), function (item) {
-      var hide = query !== "" && item.dataset.neuron.toLowerCase().indexOf(query) < 0;
-      item.classList.toggle("hidden", hide);
-      if (!hide) { shown += 1; }
-    });
-    document.getElementById("search-count").textContent = query === "" ? "" : shown + " neurons match";
-  });
-  if (location.hash.indexOf("#find=") === 0) {  // a link to the page with a search: report.html#find=m0/3
-    box.value = decodeURIComponent(location.hash.slice(6));
-    box.dispatchEvent(new Event("input"));
+  var bar = document.getElementById("search");
+  function matches(texts, query) {
+    return query === "" || texts.some(function (t) { return t.toLowerCase().indexOf(query) >= 0; });
   }
+  function search() {
+    var query = box.value.trim().toLowerCase();
+    tables.forEach(function (table) {
+      var left = 0;
+      each(table.tBodies[0].rows, function (row) {  // rows of neurons: match the row's neurons, not partners
+        var names = Array.prototype.map.call(row.querySelectorAll("a.neuron-link:not(.partner)"),
+                                             function (a) { return a.textContent; });
+        var hide = !matches(names.length ? names : [row.textContent], query);
+        row.classList.toggle("hidden", hide);
+        left += hide ? 0 : 1;
+      });
+      var empty = left === 0 && table.tBodies[0].rows.length > 0;
+      table.classList.toggle("hidden", empty);
+      table.nextSibling.hidden = !empty;
+    });
+    var shown = 0;
+    each(document.querySelectorAll("details.neuron"), function (item) {
+      var hide = !matches([item.dataset.neuron], query);
+      item.classList.toggle("hidden", hide);
+      shown += hide ? 0 : 1;
+    });
+    document.getElementById("search-count").textContent = query === "" ? "" : shown === 0 ?
+      "no neuron on this page matches (every neuron is in the result files)" :
+      shown === 1 ? "1 neuron matches" : shown + " neurons match";
+  }
+  box.addEventListener("input", search);
+  function reveal(id) {  // open a neuron's view and scroll it to just below the search bar
+    var view = document.getElementById(id);
+    if (!view || !view.classList.contains("neuron")) { return false; }
+    if (view.classList.contains("hidden")) { box.value = ""; search(); }
+    view.open = true;
+    window.scrollTo(0, view.getBoundingClientRect().top + window.pageYOffset - bar.offsetHeight - 8);
+    return true;
+  }
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest ? event.target.closest("a.neuron-link") : null;
+    var id = link ? decodeURIComponent(link.hash.slice(1)) : "";
+    if (link && reveal(id)) {
+      event.preventDefault();
+      history.pushState(null, "", "#" + id);  // the back button returns to the table
+    }
+  });
+  function follow() {  // report.html#find=m0/3 searches; report.html#n-m0-3 opens that view
+    if (location.hash.indexOf("#find=") === 0) {
+      box.value = decodeURIComponent(location.hash.slice(6));
+      search();
+    } else if (location.hash.length > 1) {
+      reveal(decodeURIComponent(location.hash.slice(1)));
+    }
+  }
+  window.addEventListener("hashchange", follow);
   window.addEventListener("load", function () {
+    follow();
     var images = Array.prototype.slice.call(document.images);
     status.dataset.imagesTotal = images.length;
     status.dataset.imagesLoaded = images.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
@@ -706,7 +781,7 @@ _PAGE = """<!DOCTYPE html>
 script-src '{script_hash}'">
 <style>{style}</style></head>
 <body><h1>{title}</h1>{intro}{meta}
-<div id="search"><label>Find a neuron: <input id="neuron-search" type="search" placeholder="e.g. mlp0/layers/1/17">\
+<div id="search"><label>Find a neuron: <input id="neuron-search" type="search" placeholder="e.g. {example}">\
 </label> <span id="search-count"></span></div>
 <ul class="toc">{toc}</ul>
 {body}

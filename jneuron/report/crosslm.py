@@ -45,7 +45,8 @@ def add_crosslm(report, data: Mapping, name: str = "") -> None:
              f"<th>random (mean)</th></tr>{rows}</table>")
     if data["control"]:
         rows = "".join(
-            f"<tr><td>{c['group']}</td><td>{html.escape(c['neuron'])}</td><td>{c['v']:+g}</td><td>{c['kl']:.4f}</td>"
+            f"<tr><td>{c['group']}</td><td>{report.neuron_link(c['neuron'])}</td><td>{c['v']:+g}</td>"
+            f"<td>{c['kl']:.4f}</td>"
             f"<td>{html.escape(', '.join(p['word'] for p in c['promoted']))}</td>"
             f"<td>{html.escape(', '.join(p['word'] for p in c['demoted']))}</td>"
             f"<td>{html.escape(', '.join(c['highest_after']))}</td></tr>" for c in data["control"])

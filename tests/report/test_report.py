@@ -1,9 +1,12 @@
 """Reports: every result shape renders into one self-contained page, every data string is escaped, and the
-page works in headless Chromium (no console errors, every image decoded, search, no injected script runs).
+page works in headless Chromium (no console errors, every image decoded, search, no injected script runs;
+every linked neuron has a view that its link opens and the search finds).
 
-One Chromium run serves the whole file (the ``browsed`` fixture); the demo report's browser test is in
-tests/cli/test_cli.py, beside the demo run it needs."""
+Two Chromium runs serve the whole file (the ``browsed`` and ``probed`` fixtures); the demo report's browser
+test is in tests/cli/test_cli.py, beside the demo run it needs."""
 
+import base64
+import hashlib
 import html
 import json
 import re
@@ -15,7 +18,8 @@ import pytest
 
 import jneuron as jn
 from jneuron.cli.main import main
-from jneuron.errors import JNeuronError
+from jneuron.data.store import StoreWriter
+from jneuron.errors import JNeuronError, QuantizationWarning
 from jneuron.report import Report, neuron_view_html, register
 from jneuron.report.plots import text_colour
 
@@ -29,8 +33,15 @@ def _ranking_dict(method, labels, scores, **extra):
 
 
 def every_result(folder, rng):
-    """One file of every shape a jneuron command writes, some carrying hostile strings."""
+    """One file of every shape a jneuron command writes, some carrying hostile strings, and the activation
+    store they came from (token k is "wk", in sentence k // 10)."""
     models = {f"m{i}": rng.normal(size=(200, 4)) for i in range(3)}
+    with StoreWriter(folder / "store.zarr") as store:
+        for name, values in models.items():
+            store.append(name, "", values.astype(np.float32))
+        store.append_text([f"w{k}" for k in range(200)], np.arange(200) // 10)
+    with pytest.warns(QuantizationWarning):  # signed activations, the 1-bit cut at 0.5: both cautions
+        information = jn.neuron_information(models, rng.integers(0, 3, 200), threshold=0.5)
     ranking = jn.maxcorr(models)
     files = {
         "maxcorr.json": ranking.to_dict(),
@@ -39,8 +50,7 @@ def every_result(folder, rng):
         "similarity_cka.json": jn.similarity_matrix(models, metric="cka").to_dict(),
         "match_bipartite.json": jn.match_neurons(models["m0"], models["m1"], names=("m0", HOSTILE)).to_dict(),
         "probeless.json": jn.probeless(models["m0"], rng.integers(0, 3, 200)).overall.to_dict(),
-        "information.json": {**jn.neuron_information(models, rng.integers(0, 3, 200), threshold=0.0).to_dict(),
-                             "classes": [0, 1, 2], "warnings": []},
+        "information.json": {**information.to_dict(), "classes": [0, 1, 2]},
         "probe.json": {"grid": {"l1": [0.0], "l2": [1e-3], "accuracy": [[0.8]], "neurons_needed": [[3]],
                                 "tolerance": 0.01, "mass": 0.9,
                                 "best": {"l1": 0.0, "l2": 1e-3, "accuracy": 0.8, "neurons_needed": 3}},
@@ -68,7 +78,8 @@ def every_result(folder, rng):
         "rejuvenation.json": {"study": "neural-rejuvenation", "config": {"l1": 0.03}, "rejuvenated_at": 1,
                               "history": [{"epoch": 1, "accuracy": 0.5, "utilization": 0.9},
                                           {"epoch": 2, "accuracy": 0.7, "utilization": 0.6}]},
-        "conductance.json": _ranking_dict("conductance", [f"{HOSTILE}/0", "m0/1"], [0.5, 0.2]),
+        "conductance.json": _ranking_dict("conductance", [f"{HOSTILE}/0", "m0/10", "m0/2", "m0/1"],
+                                          [0.5, 0.4, 0.3, 0.2]),
         "neuron_view.json": {"neuron_view": {"neuron": "m0/3", "tokens": ["the", HOSTILE, "sat", "a", "dog"],
                                              "values": [0.1, 2.5, 0.3, 2.2, -1.0], "sentence": [0, 0, 0, 1, 1],
                                              "labels": ["DT", "NN", "VB", "DT", HOSTILE], "top": 2, "window": 1}},
@@ -96,12 +107,12 @@ def _chromium() -> str:
     pytest.fail("headless Chromium is needed for the report tests: apt-get install -y chromium (make chromium)")
 
 
-def browse(page, profile, *, screenshot=None, fragment=""):
+def browse(page, profile, *, screenshot=None, fragment="", height=3000):
     """Load ``page`` in headless Chromium: ``(DOM after load, console lines)``; optionally a screenshot."""
     command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000",
-               "--window-size=1200,3000", "--dump-dom", page.as_uri() + fragment]
+               f"--window-size=1200,{height}", "--dump-dom", page.as_uri() + fragment]
     if screenshot is not None:
         command.insert(-2, f"--screenshot={screenshot}")
     result = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
@@ -120,6 +131,7 @@ def folder(tmp_path_factory):
 def built(folder):
     report = Report(f"report {HOSTILE}", f"intro {HOSTILE}", metadata={"command": f"jneuron report {HOSTILE}"})
     skipped = report.add_results([folder])
+    report.add_store_views(folder / "store.zarr")
     return report, report.write(folder / "out" / "report.html"), skipped
 
 
@@ -206,10 +218,11 @@ def test_unknown_result_shape_is_an_error_and_new_shapes_plug_in(tmp_path):
 def test_neuron_view_shows_top_tokens_in_their_sentence():
     html = neuron_view_html("n", ["a", "b", "c", "d"], [0.0, 3.0, 1.0, -2.0], sentence=[0, 0, 1, 1], top=2, window=3)
     contexts = re.findall(r'<li class="context" data-row="(\d+)">(.*?)</li>', html)
-    assert [row for row, _ in contexts] == ["1", "2"]  # largest first
+    assert [row for row, _ in contexts] == ["2", "3"]  # largest first; rows counted from 1
     first_tokens = re.findall(r'class="tok[^"]*"[^>]*>([^<]*)</span>', contexts[0][1])
-    assert first_tokens == ["a", "b"]  # context stays within sentence 0
-    assert 'class="tok peak" title="row 1: +3.0000"' in html and "rgba(220,50,32,1.000)" in html
+    assert first_tokens == ["a", "b"]  # context stays within sentence 1
+    assert "#1, row 2, sentence 1, word 2" in contexts[0][1] and "#2, row 3, sentence 2, word 1" in contexts[1][1]
+    assert 'class="tok peak" title="row 2: +3.0000"' in html and "rgba(220,50,32,1.000)" in html
     assert "rgba(30,90,200,0.667)" in html  # the negative neighbour -2.0, at 2/3 of the largest |value|
 
 
@@ -242,3 +255,136 @@ def test_search_box_filters_tables_and_neurons(browsed):
     assert 'id="neuron-search"' in dom and "neurons match" in dom
     rows = re.findall(r'<tr( class="hidden")?><td>\d+</td><td><a class="neuron-link" href="[^"]+">([^<]+)</a>', dom)
     assert rows and all(bool(hidden) != ("m1/" in label) for hidden, label in rows)
+
+
+# Run in the page after load (a test copy of the page allows it by its hash): what a user does, recorded in
+# <body data-probe>: search every linked neuron, search for nothing, sort a neuron column, click a link.
+PROBE = """
+window.addEventListener("load", function () {
+  var box = document.getElementById("neuron-search"), out = {};
+  var list = function (items) { return Array.prototype.slice.call(items); };
+  function find(text) {
+    box.value = text;
+    box.dispatchEvent(new Event("input"));
+    return document.getElementById("search-count").textContent;
+  }
+  var links = list(document.querySelectorAll("section table a.neuron-link"));
+  out.links = links.map(function (a) {
+    var view = document.getElementById(decodeURIComponent(a.hash.slice(1)));
+    var said = find(a.textContent);
+    return {label: a.textContent, neuron: view && view.matches("details.neuron") ? view.dataset.neuron : null,
+            found: !!view && !view.classList.contains("hidden"), said: said};
+  });
+  out.nothing = find("no such neuron");
+  out.tables = list(document.querySelectorAll("table.sortable")).map(function (t) {
+    return [getComputedStyle(t).display, t.nextSibling.hidden ? "" : t.nextSibling.textContent];
+  });
+  find("");
+  var conductance = list(document.querySelectorAll("h2")).filter(function (h) {
+    return h.textContent.indexOf("Conductance") === 0; })[0].parentNode.querySelector("table");
+  var th = conductance.tHead.rows[0].cells[1];
+  th.click();
+  th.click();
+  out.sorted = [th.getAttribute("aria-sort")].concat(list(conductance.tBodies[0].rows).map(function (r) {
+    return r.cells[1].textContent; }));
+  var link = document.querySelector("section.ranking table a.neuron-link");
+  var view = document.getElementById(link.hash.slice(1));
+  window.scrollTo(0, 0);
+  link.click();
+  out.click = {label: link.textContent, open: view.open, top: view.getBoundingClientRect().top,
+               bar: document.getElementById("search").getBoundingClientRect().bottom, height: window.innerHeight,
+               scrolled: window.pageYOffset, hash: location.hash, id: view.id};
+  document.body.dataset.probe = JSON.stringify(out);
+});
+"""
+
+
+@pytest.fixture(scope="module")
+def probed(built, tmp_path_factory):
+    """The page with :data:`PROBE` added, loaded in Chromium 900 pixels high: ``(probe results, console)``."""
+    _, page, _ = built
+    digest = "sha256-" + base64.b64encode(hashlib.sha256(PROBE.encode()).digest()).decode()
+    text = page.read_text()
+    text = re.sub(r"script-src '([^']+)'", rf"script-src '\1' '{digest}'", text, count=1)
+    copy = tmp_path_factory.mktemp("probed") / "report.html"
+    copy.write_text(text.replace("</body>", f"<script>{PROBE}</script></body>"))
+    dom, console = browse(copy, tmp_path_factory.mktemp("profile"), height=900)
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, (console, dom[-2000:])
+    return json.loads(html.unescape(found.group(1))), console
+
+
+def _views(page_text):
+    """``{label: view HTML}`` of the page's neuron views."""
+    views = re.findall(r'<details class="neuron" id="[^"]+" data-neuron="([^"]+)">(.*?)</details>', page_text,
+                       re.DOTALL)
+    return {html.unescape(label): body for label, body in views}
+
+
+def test_every_linked_neuron_has_a_view_with_its_top_tokens(built):
+    report, page, _ = built
+    text = page.read_text()
+    views = _views(text)
+    linked = {html.unescape(label) for label in re.findall(r'<a class="neuron-link[^"]*" href="#[^"]+">([^<]+)</a>',
+                                                          text)}
+    assert linked and linked <= set(views) and set(views) == set(report.shown)
+    in_store = {label for label in linked if re.fullmatch(r"m[0-2]/[0-3]", label)}
+    assert len(in_store) == 12  # every neuron of the store is in some table here (maxcorr's top 12)
+    assert all('class="neuron-view"' in views[label] for label in in_store)  # top tokens, from the store
+    assert "Mutual information: rank" in views["m1/2"] and "MaxCorr: rank" in views["m1/2"]
+    placeholder = html.unescape(re.search(r'placeholder="e\.g\. ([^"]+)"', text).group(1))
+    assert placeholder in views
+
+
+def test_rows_sentences_and_words_count_from_1(built):
+    views = _views(built[1].read_text())
+    from_store = "".join(body for label, body in views.items() if label != "m0/3")  # m0/3: neuron_view.json's
+    contexts = re.findall(r'<li class="context" data-row="(\d+)"><span class="value">[^<]+</span> '
+                          r'<span class="where">#\d+, row (\d+), sentence (\d+), word (\d+)</span>(.*?)</li>',
+                          from_store)
+    assert len(contexts) == 11 * 8
+    for data_row, row, sentence, word, line in contexts:
+        row = int(row)  # token k (from 0) is "wk", in sentence k // 10
+        peak = re.search(r'class="tok peak" title="row (\d+):[^"]*"[^>]*>([^<]+)<', line).groups()
+        assert int(data_row) == row and peak == (str(row), f"w{row - 1}")
+        assert (int(sentence), int(word)) == ((row - 1) // 10 + 1, (row - 1) % 10 + 1)
+
+
+def test_information_cautions_sit_under_the_measures_they_concern(built):
+    text = built[1].read_text()
+    sections = {html.unescape(title).split(":")[0]: body for title, body in
+                re.findall(r'<section id="s\d+" class="ranking"><h2>([^<]+)</h2>(.*?)</section>', text, re.DOTALL)}
+    for measure in ("Mutual information", "KL selectivity", "Entropy"):
+        caption = re.search(r'<p class="caption">([^<]+)</p>', sections[measure]).group(1)
+        assert "1-bit cut" in caption and "Unit: bits" in caption and "divides by the sum" not in caption
+        assert '<img class="plot"' in sections[measure]
+    caption = re.search(r'<p class="caption">([^<]+)</p>', sections["Class selectivity"]).group(1)
+    assert "divides by the sum of class means" in caption and "1-bit cut" not in caption and "Unit" not in caption
+    assert '<img class="plot"' not in sections["Class selectivity"]  # no chart of an unbounded index
+    assert sections["Class selectivity"].count("<tr>") == 1 + 12  # the table, every neuron
+
+
+def test_search_finds_every_linked_neuron_and_says_how_many(probed, built):
+    results, console = probed
+    assert console == [], console
+    shown = list(built[0].shown)
+    assert len(results["links"]) >= 12 * 4
+    for link in results["links"]:
+        assert link["neuron"] == link["label"] and link["found"], link
+        matches = sum(link["label"].lower() in label.lower() for label in shown)
+        assert link["said"] == ("1 neuron matches" if matches == 1 else f"{matches} neurons match"), link
+    assert any(link["said"] == "1 neuron matches" for link in results["links"])
+    assert results["nothing"].startswith("no neuron on this page matches")
+    assert all(display == "none" and said.startswith("No row") for display, said in results["tables"])
+
+
+def test_neuron_columns_sort_naturally(probed):
+    order, *labels = probed[0]["sorted"]
+    ordered = [label for label in labels if label.startswith("m0/")]
+    assert order == "ascending" and ordered == ["m0/1", "m0/2", "m0/10"]
+
+
+def test_a_neuron_link_opens_its_view_below_the_search_bar(probed):
+    click = probed[0]["click"]
+    assert click["open"] and click["hash"] == "#" + click["id"] and click["scrolled"] > 0, click
+    assert click["bar"] <= click["top"] <= click["bar"] + 16, click  # right below the sticky bar, not under it
