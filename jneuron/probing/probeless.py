@@ -23,9 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from jneuron.data.checks import as_2d, check_valid
+from jneuron.data.labelled import LABELS, LabelledSource, source_neurons
 from jneuron.data.labels import label_values
 from jneuron.data.models import parse_layers
-from jneuron.data.source import ArraySource, Rows, float_dtype, reads_dtype, requested_dtype, source_rows
+from jneuron.data.source import (
+    ArraySource,
+    Rows,
+    float_dtype,
+    is_source,
+    reads_dtype,
+    requested_dtype,
+    source_rows,
+)
 from jneuron.errors import JNeuronError
 from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
@@ -73,7 +82,6 @@ class Probeless(Result):
 
 
 STREAMED_CLASSES = 1024  # distinct labels a stream of (activations, labels) chunks may hold (the tables' width)
-LABELS = "labels"  # the class-id column that travels beside the activations
 
 
 def class_means(data, labels=None, *, names=None, chunk_tokens: int = 16384, valid=None, devices=None, mesh=None,
@@ -170,23 +178,27 @@ def labelled_source(data, labels, names, chunk_tokens: int, valid):
     """The activations with class ids as one more column, the neurons, the sorted label values (None
     when they come with the chunks) and the rows per chunk."""
     if labels is not None:
-        layers = parse_layers(data, names, prefix="model", what="activations")
-        if hasattr(data, "shape") and names is None:
-            layers = parse_layers(data, ["model"], what="activations")
-        arrays = [as_2d(a, "activations") for a in layers.data]
-        tokens = arrays[0].shape[0]
-        if any(a.shape[0] != tokens for a in arrays):
-            raise JNeuronError("activations: all arrays must cover the same tokens")
+        if is_source(data):  # files and stores stay on disk
+            source = data if valid is None else data.with_valid(valid)
+            neurons = source_neurons(source, names)
+        else:
+            layers = parse_layers(data, names, prefix="model", what="activations")
+            if hasattr(data, "shape") and names is None:
+                layers = parse_layers(data, ["model"], what="activations")
+            arrays = [as_2d(a, "activations") for a in layers.data]
+            if any(a.shape[0] != arrays[0].shape[0] for a in arrays):
+                raise JNeuronError("activations: all arrays must cover the same tokens")
+            dtype = requested_dtype(float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays])))
+            mask = None if valid is None else check_valid(valid, arrays[0].shape[0])
+            source = ArraySource(tuple(arrays), tuple(layers.labels), mask, out_dtype=dtype)
+            neurons = layers.neurons()
+        tokens, mask = source.tokens, source.valid
         values = label_values(labels, "labels", tokens)
-        mask = None if valid is None else check_valid(valid, tokens)
         classes = np.unique(values if mask is None else values[mask])
         ids = np.searchsorted(classes, values) if len(classes) else np.zeros(tokens, np.int64)
         if mask is not None:
             ids = np.where(mask, ids, 0)
-        dtype = requested_dtype(float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays])))
-        source = ArraySource(tuple(arrays) + (ids.astype(dtype)[:, None],), tuple(layers.labels) + (LABELS,), mask,
-                             out_dtype=dtype)
-        return source, layers.neurons(), classes, max(1, min(chunk_tokens, tokens))
+        return LabelledSource(source, ids), neurons, classes, max(1, min(chunk_tokens, tokens))
     if valid is not None:
         raise JNeuronError("valid=: give each chunk's mask with its activations, as (Rows(x, valid), y)")
     source = _LabelledChunks(data, names)
