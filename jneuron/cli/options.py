@@ -280,8 +280,6 @@ def read_labels(args: argparse.Namespace, source: FileSource) -> tuple[np.ndarra
     (a store converted with ``--labels``, a NeuroX input given ``--labels``). Every mismatch is one line
     naming the row or line (counted from 1).
     """
-    from jneuron.data.labels import load_labels, read_sentences
-
     path = getattr(args, "labels", None)
     if path is None:
         text = source.text() if source.text is not None else None
@@ -295,19 +293,7 @@ def read_labels(args: argparse.Namespace, source: FileSource) -> tuple[np.ndarra
             raise JNeuronError(f"--labels {path}: is a folder, not a label file")
         if not path.exists():
             raise JNeuronError(f"--labels {path}: no such file")
-        if path.suffix.lower() == ".npy":
-            values = _npy_labels(path)
-        else:
-            tokens = getattr(args, "tokens", None)
-            if tokens is not None and path.suffix.lower() not in NEUROX_SUFFIXES:
-                lines = load_labels(tokens, path)
-            else:
-                sentences = read_sentences(path)
-                from jneuron.data.labels import LabelledTokens
-
-                lines = LabelledTokens(sentences, sentences, str(path))
-            lines.check(np.empty((source.tokens, 0)))
-            values = lines.flat()
+        values = _npy_labels(path) if path.suffix.lower() == ".npy" else _text_labels(path, args, source)
     if len(values) != source.tokens:
         short = len(values) < source.tokens
         raise JNeuronError(f"--labels {path or 'stored with the inputs'}: {len(values)} labels for {source.tokens} "
@@ -315,6 +301,26 @@ def read_labels(args: argparse.Namespace, source: FileSource) -> tuple[np.ndarra
                                                    else f"label {source.tokens + 1} has no activation row"))
     classes, codes = np.unique(values, return_inverse=True)
     return codes.astype(np.int32), [_plain_label(c) for c in classes]
+
+
+def _text_labels(path: Path, args: argparse.Namespace, source: FileSource) -> np.ndarray:
+    """The labels of a text file: a NeuroX label file (one sentence per line; with ``--tokens``, checked against
+    it line by line) or one label per line. When the inputs know each row's sentence (a store from ``extract``
+    or ``convert``), every line of a NeuroX label file must hold as many labels as its sentence has rows."""
+    from jneuron.data.labels import LabelledTokens, check_lines, load_labels, read_sentences, sentence_rows
+
+    tokens = getattr(args, "tokens", None)
+    if tokens is not None and path.suffix.lower() not in NEUROX_SUFFIXES:
+        lines = load_labels(tokens, path)
+    else:
+        sentences = read_sentences(path)
+        lines = LabelledTokens(sentences, sentences, str(path))
+    one_per_line = tokens is None and all(len(line) <= 1 for line in lines.labels)
+    rows = None if one_per_line or source.text is None else sentence_rows(source.text().sentence)
+    if rows is not None:
+        check_lines(lines.labels, rows, f"--labels {path}", "label")
+    lines.check(np.empty((source.tokens, 0)))
+    return lines.flat()
 
 
 def _npy_labels(path: Path) -> np.ndarray:

@@ -179,3 +179,32 @@ def test_help_import_does_not_load_jax():
 def test_plain_text_drops_restructuredtext():
     assert plain_text("Use :func:`jneuron.open_activations` with ``--out``.") == \
         "Use jneuron.open_activations with --out."
+
+
+def test_neurox_labels_are_checked_line_by_line_against_a_stores_sentences(data, capsys):
+    import jneuron as jn
+
+    x = np.load(data / "acts.npy")
+    lengths = [30, 0, 50, 40]  # sentence 2 has no words (an empty line), as extract writes it
+    sentence = np.repeat(np.arange(len(lengths)), lengths)
+    with jn.StoreWriter(data / "s.zarr") as writer:
+        writer.append("m", "l0", x)
+        writer.append_text([f"w{i}" for i in range(120)], sentence)
+    y = np.load(data / "strings.npy")
+    lines = np.split(y, np.cumsum(lengths)[:-1])
+    (data / "good.txt").write_text("".join(" ".join(line) + "\n" for line in lines))
+    succeeds(capsys, "information", data / "s.zarr", "--labels", data / "good.txt", "--out", data / "o")
+    succeeds(capsys, "information", data / "s.zarr", "--labels", data / "lines.txt", "--out", data / "o")
+    shifted = [lines[0][:-1], lines[1], np.r_[lines[0][-1:], lines[2]], lines[3]]  # same total, line 1 one short
+    (data / "shifted.txt").write_text("".join(" ".join(line) + "\n" for line in shifted))
+    (data / "one_line.txt").write_text(" ".join(y) + "\n")
+    (data / "no_last.txt").write_text("".join(" ".join(line) + "\n" for line in lines[:-1]))
+    for command in ("probe", "information"):
+        fails(capsys, command, data / "s.zarr", "--labels", data / "shifted.txt", "--out", data / "o",
+              message=r"shifted.txt: line 1 \(sentence 1\) has 29 labels but the activations have 30 rows for "
+                      r"sentence 1 \(lines and sentences counted from 1\)")
+    fails(capsys, "information", data / "s.zarr", "--labels", data / "one_line.txt",
+          message=r"line 1 \(sentence 1\) has 120 labels but the activations have 30 rows")
+    fails(capsys, "information", data / "s.zarr", "--labels", data / "no_last.txt",
+          message=r"line 4 \(sentence 4\) is missing: the file ends after 3 lines")
+    assert not (data / "o" / "probe.json").exists()
