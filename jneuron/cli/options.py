@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,27 +59,40 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, nargs: str | int = "
     parser.set_defaults(uses_labels=bool(labels))
 
 
-def add_streaming_arguments(parser: argparse.ArgumentParser, *, devices: bool = True, checkpoint: bool = True) -> None:
-    """``--dtype``, ``--chunk-tokens``, ``--devices``, ``--progress`` and ``--checkpoint``, one meaning everywhere."""
+def add_streaming_arguments(parser: argparse.ArgumentParser, *, refused: Mapping[str, str] | None = None) -> None:
+    """``--dtype``, ``--chunk-tokens``, ``--devices``, ``--progress`` and ``--checkpoint``: every command that reads
+    or writes activations takes all five, with one meaning.
+
+    ``refused``: the options this command cannot honour (``"checkpoint"``, ``"chunk_tokens"``, ...), each with
+    why; giving one is a one-line error before any work (:func:`check_refused`), never ignored.
+    """
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="compute dtype (default: float32, or float64 when every input is float64)")
     add_chunk_argument(parser)
-    if devices:
-        add_devices_argument(parser)
+    add_devices_argument(parser)
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress line on stderr; 'auto' shows it when stderr is a terminal")
-    if checkpoint:
-        parser.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
-                            help="save the running statistics here every few chunks; rerun the same command to "
-                                 "resume after an interruption (default: none)")
+    parser.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+                        help="save the running statistics here every few chunks; rerun the same command to "
+                             "resume after an interruption (default: none)")
+    parser.set_defaults(refused_options=dict(refused or {}))
 
 
-def add_text_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tokens`` and ``--labels`` alone (for commands whose inputs are added otherwise)."""
-    parser.add_argument("--tokens", type=Path, metavar="FILE",
-                        help="NeuroX token file for .hdf5/.json inputs (one sentence per line)")
-    parser.add_argument("--labels", type=Path, metavar="FILE",
-                        help="NeuroX label file for .hdf5/.json inputs (one sentence per line)")
+def check_refused(args: argparse.Namespace) -> None:
+    """A one-line error for a shared option the command was given but cannot honour (see
+    :func:`add_streaming_arguments`); ``--progress never`` and ``auto`` ask for nothing.
+
+    >>> args = argparse.Namespace(checkpoint="ck", progress="auto", refused_options={"checkpoint": "no state"})
+    >>> check_refused(args)
+    Traceback (most recent call last):
+    jneuron.errors.JNeuronError: --checkpoint is not supported: no state
+    """
+    for name, why in getattr(args, "refused_options", {}).items():
+        value = getattr(args, name, None)
+        if name == "progress" and value == "always":
+            raise JNeuronError(f"--progress always is not supported: {why}")
+        if name != "progress" and value is not None:
+            raise JNeuronError(f"--{name.replace('_', '-')} is not supported: {why}")
 
 
 def add_chunk_argument(parser: argparse.ArgumentParser) -> None:
@@ -145,10 +158,11 @@ def device_scope(args: argparse.Namespace) -> Iterator[None]:
         yield
 
 
-def progress_for(args: argparse.Namespace, total: int | None) -> Progress:
-    """A progress line as ``--progress`` asks (``auto``: only when stderr is a terminal)."""
+def progress_for(args: argparse.Namespace, total: int | None, *, unit: str = "tokens", passes: int = 1) -> Progress:
+    """A progress line as ``--progress`` asks (``auto``: only when stderr is a terminal), counting ``total``
+    ``unit`` per pass over the data, ``passes`` times."""
     choice = getattr(args, "progress", "auto")
-    return Progress(total, enabled={"auto": None, "always": True, "never": False}[choice])
+    return Progress(total, enabled={"auto": None, "always": True, "never": False}[choice], unit=unit, passes=passes)
 
 
 def open_inputs(paths: Sequence[Path | str], *, dtype=None, tokens=None, labels=None,
@@ -173,9 +187,12 @@ def open_inputs(paths: Sequence[Path | str], *, dtype=None, tokens=None, labels=
         sources.append(open_activations(path, tokens=tokens if neurox else None, labels=labels if neurox else None,
                                         layers_as_models=layers_as_models))
     if not any(split_selector(p)[0].suffix.lower() in NEUROX_SUFFIXES for p in paths):
-        if tokens is not None and not (uses_labels and labels is not None):
+        if tokens is not None and not uses_labels:
+            raise JNeuronError(f"--tokens {tokens}: this command uses a token file only to read NeuroX .hdf5/.json "
+                               "inputs, and none is given")
+        if tokens is not None and labels is None:
             raise JNeuronError(f"--tokens {tokens}: a token file goes with NeuroX .hdf5/.json inputs or a NeuroX "
-                               "label file, and neither is given")
+                               "label file (--labels), and neither is given")
         if labels is not None and not uses_labels:
             raise JNeuronError(f"--labels {labels}: this command uses labels only to read NeuroX .hdf5/.json "
                                "inputs, and none is given")

@@ -44,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the sparsest setting within this accuracy of the best is chosen")
     parser.add_argument("--percentage", type=float, default=0.05, help="weight mass that the top neurons hold")
     parser.add_argument("--top", type=int, default=10, help="neurons to print")
-    add_streaming_arguments(parser, checkpoint=False)
+    in_memory = "probe training holds the activations in memory (select fewer layers with INPUT#model/layer)"
+    add_streaming_arguments(parser, refused={
+        "checkpoint": "probe training holds its data in memory and saves no running statistics",
+        "chunk_tokens": in_memory, "progress": "probe training reports no progress in this version"})
     add_out_argument(parser)
 
 
