@@ -87,8 +87,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, shown: dict[str, str]) -> int:
     """Run the parsed command, its ``--out`` staged when it is a folder of results (``out_set``)."""
+    from jneuron.cli.options import check_refused
     from jneuron.cli.outputs import OutputSet, prepare_parent, shown_as_out
 
+    check_refused(args)
     if not getattr(args, "out_set", False):
         if getattr(args, "out", None) is not None:  # a file or store to write (convert): fail before reading
             prepare_parent(args.out)
@@ -131,16 +133,26 @@ def _write_run_record(args: argparse.Namespace, staged: argparse.Namespace, fold
     from jneuron import __version__
     from jneuron.data.atomic import atomic_write_json
 
-    hidden = {"run", "out_set", "uses_labels", "command", "command_line", "data_shape"}
-    settings = {k: (str(v) if not isinstance(v, (int, float, bool, type(None), list)) else
-                    [str(x) for x in v] if isinstance(v, list) else v)
-                for k, v in sorted(vars(args).items()) if k not in hidden}
+    hidden = {"run", "out_set", "uses_labels", "refused_options", "command", "command_line", "data_shape"}
+    settings = {k: _setting(v) for k, v in sorted(vars(args).items()) if k not in hidden}
     record = {"command": args.command_line, "jneuron": __version__,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
               "settings": settings}
     if getattr(staged, "data_shape", None):
         record["data"] = staged.data_shape
     atomic_write_json(folder / f"run_{args.command}.json", {"jneuron_run": record})
+
+
+def _setting(value):
+    """An option's value for the run record: numbers, flags and None as they are, lists item by item, the rest
+    (paths) as text.
+
+    >>> _setting([1e-05, 0.001]), _setting(3), _setting(None)
+    ([1e-05, 0.001], 3, None)
+    """
+    if isinstance(value, (list, tuple)):
+        return [_setting(v) for v in value]
+    return value if isinstance(value, (int, float, bool, type(None))) else str(value)
 
 
 def _quoted(word: str) -> str:

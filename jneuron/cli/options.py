@@ -12,7 +12,7 @@ import argparse
 import contextlib
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,27 +59,40 @@ def add_input_arguments(parser: argparse.ArgumentParser, *, nargs: str | int = "
     parser.set_defaults(uses_labels=bool(labels))
 
 
-def add_streaming_arguments(parser: argparse.ArgumentParser, *, devices: bool = True, checkpoint: bool = True) -> None:
-    """``--dtype``, ``--chunk-tokens``, ``--devices``, ``--progress`` and ``--checkpoint``, one meaning everywhere."""
+def add_streaming_arguments(parser: argparse.ArgumentParser, *, refused: Mapping[str, str] | None = None) -> None:
+    """``--dtype``, ``--chunk-tokens``, ``--devices``, ``--progress`` and ``--checkpoint``: every command that reads
+    or writes activations takes all five, with one meaning.
+
+    ``refused``: the options this command cannot honour (``"checkpoint"``, ``"chunk_tokens"``, ...), each with
+    why; giving one is a one-line error before any work (:func:`check_refused`), never ignored.
+    """
     parser.add_argument("--dtype", choices=DTYPES, default=None,
                         help="compute dtype (default: float32, or float64 when every input is float64)")
     add_chunk_argument(parser)
-    if devices:
-        add_devices_argument(parser)
+    add_devices_argument(parser)
     parser.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                         help="progress line on stderr; 'auto' shows it when stderr is a terminal")
-    if checkpoint:
-        parser.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
-                            help="save the running statistics here every few chunks; rerun the same command to "
-                                 "resume after an interruption (default: none)")
+    parser.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+                        help="save the running statistics here every few chunks; rerun the same command to "
+                             "resume after an interruption (default: none)")
+    parser.set_defaults(refused_options=dict(refused or {}))
 
 
-def add_text_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--tokens`` and ``--labels`` alone (for commands whose inputs are added otherwise)."""
-    parser.add_argument("--tokens", type=Path, metavar="FILE",
-                        help="NeuroX token file for .hdf5/.json inputs (one sentence per line)")
-    parser.add_argument("--labels", type=Path, metavar="FILE",
-                        help="NeuroX label file for .hdf5/.json inputs (one sentence per line)")
+def check_refused(args: argparse.Namespace) -> None:
+    """A one-line error for a shared option the command was given but cannot honour (see
+    :func:`add_streaming_arguments`); ``--progress never`` and ``auto`` ask for nothing.
+
+    >>> args = argparse.Namespace(checkpoint="ck", progress="auto", refused_options={"checkpoint": "no state"})
+    >>> check_refused(args)
+    Traceback (most recent call last):
+    jneuron.errors.JNeuronError: --checkpoint is not supported: no state
+    """
+    for name, why in getattr(args, "refused_options", {}).items():
+        value = getattr(args, name, None)
+        if name == "progress" and value == "always":
+            raise JNeuronError(f"--progress always is not supported: {why}")
+        if name != "progress" and value is not None:
+            raise JNeuronError(f"--{name.replace('_', '-')} is not supported: {why}")
 
 
 def add_chunk_argument(parser: argparse.ArgumentParser) -> None:
@@ -145,10 +158,11 @@ def device_scope(args: argparse.Namespace) -> Iterator[None]:
         yield
 
 
-def progress_for(args: argparse.Namespace, total: int | None) -> Progress:
-    """A progress line as ``--progress`` asks (``auto``: only when stderr is a terminal)."""
+def progress_for(args: argparse.Namespace, total: int | None, *, unit: str = "tokens", passes: int = 1) -> Progress:
+    """A progress line as ``--progress`` asks (``auto``: only when stderr is a terminal), counting ``total``
+    ``unit`` per pass over the data, ``passes`` times."""
     choice = getattr(args, "progress", "auto")
-    return Progress(total, enabled={"auto": None, "always": True, "never": False}[choice])
+    return Progress(total, enabled={"auto": None, "always": True, "never": False}[choice], unit=unit, passes=passes)
 
 
 def open_inputs(paths: Sequence[Path | str], *, dtype=None, tokens=None, labels=None,
@@ -173,9 +187,12 @@ def open_inputs(paths: Sequence[Path | str], *, dtype=None, tokens=None, labels=
         sources.append(open_activations(path, tokens=tokens if neurox else None, labels=labels if neurox else None,
                                         layers_as_models=layers_as_models))
     if not any(split_selector(p)[0].suffix.lower() in NEUROX_SUFFIXES for p in paths):
-        if tokens is not None and not (uses_labels and labels is not None):
+        if tokens is not None and not uses_labels:
+            raise JNeuronError(f"--tokens {tokens}: this command uses a token file only to read NeuroX .hdf5/.json "
+                               "inputs, and none is given")
+        if tokens is not None and labels is None:
             raise JNeuronError(f"--tokens {tokens}: a token file goes with NeuroX .hdf5/.json inputs or a NeuroX "
-                               "label file, and neither is given")
+                               "label file (--labels), and neither is given")
         if labels is not None and not uses_labels:
             raise JNeuronError(f"--labels {labels}: this command uses labels only to read NeuroX .hdf5/.json "
                                "inputs, and none is given")
@@ -280,8 +297,6 @@ def read_labels(args: argparse.Namespace, source: FileSource) -> tuple[np.ndarra
     (a store converted with ``--labels``, a NeuroX input given ``--labels``). Every mismatch is one line
     naming the row or line (counted from 1).
     """
-    from jneuron.data.labels import load_labels, read_sentences
-
     path = getattr(args, "labels", None)
     if path is None:
         text = source.text() if source.text is not None else None
@@ -295,19 +310,7 @@ def read_labels(args: argparse.Namespace, source: FileSource) -> tuple[np.ndarra
             raise JNeuronError(f"--labels {path}: is a folder, not a label file")
         if not path.exists():
             raise JNeuronError(f"--labels {path}: no such file")
-        if path.suffix.lower() == ".npy":
-            values = _npy_labels(path)
-        else:
-            tokens = getattr(args, "tokens", None)
-            if tokens is not None and path.suffix.lower() not in NEUROX_SUFFIXES:
-                lines = load_labels(tokens, path)
-            else:
-                sentences = read_sentences(path)
-                from jneuron.data.labels import LabelledTokens
-
-                lines = LabelledTokens(sentences, sentences, str(path))
-            lines.check(np.empty((source.tokens, 0)))
-            values = lines.flat()
+        values = _npy_labels(path) if path.suffix.lower() == ".npy" else _text_labels(path, args, source)
     if len(values) != source.tokens:
         short = len(values) < source.tokens
         raise JNeuronError(f"--labels {path or 'stored with the inputs'}: {len(values)} labels for {source.tokens} "
@@ -315,6 +318,26 @@ def read_labels(args: argparse.Namespace, source: FileSource) -> tuple[np.ndarra
                                                    else f"label {source.tokens + 1} has no activation row"))
     classes, codes = np.unique(values, return_inverse=True)
     return codes.astype(np.int32), [_plain_label(c) for c in classes]
+
+
+def _text_labels(path: Path, args: argparse.Namespace, source: FileSource) -> np.ndarray:
+    """The labels of a text file: a NeuroX label file (one sentence per line; with ``--tokens``, checked against
+    it line by line) or one label per line. When the inputs know each row's sentence (a store from ``extract``
+    or ``convert``), every line of a NeuroX label file must hold as many labels as its sentence has rows."""
+    from jneuron.data.labels import LabelledTokens, check_lines, load_labels, read_sentences, sentence_rows
+
+    tokens = getattr(args, "tokens", None)
+    if tokens is not None and path.suffix.lower() not in NEUROX_SUFFIXES:
+        lines = load_labels(tokens, path)
+    else:
+        sentences = read_sentences(path)
+        lines = LabelledTokens(sentences, sentences, str(path))
+    one_per_line = tokens is None and all(len(line) <= 1 for line in lines.labels)
+    rows = None if one_per_line or source.text is None else sentence_rows(source.text().sentence)
+    if rows is not None:
+        check_lines(lines.labels, rows, f"--labels {path}", "label")
+    lines.check(np.empty((source.tokens, 0)))
+    return lines.flat()
 
 
 def _npy_labels(path: Path) -> np.ndarray:

@@ -104,13 +104,15 @@ class OutputSet:
 
 
 def prepare_parent(out: Path) -> None:
-    """Create the folders above ``out``; a one-line error if that fails or the last one cannot be written."""
+    """Create the folders above ``out``; a one-line error if that fails or nothing can be made in the last one
+    (tried: a folder is made there and removed, as the output will be written aside first)."""
     blocking = next((p for p in reversed(out.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise JNeuronError(f"--out {out}: {blocking} is a file, not a folder")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         _check_access(out.parent)
+        os.rmdir(make_folder(aside(out)))
     except OSError as error:
         raise JNeuronError(f"--out {out}: cannot write there ({error.strerror or error})") from None
 

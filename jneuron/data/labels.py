@@ -12,6 +12,7 @@ aligned token for token; checked against each other and against the activations.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,62 @@ def class_ids(labels, what: str = "labels", tokens: int | None = None, classes: 
     return values
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1.
+
+    >>> counted(1, "row"), counted(21, "row"), counted(0, "label")
+    ('1 row', '21 rows', '0 labels')
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def sentence_rows(sentence) -> np.ndarray | None:
+    """The activation rows of each sentence, from the sentence id of every row, or ``None`` when the ids say nothing.
+
+    Ids are line numbers of the text counted from 0, in row order, as ``extract`` and ``convert`` store them
+    (a sentence with no words has no rows). Ids all equal (a store written without them) or out of order
+    say nothing about the lines.
+
+    >>> sentence_rows([0, 0, 0, 2, 2]).tolist(), sentence_rows([0, 0, 0])
+    ([3, 0, 2], None)
+    """
+    ids = np.asarray(sentence, np.int64)
+    if ids.size < 2 or ids[0] < 0 or ids[0] == ids[-1] or np.any(np.diff(ids) < 0):
+        return None
+    return np.bincount(ids)
+
+
+def check_lines(lines: Sequence[Sequence[str]], rows, where: str, items: str = "item") -> None:
+    """Raise unless line ``i`` of a NeuroX text file (one sentence per line) has as many items as sentence ``i``
+    has activation rows (``rows[i]``, e.g. from :func:`sentence_rows`).
+
+    The error names the first line that differs, counted from 1; a line past the last sentence and a sentence
+    past the last line differ when they hold anything.
+
+    >>> check_lines([["DT", "NN"], ["VB"], []], [2, 1], "labels.txt", "label")
+    >>> check_lines([["DT"], ["NN", "VB"]], [2, 1], "labels.txt", "label")
+    Traceback (most recent call last):
+    jneuron.errors.JNeuronError: labels.txt: line 1 (sentence 1) has 1 label but the activations have 2 rows ...
+    """
+    have = np.array([len(line) for line in lines], np.int64)
+    want = np.asarray(rows, np.int64)
+    size = max(len(have), len(want))
+    differ = np.flatnonzero(np.pad(have, (0, size - len(have))) != np.pad(want, (0, size - len(want))))
+    if not differ.size:
+        return
+    line = int(differ[0]) + 1
+    if line > len(want):
+        raise JNeuronError(f"{where}: line {line} has {counted(int(have[line - 1]), items)} but the activations have "
+                           f"no sentence {line}: they end with sentence {len(want)} (lines and sentences counted from 1)")
+    if line > len(have):
+        raise JNeuronError(f"{where}: line {line} (sentence {line}) is missing: the file ends after "
+                           f"{counted(len(have), 'line')}, but the activations have {counted(int(want[line - 1]), 'row')} "
+                           f"for sentence {line} (lines and sentences counted from 1)")
+    raise JNeuronError(f"{where}: line {line} (sentence {line}) has {counted(int(have[line - 1]), items)} but the "
+                       f"activations have {counted(int(want[line - 1]), 'row')} for sentence {line} (lines and "
+                       "sentences counted from 1)")
+
+
 def read_sentences(path: str | Path) -> list[list[str]]:
     """One list of space-separated items per line (an empty line is an empty sentence)."""
     path = Path(path)
@@ -94,9 +151,9 @@ class LabelledTokens:
                 if np.shape(rows)[0] != len(sentence):
                     first = min(len(sentence), np.shape(rows)[0])
                     word = sentence[first] if first < len(sentence) else "(end of line)"
-                    raise JNeuronError(f"{self.source}: line {line} has {len(sentence)} tokens but its activations "
-                                       f"have {np.shape(rows)[0]} rows; first unmatched: token {first + 1} "
-                                       f"{word!r}")
+                    raise JNeuronError(f"{self.source}: line {line} has {counted(len(sentence), 'token')} but its "
+                                       f"activations have {counted(np.shape(rows)[0], 'row')}; first unmatched: "
+                                       f"token {first + 1} {word!r}")
             return
         rows = int(np.shape(activations)[0])
         lengths = self.tokens_per_sentence()
@@ -104,8 +161,9 @@ class LabelledTokens:
         if rows == total:
             return
         if rows > total:
-            raise JNeuronError(f"{self.source}: activations have {rows} rows but the {len(lengths)} lines have "
-                               f"{total} tokens ({rows - total} rows left over after the last line)")
+            raise JNeuronError(f"{self.source}: activations have {rows} rows but the {counted(len(lengths), 'line')} "
+                               f"have {counted(total, 'token')} ({counted(rows - total, 'row')} left over after the "
+                               "last line)")
         line = int(np.searchsorted(np.cumsum(lengths), rows, side="right"))
         token = rows - int(lengths[:line].sum())
         raise JNeuronError(f"{self.source}: activations have {rows} rows but the labels have {total} tokens; "
@@ -126,8 +184,8 @@ def load_labels(tokens_path: str | Path, labels_path: str | Path) -> LabelledTok
             first = min(len(words), len(tags))
             what = (f"token {words[first]!r} has no label" if len(words) > first
                     else f"label {tags[first]!r} has no token")
-            raise JNeuronError(f"{labels_path}: line {line} has {len(words)} tokens in {tokens_path} but {len(tags)} "
-                               f"labels; at position {first + 1}, {what}")
+            raise JNeuronError(f"{labels_path}: line {line} has {counted(len(words), 'token')} in {tokens_path} but "
+                               f"{counted(len(tags), 'label')}; at position {first + 1}, {what}")
     if len(tokens) != len(labels):
         raise JNeuronError(f"{labels_path}: {len(labels)} lines, but {tokens_path} has {len(tokens)}; "
                            f"line {min(len(tokens), len(labels)) + 1} is in only one of them")

@@ -33,7 +33,7 @@ from jneuron.data.file_source import (
     column_dtype,
     to_column_dtype,
 )
-from jneuron.data.labels import read_sentences
+from jneuron.data.labels import check_lines, read_sentences
 from jneuron.errors import JNeuronError
 
 _OCCURRENCE = re.compile(r" \(Occurrence \d+\)$")
@@ -44,26 +44,14 @@ def _text(words: list[list[str]], lengths: np.ndarray, where: str, tokens=None, 
     if tokens is not None:
         words = read_sentences(tokens)
         where = str(tokens)
-    _check_lengths(words, lengths, where)
+    check_lines(words, lengths, where, "token")
     label_items = None
     if labels is not None:
         label_lines = read_sentences(labels)
-        _check_lengths(label_lines, lengths, str(labels))
+        check_lines(label_lines, lengths, str(labels), "label")
         label_items = tuple(item for line in label_lines for item in line)
     sentence = np.repeat(np.arange(len(lengths)), lengths)
     return Text(tuple(w for line in words for w in line), sentence, label_items)
-
-
-def _check_lengths(lines: list[list[str]], lengths: np.ndarray, where: str) -> None:
-    if len(lines) != len(lengths):
-        raise JNeuronError(f"mismatched tokens: {where} has {len(lines)} lines (sentences), the activations "
-                           f"{len(lengths)} sentences")
-    for s, (line, rows) in enumerate(zip(lines, lengths), start=1):
-        if len(line) != rows:
-            raise JNeuronError(
-                f"mismatched tokens: line {s} (sentence {s}) has {len(line)} items in {where} but {rows} activation "
-                "rows (lines and sentences counted from 1)"
-            )
 
 
 def open_neurox_hdf5(path: str | Path, tokens=None, labels=None) -> FileSource:

@@ -24,7 +24,10 @@ def files(tmp_path, rng):
 
 
 def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_info:  # a usage mistake argparse finds
+        code = exit_info.code
     out, err = capsys.readouterr()
     return code, out, err
 

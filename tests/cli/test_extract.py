@@ -67,7 +67,7 @@ def test_rows_are_the_hidden_states_at_the_chosen_subwords(checkpoints, how, cap
     root, a, _ = checkpoints
     out = root / f"a-{how}.zarr"
     assert main(["extract", str(a), str(root / "text.txt"), "--out", str(out), "--subword", how,
-                 "--batch-size", "4", "--model-name", "tiny"]) == 0
+                 "--batch-size", "4", "--model-name", "tiny", "--progress", "always"]) == 0
     assert "sentences (100%)" in capsys.readouterr().err
     store = open_store(out)
     expected, tokens, sentences = expected_rows(a, how)
@@ -160,3 +160,21 @@ def test_minilm_extraction_of_50_sentences(tmp_path):
         assert_close(stored, state[last], 1e-5, np.abs(state[last]) + 1, "layers/5")
         row += len(words)
     assert store.tokens == sum(len(line.split()) for line in lines)
+
+
+def test_shared_options_mean_the_same_here(checkpoints, capsys):
+    import zarr
+
+    root, a, _ = checkpoints
+    argv = ["extract", str(a), str(root / "text.txt"), "--no-mlp", "--progress", "never"]
+    assert main([*argv, "--out", str(root / "chunks.zarr"), "--chunk-tokens", "8", "--devices", "cpu",
+                 "--dtype", "float32"]) == 0
+    assert zarr.open_group(root / "chunks.zarr", mode="r")["a.embeddings"].chunks[0] == 8
+    for option, message in ((["--devices", "2"], "--devices 2 is not supported: extract runs the model on one device"),
+                            (["--checkpoint", str(root / "ck")], "--checkpoint is not supported: extract resumes"),
+                            (["--dtype", "float64"], "--dtype float64 is not supported: extract runs the model in "
+                                                     "float32")):
+        assert main([*argv, "--out", str(root / "x.zarr"), *option]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (root / "x.zarr").exists()

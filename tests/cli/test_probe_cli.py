@@ -46,3 +46,16 @@ def test_probe_command_npy_labels_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "line 60, token 10" in err and err.count("\n") == 1
     assert main(["probe", str(tmp_path / "missing.npy"), str(tmp_path / "labels.npy"), "--out", out]) == 2
+
+
+def test_layers_as_models_trains_one_probe_per_layer(tmp_path, capsys):
+    x, y = planted_files(tmp_path)
+    np.savez(tmp_path / "m.npz", **{"m/l0": x[:, :6], "m/l1": x[:, 6:]})  # planted neurons 2, 5 | 9 (l1's 3)
+    assert main(["probe", str(tmp_path / "m.npz"), "--labels", str(tmp_path / "labels.npy"), "--layers-as-models",
+                 "--epochs", "8", "--lr", "1e-2", "--out", str(tmp_path / "out")]) == 0
+    files = sorted(p.name for p in (tmp_path / "out").glob("prob*.json"))
+    assert files == ["probe_m_l0.json", "probe_m_l1.json", "probeless_m_l0.json", "probeless_m_l1.json"]
+    for layer, planted in (("l0", {"m/l0/2", "m/l0/5"}), ("l1", {"m/l1/3"})):
+        result = json.loads((tmp_path / "out" / f"probe_m_{layer}.json").read_text())
+        labels = [n["label"] for n in result["ordering"]["neurons"]]
+        assert len(labels) == 6 and set(labels[:len(planted)]) == planted, labels

@@ -30,7 +30,10 @@ def data(tmp_path):
 
 
 def fails(capsys, *argv, message):
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_info:  # a usage mistake argparse finds
+        code = exit_info.code
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
@@ -85,7 +88,7 @@ def test_convert_counts_lines_from_1(data, capsys):
     write_neurox_hdf5(data / "x.hdf5", words, [np.zeros((2, len(w), 3), np.float32) for w in words])
     (data / "tok.txt").write_text("a b\nc d\nf\n")
     fails(capsys, "convert", data / "x.hdf5", "--tokens", data / "tok.txt", "--out", data / "x.zarr",
-          message=r"line 2 \(sentence 2\) has 2 items")
+          message=r"tok.txt: line 2 \(sentence 2\) has 2 tokens but the activations have 3 rows")
 
 
 def test_out_is_checked_before_any_work(data, capsys, monkeypatch):
@@ -132,16 +135,72 @@ def test_labels_in_every_format_give_the_same_result(data, capsys):
     assert mi[0] == mi[1] == mi[2]
 
 
-def test_options_that_cannot_apply_are_refused_not_ignored(data, capsys):
+def test_options_that_cannot_apply_are_refused_not_ignored(data, capsys, monkeypatch):
     fails(capsys, "maxcorr", data / "acts.npy", data / "b.npy", "--tokens", data / "lines.txt",
-          message="--tokens .* goes with NeuroX")
+          message="--tokens .* uses a token file only to read NeuroX .hdf5/.json inputs, and none is given")
+    fails(capsys, "information", data / "acts.npy", "--tokens", data / "lines.txt",
+          message=r"--tokens .* goes with NeuroX .hdf5/.json inputs or a NeuroX label file \(--labels\), and neither")
+    err = fails(capsys, "convert", data / "acts.npy", "--tokens", data / "lines.txt", "--labels", data / "lines.txt",
+                "--out", data / "x.zarr", message="--tokens .* uses a token file only to read NeuroX")
+    assert "neither" not in err
     fails(capsys, "similarity", data / "acts.npy", data / "b.npy", "--labels", data / "lines.txt",
           message="--labels .* uses labels only to read NeuroX")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["convert", str(data / "acts.npy"), "--out", "x.zarr", "--devices", "2"])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.count("\n") == 1  # usage mistakes are one line too
-    assert "unrecognized arguments: --devices 2" in err
+    import jneuron.probing.probe as module
+
+    def never(*args, **kwargs):
+        raise AssertionError("probe trained although it was given an option it cannot honour")
+
+    monkeypatch.setattr(module, "train_probes", never)
+    for option, message in ((["--checkpoint", data / "ck"], "--checkpoint is not supported: probe training holds "
+                                                            "its data in memory"),
+                            (["--chunk-tokens", "8"], "--chunk-tokens is not supported: probe training holds"),
+                            (["--progress", "always"], "--progress always is not supported: probe training reports")):
+        fails(capsys, "probe", data / "acts.npy", "--labels", data / "labels.npy", *option, "--out", data / "p",
+              message=message)
+    fails(capsys, "convert", data / "acts.npy", "--out", data / "x.zarr", "--devices", "2",
+          message="--devices is not supported: convert copies activations")
+    fails(capsys, "convert", data / "acts.npy", "--out", data / "x.zarr", "--checkpoint", data / "ck",
+          message="--checkpoint is not supported: convert writes its output aside")
+    assert not (data / "p").exists() and not (data / "x.zarr").exists() and not (data / "ck").exists()
+
+
+def test_every_command_on_activations_takes_the_shared_options():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shared = ["--dtype", "float32", "--chunk-tokens", "8", "--devices", "cpu", "--checkpoint", "ck", "--out", "o"]
+    inputs = {"extract": ["model", "text.txt"], "probe": ["a.npy"]}
+    for name in ("maxcorr", "mincorr", "linreg", "similarity", "match", "probe", "information", "convert", "extract"):
+        args = commands[name].parse_args([*inputs.get(name, ["a.npy", "b.npy"]), *shared])
+        assert (args.dtype, args.chunk_tokens, args.devices, str(args.checkpoint)) == ("float32", 8, "cpu", "ck"), name
+        assert commands[name].parse_args([*inputs.get(name, ["a.npy"]), "--out", "o"]).progress == "auto", name
+
+
+def test_extract_checks_out_before_loading_the_model(data, capsys, monkeypatch):
+    from jneuron.models import bert
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(bert, "load", never)
+    (data / "text.txt").write_text("a b c\n")
+    fails(capsys, "extract", data, data / "text.txt", "--out", "/proc/jneuron-test.zarr",
+          message=r"^jneuron extract: error: --out /proc/jneuron-test.zarr: cannot write there")
+    fails(capsys, "convert", data / "acts.npy", "--out", "/proc/jneuron-test.zarr", message="cannot write there")
+
+
+def test_progress_counts_each_pass_over_the_tokens(data, capsys, monkeypatch):
+    from jneuron import config
+    from jneuron.crossmodel.maxcorr import passes_needed
+
+    monkeypatch.setattr(config, "MEMORY_BUDGET", 4 * 4 * 8)  # a few entries per pass: several passes
+    passes = passes_needed((5, 4))
+    assert passes > 1
+    main(["mincorr", str(data / "acts.npy"), str(data / "b.npy"), "--progress", "always", "--chunk-tokens", "60",
+          "--no-plot", "--out", str(data / "o")])
+    lines = [line for line in capsys.readouterr().err.splitlines() if "tokens/s" in line]
+    assert lines[-1].startswith(f"pass {passes}/{passes}, 120/120 tokens (100% of {passes} passes)"), lines
+    counts = [int(n) for line in lines for n in re.findall(r"(\d+)/120 tokens", line)]
+    assert len(counts) == len(lines) and max(counts) == 120 and any("pass 2/" in line for line in lines), lines
 
 
 def test_similarity_writes_one_file_per_metric(data, capsys):
@@ -179,3 +238,50 @@ def test_help_import_does_not_load_jax():
 def test_plain_text_drops_restructuredtext():
     assert plain_text("Use :func:`jneuron.open_activations` with ``--out``.") == \
         "Use jneuron.open_activations with --out."
+
+
+def test_neurox_labels_are_checked_line_by_line_against_a_stores_sentences(data, capsys):
+    import jneuron as jn
+
+    x = np.load(data / "acts.npy")
+    lengths = [30, 0, 50, 40]  # sentence 2 has no words (an empty line), as extract writes it
+    sentence = np.repeat(np.arange(len(lengths)), lengths)
+    with jn.StoreWriter(data / "s.zarr") as writer:
+        writer.append("m", "l0", x)
+        writer.append_text([f"w{i}" for i in range(120)], sentence)
+    y = np.load(data / "strings.npy")
+    lines = np.split(y, np.cumsum(lengths)[:-1])
+    (data / "good.txt").write_text("".join(" ".join(line) + "\n" for line in lines))
+    succeeds(capsys, "information", data / "s.zarr", "--labels", data / "good.txt", "--out", data / "o")
+    succeeds(capsys, "information", data / "s.zarr", "--labels", data / "lines.txt", "--out", data / "o")
+    shifted = [lines[0][:-1], lines[1], np.r_[lines[0][-1:], lines[2]], lines[3]]  # same total, line 1 one short
+    (data / "shifted.txt").write_text("".join(" ".join(line) + "\n" for line in shifted))
+    (data / "one_line.txt").write_text(" ".join(y) + "\n")
+    (data / "no_last.txt").write_text("".join(" ".join(line) + "\n" for line in lines[:-1]))
+    for command in ("probe", "information"):
+        fails(capsys, command, data / "s.zarr", "--labels", data / "shifted.txt", "--out", data / "o",
+              message=r"shifted.txt: line 1 \(sentence 1\) has 29 labels but the activations have 30 rows for "
+                      r"sentence 1 \(lines and sentences counted from 1\)")
+    fails(capsys, "information", data / "s.zarr", "--labels", data / "one_line.txt",
+          message=r"line 1 \(sentence 1\) has 120 labels but the activations have 30 rows")
+    fails(capsys, "information", data / "s.zarr", "--labels", data / "no_last.txt",
+          message=r"line 4 \(sentence 4\) is missing: the file ends after 3 lines")
+    assert not (data / "o" / "probe.json").exists()
+
+
+def test_messages_and_records_say_what_they_mean(data, capsys):
+    import json
+
+    out = succeeds(capsys, "probe", data / "acts.npy", "--labels", data / "labels.npy", "--l1", "0", "1e-5",
+                   "--epochs", "1", "--out", data / "p")
+    settings = json.loads((data / "p" / "run_probe.json").read_text())["jneuron_run"]["settings"]
+    assert settings["l1"] == [0.0, 1e-5] and settings["epochs"] == 1 and settings["labels"] == str(data / "labels.npy")
+    out = succeeds(capsys, "information", data / "acts.npy", "--labels", data / "labels.npy", "--threshold", "0",
+                   "--out", data / "i")
+    assert "ranking_<" not in out and str(data / "i" / "ranking_mutual_information.json") in out
+    (data / "short.txt").write_text(" ".join(np.load(data / "strings.npy")[:119]) + "\n")
+    fails(capsys, "information", data / "acts.npy", "--labels", data / "short.txt",
+          message=r"\(1 row left over after the last line\)")
+    fails(capsys, "report", data / "nothere", "--out", data / "nothere",
+          message=r"nothere: no such file or folder")
+    assert not (data / "nothere").exists()

@@ -135,7 +135,7 @@ def test_neurox_mismatched_token_file_is_a_clear_error(tmp_path, rng):
     write_neurox_hdf5(tmp_path / "a.hdf5", words, acts)
     words[1] = words[1][:-1]
     (tmp_path / "tokens.txt").write_text("\n".join(" ".join(w) for w in words))
-    with pytest.raises(JNeuronError, match=r"mismatched tokens: line 2 \(sentence 2\) has 4 items"):
+    with pytest.raises(JNeuronError, match=r"tokens.txt: line 2 \(sentence 2\) has 4 tokens but the activations have 5 rows"):
         jn.open_activations(tmp_path / "a.hdf5", tokens=tmp_path / "tokens.txt")
 
 

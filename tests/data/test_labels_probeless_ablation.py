@@ -151,10 +151,10 @@ def test_label_files_align_and_mismatches_name_line_and_token(tmp_path):
         data.check(np.zeros((6, 4)))
     with pytest.raises(JNeuronError, match="2 rows left over"):
         data.check(np.zeros((9, 4)))
-    with pytest.raises(JNeuronError, match=r"line 2 has 2 tokens but its activations have 1 rows.*token 2 'ran'"):
+    with pytest.raises(JNeuronError, match=r"line 2 has 2 tokens but its activations have 1 row;.*token 2 'ran'"):
         data.check([np.zeros((3, 4)), np.zeros((1, 4)), np.zeros((0, 4)), np.zeros((2, 4))])
     (tmp_path / "short.txt").write_text("DT NN VBD\nPRP\n\nRB RB\n")
-    with pytest.raises(JNeuronError, match=r"line 2 has 2 tokens.*1 labels; at position 2, token 'ran' has no label"):
+    with pytest.raises(JNeuronError, match=r"line 2 has 2 tokens.*1 label; at position 2, token 'ran' has no label"):
         jn.load_labels(tmp_path / "tok.txt", tmp_path / "short.txt")
     (tmp_path / "fewer.txt").write_text("DT NN VBD\nPRP VBD\n")
     with pytest.raises(JNeuronError, match="2 lines, but .* has 4"):

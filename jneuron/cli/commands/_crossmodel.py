@@ -38,7 +38,7 @@ def run(args: argparse.Namespace, method: str) -> int:
     need_models(source, method)
     passes = passes_needed(source.widths)
     args.chunk_tokens = args.chunk_tokens or default_chunk_tokens(sum(source.widths), source.tokens)
-    progress = progress_for(args, source.tokens * passes)
+    progress = progress_for(args, source.tokens, passes=passes)
     rank = maxcorr if method == "maxcorr" else mincorr
     with device_scope(args):
         ranking = rank(source, **streaming_options(rank, args, progress))

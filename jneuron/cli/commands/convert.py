@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how rows map to inputs, kept as a store attribute (default: none)")
     parser.add_argument("--uncompressed", action="store_true",
                         help="store raw chunks: fastest to read, larger (off: compressed)")
-    add_streaming_arguments(parser, devices=False, checkpoint=False)
+    add_streaming_arguments(parser, refused={
+        "devices": "convert copies activations and computes nothing on a device",
+        "checkpoint": "convert writes its output aside and renames it when complete; an interrupted run starts again"})
     parser.set_defaults(uses_labels=False)
 
 

@@ -2,7 +2,8 @@
 
 ``jneuron information acts.zarr --labels labels.txt --out results/``: any activation inputs, and labels
 as a NeuroX label file, a ``.npy`` array of integers or strings, or one label per line (or the labels
-stored with the inputs). Writes ``information.json`` and ``ranking_<measure>.json`` per measure.
+stored with the inputs). Writes ``information.json`` and one ranking per measure: ``ranking_mutual_information``,
+``ranking_kl_selectivity``, ``ranking_entropy`` and ``ranking_selectivity`` ``.json``.
 
 The 1-bit quantization cuts at ``--threshold``: 0.5 suits sigmoid units and 0 ReLU units. On signed
 activations (a transformer's hidden states) a cut at 0.5 puts nearly every value on one side, so a
@@ -32,6 +33,9 @@ from jneuron.cli.options import (
 NAME = "information"
 HELP = "rank neurons by entropy, mutual information with labels, KL and class selectivity"
 QUANTIZERS = ("threshold", "uniform", "quantile")
+# passes over the data of each quantizer (jneuron.information): uniform bins first find every neuron's range,
+# quantile bins then also its fine histogram; the counting pass comes last
+PASSES = {"threshold": 1, "uniform": 2, "quantile": 3}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     edges = np.cumsum((0,) + source.widths)
     models = {name: {layer: x[:, lo + start:lo + start + width] for layer, width, start in _layers(source, name)}
               for name, lo in zip(source.names, edges[:-1])}
-    progress = progress_for(args, source.tokens)
+    progress = progress_for(args, source.tokens, passes=PASSES[args.quantize])
     with device_scope(args):
         options = streaming_options(neuron_information, args, progress)
         info = neuron_information(models, labels, quantize=args.quantize, threshold=args.threshold, bins=args.bins,
@@ -66,14 +70,16 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     print(f"{len(info.neurons)} neurons, H(Y) = {info.label_entropy:.4f} {info.unit}, {len(info.dead)} constant, "
           f"{len(info.one_bin)} with every token in one bin")
+    written = []
     for measure in MEASURES:
         ranking = info.ranking(measure)
         print(f"\n{measure}: top {args.top}")
         for record in ranking.top(args.top):
             print(f"{record['rank'] + 1:>4}  {record['label']:<24} {record['score']:.4f}")
-        ranking.to_json(args.out / f"ranking_{measure}.json")
+        written.append(ranking.to_json(args.out / f"ranking_{measure}.json"))
     data = {**info.to_dict(), "classes": classes}
-    print(f"\nwrote {atomic_write_json(args.out / 'information.json', data)} and ranking_<measure>.json")
+    written.insert(0, atomic_write_json(args.out / "information.json", data))
+    print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
 
 

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max", action="store_true", help="score by the best model instead of the worst (off)")
     parser.add_argument("--top", type=int, default=10, help="neurons to print")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG bar chart (drawn by default)")
-    add_streaming_arguments(parser, checkpoint=True)
+    add_streaming_arguments(parser)
     add_out_argument(parser)
 
 

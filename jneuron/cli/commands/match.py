@@ -14,6 +14,7 @@ from jneuron.cli.options import (
     device_scope,
     load_source,
     need_models,
+    progress_for,
     source_models,
     streaming_options,
 )
@@ -46,9 +47,15 @@ def run(args: argparse.Namespace) -> int:
                            "select two with PATH#model")
     (name_x, x), (name_y, y) = models.items()
     with device_scope(args):
+        progress = progress_for(args, source.tokens)
         result = match_neurons(x, y, args.method, absolute=args.absolute, names=(name_x, name_y),
-                               **streaming_options(match_neurons, args))
-        sparse = sparse_prediction(x, y, **streaming_options(sparse_prediction, args)) if args.lasso else None
+                               **streaming_options(match_neurons, args, progress))
+        progress.close()
+        sparse = None
+        if args.lasso:
+            progress = progress_for(args, source.tokens)
+            sparse = sparse_prediction(x, y, **streaming_options(sparse_prediction, args, progress))
+            progress.close()
     out = result.to_dict()
     for pair in sorted(out["pairs"], key=lambda p: -p["rho"])[: args.top]:
         print(f"{pair['x']['label']:<20} <-> {pair['y']['label']:<20} rho {pair['rho']:+.4f}")

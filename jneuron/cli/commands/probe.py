@@ -6,11 +6,15 @@ per line; or the labels stored with the inputs. The older form ``jneuron probe a
 as the last input) still works. Several ``--l1``/``--l2`` values train the whole grid at once and keep the
 sparsest setting within ``--tolerance`` of the best held-out accuracy. Writes ``probe.json``, and
 ``probeless.json``: the same neurons ranked without a probe (Antverg & Belinkov, 2022), for comparison.
+
+One probe is trained over all the inputs' neurons; with ``--layers-as-models``, one probe per layer, each
+written to ``probe_<model>_<layer>.json`` and ``probeless_<model>_<layer>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from jneuron.cli.options import (
@@ -44,16 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the sparsest setting within this accuracy of the best is chosen")
     parser.add_argument("--percentage", type=float, default=0.05, help="weight mass that the top neurons hold")
     parser.add_argument("--top", type=int, default=10, help="neurons to print")
-    add_streaming_arguments(parser, checkpoint=False)
+    in_memory = "probe training holds the activations in memory (select fewer layers with INPUT#model/layer)"
+    add_streaming_arguments(parser, refused={
+        "checkpoint": "probe training holds its data in memory and saves no running statistics",
+        "chunk_tokens": in_memory, "progress": "probe training reports no progress in this version"})
     add_out_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from jneuron.data.atomic import atomic_write_json
-    from jneuron.probing.probe import train_probes
-    from jneuron.probing.probeless import probeless
-    from jneuron.probing.selection import neuron_ordering, top_neurons
-    from jneuron.results import NeuronIndex, to_plain
+    import numpy as np
 
     if args.labels is None and len(args.inputs) > 1 and Path(args.inputs[-1]).suffix.lower() in (".txt", ".npy") \
             and Path(args.inputs[-1]).is_file() and _looks_like_labels(Path(args.inputs[-1])):
@@ -62,7 +65,27 @@ def run(args: argparse.Namespace) -> int:
     labels, classes = read_labels(args, source)
     activations = source.read(0, source.tokens)
     check_finite(activations, source)
-    neurons = NeuronIndex.from_layers(layer_spec(source))
+    spec = layer_spec(source)
+    if not args.layers_as_models:
+        _probe(activations, labels, classes, spec, args, "")
+        return 0
+    edges = np.cumsum([0] + [sum(w for _, w in layers) for _, layers in spec])
+    for (model, layers), lo, hi in zip(spec, edges[:-1], edges[1:]):  # one model per layer
+        print(f"{model}:")
+        _probe(activations[:, lo:hi], labels, classes, [(model, layers)], args, "_" + re.sub(r"[^\w.-]", "_", model))
+    return 0
+
+
+def _probe(activations, labels, classes: list, spec, args: argparse.Namespace, suffix: str) -> None:
+    """Train the probe grid on ``activations`` (the neurons of ``spec``), print its choice and top neurons, and
+    write ``probe<suffix>.json`` and ``probeless<suffix>.json``."""
+    from jneuron.data.atomic import atomic_write_json
+    from jneuron.probing.probe import train_probes
+    from jneuron.probing.probeless import probeless
+    from jneuron.probing.selection import neuron_ordering, top_neurons
+    from jneuron.results import NeuronIndex, to_plain
+
+    neurons = NeuronIndex.from_layers(spec)
     with device_scope(args):
         grid = train_probes(activations, labels, l1=args.l1, l2=args.l2, validation=args.validation,
                             tolerance=args.tolerance, epochs=args.epochs, batch_size=args.batch_size,
@@ -85,10 +108,9 @@ def run(args: argparse.Namespace) -> int:
                         "counts": {str(name(c)): n for c, n in selection.counts.items()}},
         "ordering": ordering.to_dict(),
     }
-    path = atomic_write_json(args.out / "probe.json", result)
-    without = probeless(activations, labels, names=neurons).overall.to_json(args.out / "probeless.json")
+    path = atomic_write_json(args.out / f"probe{suffix}.json", result)
+    without = probeless(activations, labels, names=neurons).overall.to_json(args.out / f"probeless{suffix}.json")
     print(f"wrote {path} and {without}")
-    return 0
 
 
 def _looks_like_labels(path: Path) -> bool:

@@ -19,13 +19,22 @@ HELP = "build one self-contained report.html from the results of any jneuron com
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("results", nargs="+", type=Path, metavar="RESULT",
+    parser.add_argument("results", nargs="+", type=_existing, metavar="RESULT",
                         help="result .json files, or folders holding them")
     parser.add_argument("--title", default="jneuron report", help="the page title")
     parser.add_argument("--activations", nargs="+", type=Path, default=[], metavar="STORE",
                         help="activation stores with token text (from convert): each top neuron's view shows its "
                              "top tokens in context (default: the .zarr stores inside the result folders)")
     add_out_argument(parser)
+
+
+def _existing(text: str) -> Path:
+    """A path that exists, checked as the command line is read (before ``--out`` is made, which may be the same
+    folder)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{path}: no such file or folder")
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
