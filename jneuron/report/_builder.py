@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from jneuron import config
+from jneuron.data.labels import counted
 from jneuron.errors import JNeuronError
 from jneuron.report import plots
 from jneuron.report.neuron_view import neuron_view_html
@@ -340,10 +341,10 @@ class Report:
             items.append(f'<details class="neuron" id="{escape(anchor)}" data-neuron="{escape(label)}">'
                          f"<summary>{escape(label)}</summary>{ranks}{self.views.get(label, '')}</details>")
         more = len(self.neurons.keys() - self.shown.keys())
-        tail = f'<p class="note">{_count(more, "more ranked neuron")} not shown here: see the result files.</p>' \
+        tail = f'<p class="note">{counted(more, "more ranked neuron")} not shown here: see the result files.</p>' \
             if more else ""
         return (f'<section id="neurons" class="neurons"><h2>Neurons</h2><p class="caption">The '
-                f"{_count(len(items), 'neuron')} the tables and charts above show: each one's rank and score in "
+                f"{counted(len(items), 'neuron')} the tables and charts above show: each one's rank and score in "
                 "every analysis, and its top inputs where the activations came with text. A neuron's link opens "
                 f"its view; type in the search box to find one.</p>{''.join(items)}{tail}</section>")
 
@@ -408,11 +409,6 @@ def _fact(value) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(_fact(v) for v in value)
     return str(value)
-
-
-def _count(n: int, noun: str) -> str:
-    """``"1 neuron"``, ``"3 neurons"``: a count with its noun."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _anchor(label) -> str:

@@ -78,7 +78,7 @@ def test_a_nan_is_reported_at_its_own_row(data, capsys):
     np.save(data / "nan.npy", x)
     for command in ("probe", "information"):
         fails(capsys, command, data / "nan.npy", "--labels", data / "labels.npy",
-              message=r"nan.npy: non-finite value \(NaN or Inf\) at row 87, neuron nan/3 \(rows counted from 1\)")
+              message=r"non-finite value \(NaN or Inf\) at row 87, neuron nan/3 \(rows counted from 1\)")
 
 
 def test_convert_counts_lines_from_1(data, capsys):

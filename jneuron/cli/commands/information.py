@@ -2,7 +2,8 @@
 
 ``jneuron information acts.zarr --labels labels.txt --out results/``: any activation inputs, and labels
 as a NeuroX label file, a ``.npy`` array of integers or strings, or one label per line (or the labels
-stored with the inputs). Writes ``information.json`` and one ranking per measure: ``ranking_mutual_information``,
+stored with the inputs). The activations are read chunk by chunk (a store larger than memory is fine).
+Writes ``information.json`` and one ranking per measure: ``ranking_mutual_information``,
 ``ranking_kl_selectivity``, ``ranking_entropy`` and ``ranking_selectivity`` ``.json``.
 
 The 1-bit quantization cuts at ``--threshold``: 0.5 suits sigmoid units and 0 ReLU units. On signed
@@ -16,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 
 from jneuron.cli.options import (
     add_input_arguments,
     add_out_argument,
     add_streaming_arguments,
-    check_finite,
     device_scope,
     load_source,
     progress_for,
@@ -57,15 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
     source = load_source(args.inputs, args)
     labels, classes = read_labels(args, source)
-    x = source.read(0, source.tokens)
-    check_finite(x, source)
-    edges = np.cumsum((0,) + source.widths)
-    models = {name: {layer: x[:, lo + start:lo + start + width] for layer, width, start in _layers(source, name)}
-              for name, lo in zip(source.names, edges[:-1])}
     progress = progress_for(args, source.tokens, passes=PASSES[args.quantize])
     with device_scope(args):
         options = streaming_options(neuron_information, args, progress)
-        info = neuron_information(models, labels, quantize=args.quantize, threshold=args.threshold, bins=args.bins,
+        info = neuron_information(source, labels, quantize=args.quantize, threshold=args.threshold, bins=args.bins,
                                   classes=args.classes, unit="nats" if args.nats else "bits", **options)
     progress.close()
     print(f"{len(info.neurons)} neurons, H(Y) = {info.label_entropy:.4f} {info.unit}, {len(info.dead)} constant, "
@@ -81,11 +75,4 @@ def run(args: argparse.Namespace) -> int:
     written.insert(0, atomic_write_json(args.out / "information.json", data))
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def _layers(source, model: str):
-    start = 0
-    for layer, width in source.layers[model]:
-        yield layer or "", width, start
-        start += width
 

@@ -3,8 +3,9 @@
 Reads every result any jneuron command writes (rankings, similarity matrices, matches, probes,
 information measures, ablation curves, the studies) from the files or folders given, and writes
 ``OUT/report.html``: one self-contained file (plots embedded), with the run's metadata, sortable tables,
-a neuron search box, a caption defining each method and a view per neuron (its rank in every analysis,
-and its top tokens in context when an activation store with text is given or found in the folders). Open it in any browser; it needs no network.
+a neuron search box, a caption defining each method and a view of every neuron the page shows (its rank
+in every analysis, and its top tokens in context when an activation store with text is given or found in
+the folders). Open it in any browser; it needs no network.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="result .json files, or folders holding them")
     parser.add_argument("--title", default="jneuron report", help="the page title")
     parser.add_argument("--activations", nargs="+", type=Path, default=[], metavar="STORE",
-                        help="activation stores with token text (from convert): each top neuron's view shows its "
-                             "top tokens in context (default: the .zarr stores inside the result folders)")
+                        help="activation stores with token text (from convert or extract): the view of every neuron "
+                             "shown has its top tokens in context (default: the .zarr stores inside the result folders)")
     add_out_argument(parser)
 
 
@@ -38,6 +39,7 @@ def _existing(text: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jneuron.data.labels import counted
     from jneuron.report import Report
 
     report = Report(args.title, metadata={"command": getattr(args, "command_line", None)})
@@ -49,5 +51,5 @@ def run(args: argparse.Namespace) -> int:
     for store in stores:
         report.add_store_views(store)
     path = report.write(args.out / "report.html")
-    print(f"wrote {path} ({len(report.sections)} sections)")
+    print(f"wrote {path} ({counted(len(report.sections), 'section')})")
     return 0
