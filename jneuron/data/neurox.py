@@ -101,7 +101,7 @@ def open_neurox_hdf5(path: str | Path, tokens=None, labels=None) -> FileSource:
     dtype = column_dtype(datasets[0].dtype, str(path))
     columns = tuple(Column(path.stem, str(layer), width, dtype, reader(layer)) for layer in range(layers))
     words = [_OCCURRENCE.sub("", sentence).split(" ") for sentence, _ in order]
-    text = _text(words, lengths, str(path), tokens, labels) if tokens is not None or labels is not None else None
+    text = _given_text(words, lengths, path, tokens, labels) if tokens is not None or labels is not None else None
     if text is None:
         try:  # the sentence keys are the words joined by spaces; use them when they line up
             fallback = _text(words, lengths, str(path))
@@ -109,6 +109,20 @@ def open_neurox_hdf5(path: str | Path, tokens=None, labels=None) -> FileSource:
             fallback = None
         text = fallback
     return FileSource(str(path), columns, int(starts[-1]), None, None if text is None else (lambda: text))
+
+
+def _given_text(words, lengths: np.ndarray, path: Path, tokens, labels) -> Text:
+    """:func:`_text` for an HDF5 file, saying why its sentences can be fewer than the lines: NeuroX keys them
+    by their text, and writers without the ``" (Occurrence n)"`` suffix keep a repeated sentence once."""
+    try:
+        return _text(words, lengths, str(path), tokens, labels)
+    except JNeuronError as error:
+        lines = len(read_sentences(tokens if tokens is not None else labels))
+        if lines <= len(lengths):
+            raise
+        raise JNeuronError(f"{error} ({path.name} holds {len(lengths)} sentences for {lines} lines: NeuroX keys "
+                           "sentences by their text, so a repeated sentence is kept once unless its key ends "
+                           "with ' (Occurrence n)')") from None
 
 
 def _as_str(value) -> str:

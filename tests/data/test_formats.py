@@ -233,3 +233,18 @@ def test_store_round_trip_any_appends_and_chunking(tmp_path_factory, tokens, wid
     np.testing.assert_array_equal(np.concatenate(list(src.chunks(read_chunk))), expected)
     np.testing.assert_array_equal(np.concatenate(list(src.chunks(read_chunk, start=tokens // 2))),
                                   expected[tokens // 2:])
+
+
+def test_repeated_sentences_without_occurrence_keys_are_explained(tmp_path, rng):
+    """A writer that keys sentences by their text alone keeps a repeated sentence once: the error says so."""
+    words = [["a", "b"], ["c"], ["a", "b"]]
+    with h5py.File(tmp_path / "old.hdf5", "w") as f:
+        index = {}
+        for s, sentence in enumerate(words):
+            f.create_dataset(str(s), (2, len(sentence), 3), dtype="float32", data=rng.normal(size=(2, len(sentence), 3)))
+            index[" ".join(sentence)] = str(s)  # no " (Occurrence n)": the third sentence replaces the first
+        ds = f.create_dataset("sentence_to_index", (1,), dtype=h5py.special_dtype(vlen=str))
+        ds[0] = json.dumps(index)
+    (tmp_path / "tokens.txt").write_text("a b\nc\na b\n")
+    with pytest.raises(jn.JNeuronError, match=r"old.hdf5 holds 2 sentences for 3 lines: .*Occurrence n"):
+        jn.open_activations(tmp_path / "old.hdf5", tokens=tmp_path / "tokens.txt")
