@@ -26,8 +26,10 @@ demo: $(STAMP)
 	$(VENV)/bin/jneuron demo --out demo-output
 
 # The suite; every docstring example runs once, collected by --doctest-modules (pyproject's addopts).
+# The 8-device check (a pytest process of its own, about a minute) runs in test-numerics, under the
+# second kernels: every test process here already runs the sharded paths on two in-process devices.
 test: $(STAMP) chromium
-	$(PYTEST) -m "not slow" tests jneuron
+	$(PYTEST) -m "not slow and not multidevice" tests jneuron
 
 # The numerical tests again under a second set of kernels, so that a tolerance tuned to one machine's
 # rounding fails here: OpenBLAS's Sandybridge kernels (AVX, no FMA) instead of the Haswell/Zen ones

@@ -8,7 +8,7 @@ class selectivity index on the raw activations' class means. See :mod:`jneuron.k
 
 >>> import numpy as np, jneuron as jn
 >>> labels = np.arange(1000) % 2
->>> acts = np.stack([labels, np.full(1000, 0.7), np.random.default_rng(0).random(1000)], axis=1)
+>>> acts = np.stack([labels, np.linspace(0.6, 0.9, 1000), np.random.default_rng(0).random(1000)], axis=1)
 >>> info = jn.neuron_information(acts, labels)
 >>> info.mutual_information.round(3).tolist(), float(info.entropy[1]), round(float(info.selectivity[0]), 6)
 ([1.0, 0.0, 0.004], 0.0, 1.0)
