@@ -11,7 +11,7 @@ from jneuron.cli.main import main
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
     """The demo (3 models, 1 epoch, top 3), run once for the whole session: ``(exit code, stdout, output
-    folder)``."""
+    folder)``. Its tests live in tests/cli/test_cli.py, so one test process runs it."""
     out = tmp_path_factory.mktemp("demo") / "demo"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):

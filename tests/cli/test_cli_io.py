@@ -163,19 +163,3 @@ def test_progress_line_reports_rate_and_time_left():
     quiet = io.StringIO()
     Progress(10, stream=quiet)(5)  # not a terminal and not asked for: silent
     assert quiet.getvalue() == ""
-
-
-def test_demo_writes_store_results_and_report(demo_run):
-    # run under the suite's strict dtype promotion (tests/conftest.py): what passes there runs as well
-    # under the standard promotion users have
-    code, out, folder = demo_run
-    assert code == 0 and f"report: {(folder / 'report.html').resolve()}" in out
-    store = jn.open_activations(folder / "activations.zarr")
-    assert store.layers == {f"mlp{i}": (("layers/0", 64), ("layers/1", 32)) for i in range(3)}
-    assert store.tokens == 1797 and store.text().labels[:3] == ("0", "1", "2")
-    page = (folder / "report.html").read_text()
-    for title in ("MaxCorr: top 20 of 288 neurons", "MinCorr: top 20 of 288 neurons",
-                  "Mean best |correlation| between models", "Top inputs of mlp"):
-        assert title in page
-    assert page.count('class="tokimg"') >= 12
-    assert json.loads((folder / "maxcorr.json").read_text())["method"] == "maxcorr"
