@@ -8,11 +8,7 @@ errors naming the model, row and neuron.
 """
 
 import json
-import subprocess
-import sys
-import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -281,21 +277,3 @@ def test_nan_and_inf_in_scaled_data_name_the_model_row_and_neuron(bad, mesh):
     y[700, 3] = bad
     with pytest.raises(JNeuronError, match=r"model 'model1'.*row 701, neuron 3"):
         jn.maxcorr([x, y], chunk_tokens=128, devices=1 if mesh else None)
-
-
-def test_neuron_sharded_mesh_scales(tmp_path, cpu_devices_env):
-    """Four forced CPU devices, two neuron shards: each shard's band features move with their columns."""
-    script = textwrap.dedent("""
-        import numpy as np, jneuron as jn
-        from tests.streaming.test_extreme_values import TILES, assert_stats, extreme
-        from jneuron.streaming.passes import accumulate
-        x = extreme()
-        for shards in (1, 2):
-            stats = accumulate(jn.as_source([x]), TILES, 100, mesh=jn.device_mesh(4, neuron_shards=shards))
-            assert stats.scale is not None
-            assert_stats(stats, x, f"{shards} neuron shards")
-        print("ok")
-    """)
-    done = subprocess.run([sys.executable, "-c", script], env=cpu_devices_env(4), capture_output=True, text=True,
-                          timeout=300, cwd=str(Path(__file__).parents[2]))
-    assert done.returncode == 0 and "ok" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]

@@ -369,3 +369,16 @@ def test_shard_batches_keeps_every_row_once():
     global_rows = (local + 101 * np.arange(8)[None, :, None])[ok]
     assert sorted(global_rows.tolist()) == sorted(np.asarray(rows)[np.asarray(valid)].tolist())
     assert counts.tolist() == np.asarray(valid).sum(1).tolist()
+
+
+def test_neuron_sharded_mesh_scales():
+    """Four devices, two neuron shards: each shard's band features move with their columns when the data are
+    scaled (values too large or too small for float32 products; see tests/streaming/test_extreme_values.py)."""
+    from jneuron.streaming.passes import accumulate
+    from tests.streaming.test_extreme_values import TILES, assert_stats, extreme
+
+    x = extreme()
+    for shards in (1, 2):
+        stats = accumulate(jn.as_source([x]), TILES, 100, mesh=jn.device_mesh(4, neuron_shards=shards))
+        assert stats.scale is not None
+        assert_stats(stats, x, f"{shards} neuron shards")
