@@ -2,8 +2,6 @@
 
 import json
 import math
-import subprocess
-import sys
 import warnings
 
 import jax
@@ -360,42 +358,6 @@ def test_measure_kernels_on_device_match_host(rng):
     assert_close(jax.jit(kinfo.class_selectivity)(jnp.asarray(means, jnp.float32), jnp.ones(4)),
                  kinfo.class_selectivity(means, np.ones(4)), 1.0, selectivity_bound(means, error, np.float32),
                  "class selectivity")
-
-
-SHARDED = """
-import sys
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
-from jneuron.kernels import information as kinfo, quantize as kquant
-assert len(jax.devices()) == 4
-mesh = jax.make_mesh((4,), ("tokens",))
-rng = np.random.default_rng(0)
-x = rng.random((64, 5)).astype(np.float32)
-y = rng.integers(0, 3, 64).astype(np.int32)
-for method in ("segment", "contract"):
-    def tables(xs, ys):
-        counts, sums = kinfo.chunk_tables(xs, kquant.threshold(xs, 0.5), ys, xs.shape[0] - 2, None, bins=2,
-                                          classes=3, method=method)
-        return jax.lax.psum(counts, "tokens"), jax.lax.psum(sums, "tokens")
-    spec = NamedSharding(mesh, P("tokens"))
-    run = jax.jit(jax.shard_map(tables, mesh=mesh, in_specs=(P("tokens"), P("tokens")), out_specs=(P(), P())))
-    sharded = run(jax.device_put(x, spec), jax.device_put(y, spec))
-    valid = (np.arange(64) % 16) < 14  # each shard's last 2 rows are its padding
-    single = kinfo.chunk_tables(jnp.asarray(x[valid]), kquant.threshold(jnp.asarray(x[valid]), 0.5),
-                                jnp.asarray(y[valid]), 56, None, bins=2, classes=3, method=method)
-    assert np.array_equal(sharded[0], single[0]), method
-    # two float32 sums of 56 non-negative values (4 shards of 14, then a psum): relative to the sums
-    scale = np.stack([x[valid & (y == c)].astype(np.float64).sum(0) for c in range(3)], axis=1)
-    assert np.all(np.abs(np.asarray(sharded[1]) - np.asarray(single[1])) <= float(sys.argv[1]) * scale), method
-print("ok")
-"""
-
-
-def test_sharded_over_four_devices_equals_single_device(cpu_devices_env):
-    env = cpu_devices_env(4)  # keeps the caller's other XLA flags (make test-numerics: --xla_cpu_max_isa=AVX)
-    done = subprocess.run([sys.executable, "-c", SHARDED, repr(2 * tolerance(64))], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_signed_activations_are_flagged(rng):

@@ -382,3 +382,35 @@ def test_neuron_sharded_mesh_scales():
         stats = accumulate(jn.as_source([x]), TILES, 100, mesh=jn.device_mesh(4, neuron_shards=shards))
         assert stats.scale is not None
         assert_stats(stats, x, f"{shards} neuron shards")
+
+
+@pytest.mark.parametrize("method", ["segment", "contract"])
+def test_information_kernel_psum_over_four_token_shards(method):
+    """The counting kernel inside shard_map over 4 token shards (each with 2 padding rows), combined by psum:
+    the counts equal one device's exactly, the class sums to two float32 roundings."""
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from jneuron.kernels import information as kinfo
+    from jneuron.kernels import quantize as kquant
+
+    mesh = jax.make_mesh((4,), ("tokens",), devices=jax.devices()[:4])
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 64).astype(np.int32)
+
+    def tables(xs, ys):
+        counts, sums = kinfo.chunk_tables(xs, kquant.threshold(xs, 0.5), ys, xs.shape[0] - 2, None, bins=2,
+                                          classes=3, method=method)
+        return jax.lax.psum(counts, "tokens"), jax.lax.psum(sums, "tokens")
+
+    spec = NamedSharding(mesh, P("tokens"))
+    run = jax.jit(jax.shard_map(tables, mesh=mesh, in_specs=(P("tokens"), P("tokens")), out_specs=(P(), P())))
+    sharded = run(jax.device_put(x, spec), jax.device_put(y, spec))
+    valid = (np.arange(64) % 16) < 14  # each shard's last 2 rows are its padding
+    single = kinfo.chunk_tables(jnp.asarray(x[valid]), kquant.threshold(jnp.asarray(x[valid]), 0.5),
+                                jnp.asarray(y[valid]), 56, None, bins=2, classes=3, method=method)
+    np.testing.assert_array_equal(sharded[0], single[0])
+    # two float32 sums of 56 non-negative values (4 shards of 14, then a psum): relative to the sums
+    scale = np.stack([x[valid & (y == c)].astype(np.float64).sum(0) for c in range(3)], axis=1)
+    assert np.all(np.abs(np.asarray(sharded[1]) - np.asarray(single[1])) <= 2 * tolerance(64) * scale)
