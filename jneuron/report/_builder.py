@@ -466,16 +466,17 @@ def _probe(report: Report, data: Mapping, name: str) -> None:
     grid = data["grid"]
     best = grid["best"]
     ordering = data["ordering"]
-    report.add_ranking(ordering, title=f"Probe neuron ordering: top {min(TOP, len(ordering['neurons']))} of "
+    which = "" if name == "probe" else f" ({name})"  # probe_<model>_<layer>: one probe per layer
+    report.add_ranking(ordering, title=f"Probe neuron ordering{which}: top {min(TOP, len(ordering['neurons']))} of "
                                        f"{len(ordering['neurons'])} neurons (held-out accuracy {best['accuracy']:.3f})")
     top = data.get("top_neurons") or {}
     if top.get("counts"):
-        report.add_class_counts(f"Neurons per class ({100 * top['percentage']:g}% of each class's weight mass)",
+        report.add_class_counts(f"Neurons per class{which} ({100 * top['percentage']:g}% of each class's weight mass)",
                                 top["counts"], caption="How many neurons hold each class's weight mass: few for a "
                                 "focused class, many for a distributed one.", xlabel="class")
     rows = [[f"{l1:g}", f"{l2:g}", _cell(grid["accuracy"][i][j]), grid["neurons_needed"][i][j]]
             for i, l1 in enumerate(grid["l1"]) for j, l2 in enumerate(grid["l2"])]
-    report.add_table("Probe penalty grid", ["l1", "l2", "held-out accuracy", "neurons needed"], rows,
+    report.add_table(f"Probe penalty grid{which}", ["l1", "l2", "held-out accuracy", "neurons needed"], rows,
                      caption=f"Chosen: l1={best['l1']:g}, l2={best['l2']:g} (the sparsest setting within "
                              f"{grid['tolerance']:g} of the best accuracy).")
 

@@ -59,3 +59,6 @@ def test_layers_as_models_trains_one_probe_per_layer(tmp_path, capsys):
         result = json.loads((tmp_path / "out" / f"probe_m_{layer}.json").read_text())
         labels = [n["label"] for n in result["ordering"]["neurons"]]
         assert len(labels) == 6 and set(labels[:len(planted)]) == planted, labels
+    assert main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "page")]) == 0
+    page = (tmp_path / "page" / "report.html").read_text()
+    assert "Probe neuron ordering (probe_m_l0)" in page and "Probe neuron ordering (probe_m_l1)" in page
