@@ -39,11 +39,11 @@ from jneuron.data.source import (
     IteratorSource,
     Rows,
     Source,
-    _names,
     as_source,
     float_dtype,
     is_source,
     item_parts,
+    name_models,
     reads_dtype,
     requested_dtype,
     source_rows,
@@ -345,7 +345,7 @@ def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple
 
     source = as_source(labelled if reiterable else labelled())
     first = item_parts(source.first)
-    model_names = _names(None, names, len(first) - 1)
+    model_names = name_models(None, names, len(first) - 1)
     source = replace(source, names=model_names + (LABELS,))
     neurons = NeuronIndex.from_widths(model_names, source.widths[:-1])
     rows = chunk_tokens or min(default_chunk_tokens(sum(source.widths)), max(len(first[-1]), 1))

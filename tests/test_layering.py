@@ -7,14 +7,9 @@ import jneuron
 
 PACKAGE = Path(jneuron.__file__).parent
 
-# Private names still shared across modules, each waiting for its owner's rework (issue 15): the probe
-# internals the probe ablation trains and evaluates with, and the source helpers of the information pass.
-KNOWN = {
-    ("information.py", "jneuron.data.source", "_names"),
-    ("probing/ablation.py", "jprobe", "_activations"),
-    ("probing/ablation.py", "jprobe", "_prepare"),
-    ("probing/ablation.py", "jprobe", "_fit"),
-}
+# Private names shared across modules, each waiting for its owner's rework: none left (the probe's training
+# steps and the source's model naming are public names now).
+KNOWN: set = set()
 
 
 def _modules():

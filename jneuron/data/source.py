@@ -254,7 +254,12 @@ def _chunk_parts(item, index: int, names, widths, dtype=None) -> list[np.ndarray
 Source = ArraySource | IteratorSource
 
 
-def _names(models, given: Sequence[str] | None, count: int) -> tuple[str, ...]:
+def name_models(models, given: Sequence[str] | None, count: int) -> tuple[str, ...]:
+    """The names of ``count`` models: ``given``, else a mapping's keys, else ``model0, model1, ...``; unique.
+
+    >>> name_models({"a": 1, "b": 2}, None, 2), name_models([1, 2], None, 2)
+    (('a', 'b'), ('model0', 'model1'))
+    """
     if given is not None:
         names = tuple(str(n) for n in given)
     elif isinstance(models, Mapping):
@@ -296,7 +301,7 @@ def _as_source(models, names, valid) -> Source:
         return models.with_valid(valid)
     if isinstance(models, Mapping) or (isinstance(models, Sequence) and not isinstance(models, str)):
         values = list(models.values()) if isinstance(models, Mapping) else list(models)
-        model_names = _names(models, names, len(values))
+        model_names = name_models(models, names, len(values))
         arrays = tuple(as_2d(a, f"model '{n}'") for a, n in zip(values, model_names))
         if arrays:
             tokens = {a.shape[0] for a in arrays}
@@ -327,7 +332,7 @@ def _iterator_source(make_iterator, names, reiterable: bool) -> IteratorSource:
     except StopIteration:
         raise JNeuronError("the chunk iterator is empty: no tokens to analyse") from None
     parts = item_parts(first)
-    model_names = _names(None, names, len(parts))
+    model_names = name_models(None, names, len(parts))
     widths = tuple(as_2d(p, f"chunk 0, model '{n}'").shape[1] for p, n in zip(parts, model_names))
     dtype = float_dtype(np.result_type(*[np.dtype(getattr(p, "dtype", np.float32)) for p in parts]))
     first_pass = [itertools.chain([first], iterator)]

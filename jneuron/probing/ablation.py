@@ -95,7 +95,7 @@ def zero_out_ablation(probe: jprobe.Probe, x, labels, percentages: Sequence[floa
     shares, counts, masks = selection_masks(ordering, percentages, seed)
     if not keep:
         masks[1:] = 1 - masks[1:]
-    device = jprobe._activations(x, probe.weight.shape[1])
+    device = jprobe.device_activations(x, probe.weight.shape[1])
     y = jnp.asarray(jprobe.encode_labels(labels, probe.classes, device.shape[0]))
     stack = len(masks)
     weight = jnp.broadcast_to(jnp.asarray(probe.weight), (stack, *probe.weight.shape))
@@ -115,13 +115,13 @@ def retrain_ablation(x_train, labels_train, x_test, labels_test, ordering: Ranki
     ``devices``/``mesh`` shard the training tokens (see :func:`jneuron.train_probe`).
     """
     shares, counts, masks = selection_masks(ordering, percentages, seed)
-    device, y, classes, _ = jprobe._prepare(x_train, labels_train, "classification")
+    device, y, classes, _ = jprobe.training_data(x_train, labels_train, "classification")
     stack = len(masks)
     masks_ = jnp.asarray(masks, device.dtype)
-    weights, biases = jprobe._fit(device, y, masks_, np.full(stack, l1), np.full(stack, l2), len(classes),
+    weights, biases = jprobe.fit_probes(device, y, masks_, np.full(stack, l1), np.full(stack, l2), len(classes),
                                   epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, squared=squared,
                                   shuffle=True, mesh=resolve_mesh(devices, mesh))
-    test = jprobe._activations(x_test, device.shape[1])
+    test = jprobe.device_activations(x_test, device.shape[1])
     y_test = jnp.asarray(jprobe.encode_labels(labels_test, classes, test.shape[0]))
     counts_ = jprobe.confusion_counts(weights, biases, test, y_test, masks_, len(classes))
     return _table("retrain", shares, counts, counts_[:, 1].sum(1) / counts_[:, 0].sum(1))

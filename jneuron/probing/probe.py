@@ -76,7 +76,7 @@ class Probe(Result):
 
     def outputs(self, x) -> np.ndarray:
         """Logits ``(tokens, classes)`` (or regression outputs ``(tokens, 1)``)."""
-        x = _activations(x, self.weight.shape[1])
+        x = device_activations(x, self.weight.shape[1])
         return np.asarray(kp.outputs(self._params(), x, None))[:, 0]
 
     def predict(self, x) -> np.ndarray:
@@ -172,7 +172,7 @@ def _real_labels(labels, tokens: int) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def _activations(x, neurons: int | None = None) -> jax.Array:
+def device_activations(x, neurons: int | None = None) -> jax.Array:
     """Checked activations on the device: 2-D, non-empty, finite (first bad row and neuron named)."""
     x = as_2d(x, "activations")
     if x.shape[0] == 0:
@@ -185,12 +185,12 @@ def _activations(x, neurons: int | None = None) -> jax.Array:
     return device
 
 
-def _prepare(x, labels, task: str):
+def training_data(x, labels, task: str):
     """Device activations (constant neurons' columns zeroed), device targets, the sorted classes (empty for
     regression) and the constant neurons."""
     if task not in ("classification", "regression"):
         raise JNeuronError(f"task: expected 'classification' or 'regression', got {task!r}")
-    device, dead = _without_constant(_activations(x))
+    device, dead = _without_constant(device_activations(x))
     if task == "regression":
         return device, jnp.asarray(_real_labels(labels, device.shape[0]), device.dtype), np.zeros(0), dead
     classes = class_index(labels)
@@ -226,8 +226,8 @@ def batch_rows(tokens: int, epochs: int, batch_size: int, seed: int = 0, shuffle
     return jnp.asarray(rows.reshape(shape)), jnp.asarray(valid.reshape(shape))
 
 
-def _fit(x, y, masks, l1s, l2s, classes: int, *, epochs: int, batch_size: int, learning_rate: float, seed: int,
-         squared: bool, shuffle: bool, regression: bool = False, mesh: Mesh | None = None):
+def fit_probes(x, y, masks, l1s, l2s, classes: int, *, epochs: int, batch_size: int, learning_rate: float,
+               seed: int, squared: bool, shuffle: bool, regression: bool = False, mesh: Mesh | None = None):
     """Train a stack of probes (one per mask / penalty row) on the same seeded batches in one compiled call."""
     if not learning_rate > 0:
         raise JNeuronError(f"learning_rate: expected a positive learning rate, got {learning_rate}")
@@ -315,8 +315,8 @@ def train_probe(x, labels, *, l1: float = 0.0, l2: float = 0.0, epochs: int = 10
     np.int64(0)
     """
     l1v, l2v = float(_penalties(l1, "l1")[0]), float(_penalties(l2, "l2")[0])
-    device, y, classes, dead = _prepare(x, labels, task)
-    weight, bias = _fit(device, y, None, [l1v], [l2v], len(classes),
+    device, y, classes, dead = training_data(x, labels, task)
+    weight, bias = fit_probes(device, y, None, [l1v], [l2v], len(classes),
                         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, squared=squared, shuffle=shuffle,
                         regression=task == "regression", mesh=resolve_mesh(devices, mesh))
     probe = _probe(weight[0], bias[0], classes, task, device.shape[1], names, dead, l1=l1v, l2=l2v,
@@ -408,12 +408,12 @@ def train_probes(x, labels, *, l1: Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3),
         held[np.random.default_rng(seed).permutation(tokens)[: max(1, int(round(validation * tokens)))]] = True
         values = np.asarray(labels)
         x_train, y_train, x_val, y_val = np.asarray(x)[~held], values[~held], np.asarray(x)[held], values[held]
-    device, y, classes, dead = _prepare(x_train, y_train, "classification")
+    device, y, classes, dead = training_data(x_train, y_train, "classification")
     grid_l1 = np.repeat(l1s, len(l2s))
     grid_l2 = np.tile(l2s, len(l1s))
-    weights, biases = _fit(device, y, None, grid_l1, grid_l2, len(classes), epochs=epochs, batch_size=batch_size,
+    weights, biases = fit_probes(device, y, None, grid_l1, grid_l2, len(classes), epochs=epochs, batch_size=batch_size,
                            learning_rate=learning_rate, seed=seed, squared=squared, shuffle=shuffle, mesh=resolve_mesh(devices, mesh))
-    val = _activations(x_val, device.shape[1])
+    val = device_activations(x_val, device.shape[1])
     y_v = jnp.asarray(encode_labels(y_val, classes, val.shape[0]))
     counts = confusion_counts(weights, biases, val, y_v, None, len(classes))
     accuracy = (counts[:, 1].sum(1) / counts[:, 0].sum(1)).reshape(len(l1s), len(l2s))
