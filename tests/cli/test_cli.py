@@ -19,8 +19,9 @@ def test_help_lists_commands(capsys):
 
 
 def test_console_script_runs():
-    result = subprocess.run([sys.executable, "-m", "jneuron.cli.main", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "usage: jneuron" in result.stdout
+    for module in ("jneuron", "jneuron.cli.main"):  # python -m jneuron, as the jneuron script
+        result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "usage: jneuron" in result.stdout, module
 
 
 def test_maxcorr_command_writes_ranking(tmp_path, rng, capsys):
