@@ -35,6 +35,7 @@ from jneuron import config
 from jneuron.errors import DeadNeuronWarning
 from jneuron.kernels import quantize as kquant
 from jneuron.kernels import sharded as ksharded
+from jneuron.streaming import cpu_counts
 
 SHOWN = 10  # constant neurons named in a warning (the rest are counted)
 
@@ -88,13 +89,12 @@ def with_range(reduction, width: int, dtype):
 
     def chunk(columns, n_valid, row0, *args):
         x = columns[:, :width]
-        if host:
-            x = x.astype(dtype, copy=False)
-            with np.errstate(invalid="ignore"):
-                low, high = (x[:n_valid].min(axis=0), x[:n_valid].max(axis=0)) if n_valid else (
-                    np.full(width, np.inf, dtype), np.full(width, -np.inf, dtype))
-        else:
+        if not host:
             low, high = kquant.minmax(x.astype(dtype), n_valid)
+        elif n_valid:
+            low, high = cpu_counts.minmax(x.astype(dtype, copy=False), n_valid)
+        else:  # no valid row: nothing seen
+            low, high = np.full(width, np.inf, dtype), np.full(width, -np.inf, dtype)
         return Ranged(reduction.chunk(columns, n_valid, row0, *args), low, high)
 
     def merge(a: Ranged, b: Ranged) -> Ranged:
