@@ -30,12 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jneuron.data.checks import as_2d, check_valid
-from jneuron.data.labelled import LABELS, LabelledSource, source_neurons
+from jneuron.data.labelled import LABELS, LabelledSource, activation_source
 from jneuron.data.labels import class_ids
-from jneuron.data.models import parse_layers
 from jneuron.data.source import (
-    ArraySource,
     IteratorSource,
     Rows,
     Source,
@@ -45,7 +42,6 @@ from jneuron.data.source import (
     item_parts,
     name_models,
     reads_dtype,
-    requested_dtype,
     source_rows,
 )
 from jneuron.errors import JNeuronError, QuantizationWarning
@@ -284,21 +280,7 @@ def _labelled_source(acts, labels, names, classes, chunk_tokens, valid) -> tuple
     """The activations with their class ids as one more column (labels stream beside the rows), the
     neurons' identities, the number of classes and the rows per chunk."""
     if labels is not None:
-        if is_source(acts):  # files and stores stay on disk
-            source = acts if valid is None else acts.with_valid(valid)
-            neurons = source_neurons(source, names)
-        else:
-            layers = parse_layers(acts, names, what="activations")
-            arrays = [as_2d(a, f"model '{layers.models[m]}'" + (f", layer '{l}'" if l else ""))
-                      for a, m, l in zip(layers.data, layers.model_of, layers.layers)]
-            tokens = {a.shape[0] for a in arrays}
-            if len(tokens) != 1:
-                raise JNeuronError(f"all activation arrays must cover the same tokens; token counts differ: "
-                                   f"{sorted(tokens)}")
-            mask = None if valid is None else check_valid(valid, tokens.pop())
-            dtype = requested_dtype(float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays])))
-            source = ArraySource(tuple(arrays), tuple(layers.labels), mask, out_dtype=dtype)
-            neurons = layers.neurons()
+        source, neurons = activation_source(acts, names, valid)
         tokens, mask = source.tokens, source.valid
         ids = np.asarray(labels)
         if mask is not None and ids.shape == mask.shape:  # the labels of invalid rows are never read

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jneuron.data.source import Rows, source_rows
+from jneuron.data.checks import as_2d, check_valid
+from jneuron.data.models import parse_layers
+from jneuron.data.source import ArraySource, Rows, float_dtype, is_source, requested_dtype, source_rows
 from jneuron.errors import JNeuronError
 from jneuron.results import NeuronIndex
 
@@ -68,6 +70,26 @@ class LabelledSource:
     def chunks(self, chunk_tokens: int, start: int = 0) -> Iterator[np.ndarray]:
         for rows in self.rows(chunk_tokens, start):
             yield rows.parts
+
+
+def activation_source(data, names: Sequence[str] | None, valid, *, lone_name: str | None = None):
+    """The activations a labelled analysis reads, as a source, and who its columns are: a file or store source
+    as given (``valid`` applied to it), or arrays side by side (one array, several models, models of layers;
+    ``lone_name`` names a single array given without ``names``) read in the requested dtype."""
+    if is_source(data):  # files and stores stay on disk
+        source = data if valid is None else data.with_valid(valid)
+        return source, source_neurons(source, names)
+    if hasattr(data, "shape") and names is None and lone_name is not None:
+        names = [lone_name]
+    layers = parse_layers(data, names, what="activations")
+    arrays = [as_2d(a, f"model '{layers.models[m]}'" + (f", layer '{l}'" if l else ""))
+              for a, m, l in zip(layers.data, layers.model_of, layers.layers)]
+    tokens = sorted({a.shape[0] for a in arrays})
+    if len(tokens) != 1:
+        raise JNeuronError(f"all activation arrays must cover the same tokens; token counts differ: {tokens}")
+    mask = None if valid is None else check_valid(valid, tokens[0])
+    dtype = requested_dtype(float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays])))
+    return ArraySource(tuple(arrays), tuple(layers.labels), mask, out_dtype=dtype), layers.neurons()
 
 
 def source_neurons(source, names: Sequence[str] | None = None) -> NeuronIndex:

@@ -23,14 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jneuron.data.checks import as_2d, check_valid
-from jneuron.data.labelled import LABELS, LabelledSource, source_neurons
+from jneuron.data.labelled import LABELS, LabelledSource, activation_source
 from jneuron.data.labels import label_values
-from jneuron.data.models import parse_layers
 from jneuron.data.source import (
-    ArraySource,
     Rows,
     float_dtype,
-    is_source,
     reads_dtype,
     requested_dtype,
     source_rows,
@@ -178,20 +175,7 @@ def labelled_source(data, labels, names, chunk_tokens: int, valid):
     """The activations with class ids as one more column, the neurons, the sorted label values (None
     when they come with the chunks) and the rows per chunk."""
     if labels is not None:
-        if is_source(data):  # files and stores stay on disk
-            source = data if valid is None else data.with_valid(valid)
-            neurons = source_neurons(source, names)
-        else:
-            layers = parse_layers(data, names, prefix="model", what="activations")
-            if hasattr(data, "shape") and names is None:
-                layers = parse_layers(data, ["model"], what="activations")
-            arrays = [as_2d(a, "activations") for a in layers.data]
-            if any(a.shape[0] != arrays[0].shape[0] for a in arrays):
-                raise JNeuronError("activations: all arrays must cover the same tokens")
-            dtype = requested_dtype(float_dtype(np.result_type(*[np.dtype(a.dtype) for a in arrays])))
-            mask = None if valid is None else check_valid(valid, arrays[0].shape[0])
-            source = ArraySource(tuple(arrays), tuple(layers.labels), mask, out_dtype=dtype)
-            neurons = layers.neurons()
+        source, neurons = activation_source(data, names, valid, lone_name="model")
         tokens, mask = source.tokens, source.valid
         values = label_values(labels, "labels", tokens)
         classes = np.unique(values if mask is None else values[mask])
