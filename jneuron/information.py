@@ -50,7 +50,7 @@ from jneuron.kernels import information as kinfo
 from jneuron.kernels import quantize as kquant
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
-from jneuron.kernels.sharded import NEURONS, TOKENS
+from jneuron.kernels.sharded import TOKENS
 from jneuron.precision import follow_dtype, working_dtype
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 from jneuron.streaming import cpu_counts
@@ -60,6 +60,7 @@ from jneuron.streaming.passes import (
     HostReduction,
     chunk_callback,
     default_chunk_tokens,
+    on_host,
     raise_on_bad_value,
     run_pass,
 )
@@ -384,10 +385,7 @@ class _Passes:
         if done.position.counted > INT32_ROWS * shards:  # int32 device counts would have wrapped around
             raise JNeuronError(f"{done.position.counted} rows exceed the int32 counts of {shards} device(s) "
                                f"({INT32_ROWS} rows each): shard over more devices (devices=)")
-        total = jax.tree.map(np.asarray, done.state)
-        if self.mesh is not None and NEURONS in self.mesh.axis_names:  # every neuron shard saw the same tokens
-            total = jax.tree.map(lambda a: a[0], total)
-        return total, done.position
+        return on_host(done.state, self.mesh), done.position
 
     def first_rows(self) -> np.ndarray:
         """The valid rows of the first chunk (without the labels), to choose the sums' shift from."""

@@ -35,7 +35,6 @@ from jneuron.flax.capturing import as_batch, call, capture_batches, output_shape
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
-from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Result, to_plain
 from jneuron.streaming.constant import constant_neurons, warn_constant, with_range
@@ -43,6 +42,7 @@ from jneuron.streaming.mesh import resolve_mesh
 from jneuron.streaming.passes import (
     chunk_callback,
     default_chunk_tokens,
+    on_host,
     raise_on_bad_value,
     run_pass,
 )
@@ -138,9 +138,7 @@ def neuron_stats(model: nnx.Module, inputs, layers: Sequence[str], *, labels=Non
             done = run_pass(source, reduction, rows, mesh=mesh, checkpoint=checkpoint,
                             on_chunk=chunk_callback(progress, on_chunk, None),
                             key={"statistic": "neuron_stats", "classes": 0 if classes is None else len(classes)})
-            ranged = jax.tree.map(np.asarray, done.state)
-        if mesh is not None and NEURONS in mesh.axis_names:
-            ranged = jax.tree.map(lambda a: a[0], ranged)
+            ranged = on_host(done.state, mesh)
         total = ranged.state
         raise_on_bad_value(int(total.bad_row), int(total.bad_col), source, done.position)
         constant = constant_neurons(ranged.low, ranged.high, np.result_type(np.float32, *held_in.values()))

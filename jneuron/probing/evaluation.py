@@ -29,11 +29,10 @@ from jneuron.kernels import information as kinfo
 from jneuron.kernels import probe as kp
 from jneuron.kernels import sharded as ksharded
 from jneuron.kernels.moments import count_dtype
-from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
 from jneuron.probing.probeless import STREAMED_CLASSES, labelled_source
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import chunk_callback, raise_on_bad_value, run_pass
+from jneuron.streaming.passes import chunk_callback, on_host, raise_on_bad_value, run_pass
 
 
 def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None, valid=None, devices=None,
@@ -56,9 +55,7 @@ def evaluation_counts(probe, x, labels=None, *, chunk_tokens: int | None = None,
                "probe": _fingerprint(probe)}
         done = run_pass(source, reduction, rows, mesh=mesh, args=params, checkpoint=checkpoint, key=key,
                         on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
-        table, bad_row, bad_col = jax.tree.map(np.asarray, done.state)
-    if mesh is not None and NEURONS in mesh.axis_names:
-        table, bad_row, bad_col = table[0], bad_row[0], bad_col[0]
+        table, bad_row, bad_col = on_host(done.state, mesh)
     raise_on_bad_value(int(bad_row), int(bad_col), source, done.position)
     seen = np.asarray(values if values is not None else source.labels_seen(), np.int64)
     table = np.asarray(table, np.int64)[: len(seen)]  # rows: gold classes (as seen), columns: predicted
@@ -94,9 +91,7 @@ def squared_errors(probe, x, targets=None, *, chunk_tokens: int | None = None, v
         done = run_pass(source, _regression(width, np.dtype(dtype)), rows, mesh=mesh, args=args,
                         checkpoint=checkpoint, key=key,
                         on_chunk=chunk_callback(progress, on_chunk, getattr(source, "tokens", None)))
-        sums, bad_row, bad_col = jax.tree.map(np.asarray, done.state)
-    if mesh is not None and NEURONS in mesh.axis_names:
-        sums, bad_row, bad_col = sums[0], bad_row[0], bad_col[0]
+        sums, bad_row, bad_col = on_host(done.state, mesh)
     raise_on_bad_value(int(bad_row), int(bad_col), source, done.position)
     tokens, sse, deviation, squares = (float(v) for v in np.asarray(sums, np.float64))
     if tokens == 0:

@@ -37,12 +37,11 @@ from jneuron.kernels import compensated as comp
 from jneuron.kernels import information as kinfo
 from jneuron.kernels import probe as kp
 from jneuron.kernels import sharded as ksharded
-from jneuron.kernels.sharded import NEURONS
 from jneuron.precision import follow_dtype
 from jneuron.results import NeuronIndex, Ranking, Result, to_plain
 from jneuron.streaming.constant import constant_neurons, warn_constant, with_range
 from jneuron.streaming.mesh import resolve_mesh
-from jneuron.streaming.passes import chunk_callback, raise_on_bad_value, run_pass
+from jneuron.streaming.passes import chunk_callback, on_host, raise_on_bad_value, run_pass
 
 
 @dataclass(frozen=True)
@@ -131,9 +130,7 @@ def _class_means(data, labels, names, chunk_tokens, valid, mesh, checkpoint, pro
         key = {"statistic": "class_sums", "classes": capacity, "shift": np.asarray(shift, np.float64).tolist()}
         done = run_pass(source, reduction, rows, mesh=mesh, args=(jnp.asarray(shift),),
                         on_chunk=callback, checkpoint=checkpoint, key=key)
-        ranged = jax.tree.map(np.asarray, done.state)
-        if mesh is not None and NEURONS in mesh.axis_names:
-            ranged = jax.tree.map(lambda a: a[0], ranged)
+        ranged = on_host(done.state, mesh)
         total = ranged.state
         raise_on_bad_value(int(total.bad_row), int(total.bad_col), source, done.position)
     counts = np.asarray(total.counts, np.int64)[0].sum(axis=0)

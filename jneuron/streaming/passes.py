@@ -427,6 +427,13 @@ class PassResult(NamedTuple):
     position: Position
 
 
+def on_host(state, mesh: Mesh | None):
+    """A pass's combined statistic (:attr:`PassResult.state`) as numpy arrays, one copy kept of what every
+    neuron shard of the mesh holds alike (each saw the same tokens)."""
+    state = jax.tree.map(np.asarray, state)
+    return jax.tree.map(lambda a: a[0], state) if mesh is not None and NEURONS in mesh.axis_names else state
+
+
 class HostReduction(NamedTuple):
     """A streamed statistic folded on the host: :func:`run_pass` hands ``chunk`` each chunk's valid rows
     as a numpy array (no padding, no device copy) and keeps the running statistic as numpy arrays, for
