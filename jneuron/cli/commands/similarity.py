@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> int:
     written = []
     for metric, matrix in matrices.items():
         _print_matrix(matrix)
-        written.append(matrix.to_json(args.out / f"similarity_{metric}.json") if hasattr(matrix, "to_json") else
-                       _write_json(args.out / f"similarity_{metric}.json", matrix.to_dict()))
+        written.append(matrix.to_json(args.out / f"similarity_{metric}.json"))
         png = args.out / f"similarity_{metric}.png"
         _heatmap(matrix, png)
         written.append(png)
@@ -68,12 +67,6 @@ def _print_matrix(matrix) -> None:
     print(" " * width + "".join(f" {f'[{k}]':>7}" for k in range(1, len(matrix.names_b) + 1)))
     for name, row in zip(matrix.names_a, matrix.values):
         print(f"{name:<{width}}" + "".join(f" {v:7.4f}" for v in row))
-
-
-def _write_json(path, data):
-    from jneuron.data.atomic import atomic_write_json
-
-    return atomic_write_json(path, data)
 
 
 def _heatmap(matrix, path) -> None:
